@@ -1,0 +1,489 @@
+//! Accounts and sessions: password hashing (argon2id, off the async threads), registration
+//! (closed, single-use registration tokens, or open for test set-ups), login, access and
+//! refresh tokens (random, stored as SHA-256 hashes), devices, user-interactive auth.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use base64::Engine;
+use rand::{Rng, RngCore, distributions::Alphanumeric};
+use ruma::{
+    OwnedDeviceId, OwnedServerName, OwnedUserId, UserId,
+    api::client::uiaa::{AuthData, AuthFlow, AuthType, UiaaInfo},
+};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    config::Argon2Config,
+    error::{Error, Result},
+    rooms::create::now_ms,
+    store::{AccountStore, NewSession, SessionStore, StoreError},
+};
+
+/// An authenticated request's identity.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub is_admin: bool,
+    pub token_hash: String,
+}
+
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<Duration>,
+}
+
+pub struct Accounts {
+    server_name: OwnedServerName,
+    accounts: Arc<dyn AccountStore>,
+    sessions: Arc<dyn SessionStore>,
+    argon2: Argon2Config,
+    refresh_lifetime: Duration,
+    /// token hash → session; cleared on logout and device deletion.
+    token_cache: Mutex<HashMap<String, (Session, Option<i64>)>>,
+    /// UIA sessions: id → (user, completed stages, created).
+    uia: Mutex<HashMap<String, (OwnedUserId, Instant)>>,
+}
+
+pub fn hash_token(token: &str) -> String {
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(token.as_bytes()))
+}
+
+pub fn random_string(n: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
+}
+
+fn new_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!(
+        "{prefix}_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+impl Accounts {
+    pub fn new(
+        server_name: OwnedServerName,
+        accounts: Arc<dyn AccountStore>,
+        sessions: Arc<dyn SessionStore>,
+        argon2: Argon2Config,
+        refresh_lifetime: Duration,
+    ) -> Self {
+        Self {
+            server_name,
+            accounts,
+            sessions,
+            argon2,
+            refresh_lifetime,
+            token_cache: Mutex::default(),
+            uia: Mutex::default(),
+        }
+    }
+
+    fn hasher(&self) -> Result<Argon2<'static>> {
+        let params = argon2::Params::new(
+            self.argon2.m_cost_kib,
+            self.argon2.t_cost,
+            self.argon2.p_cost,
+            None,
+        )
+        .map_err(Error::internal)?;
+        Ok(Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            params,
+        ))
+    }
+
+    pub async fn hash_password(&self, password: &str) -> Result<String> {
+        let hasher = self.hasher()?;
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut salt = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut salt);
+            hasher
+                .hash_password_with_salt(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(Error::internal)
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+
+    async fn verify_password(&self, hash: &str, password: &str) -> Result<bool> {
+        let hasher = self.hasher()?;
+        let (hash, password) = (hash.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let parsed = PasswordHash::new(&hash).map_err(Error::internal)?;
+            Ok(hasher.verify_password(password.as_bytes(), &parsed).is_ok())
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+
+    /// Parses a localpart or full user id into a user id of this server.
+    pub fn user_id(&self, name: &str) -> Result<OwnedUserId> {
+        let full = if name.starts_with('@') {
+            name.to_owned()
+        } else {
+            format!("@{}:{}", name.to_lowercase(), self.server_name)
+        };
+        let id = UserId::parse(full).map_err(|e| Error::InvalidUsername(e.to_string()))?;
+        if id.server_name() != self.server_name {
+            return Err(Error::forbidden("the user is not on this server"));
+        }
+        Ok(id)
+    }
+
+    /// A new account. `localpart` must satisfy the spec's user id grammar (lower-case).
+    pub async fn create_user(
+        &self,
+        localpart: &str,
+        password: Option<&str>,
+        is_admin: bool,
+    ) -> Result<OwnedUserId> {
+        if localpart.is_empty()
+            || !localpart
+                .chars()
+                .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'))
+        {
+            return Err(Error::InvalidUsername(
+                "user names may contain only a-z, 0-9, and ._=-/+".into(),
+            ));
+        }
+        let user_id = UserId::parse(format!("@{localpart}:{}", self.server_name))
+            .map_err(|e| Error::InvalidUsername(e.to_string()))?;
+        if user_id.as_str().len() > 255 {
+            return Err(Error::InvalidUsername("user id too long".into()));
+        }
+        let hash = match password {
+            Some(p) => Some(self.hash_password(p).await?),
+            None => None,
+        };
+        self.accounts
+            .create_user(user_id.as_str(), hash.as_deref(), is_admin, now_ms())
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict => Error::UserInUse,
+                e => e.into(),
+            })?;
+        Ok(user_id)
+    }
+
+    pub async fn username_available(&self, localpart: &str) -> Result<bool> {
+        let user_id = self.user_id(localpart)?;
+        Ok(self.accounts.get_user(user_id.as_str()).await?.is_none())
+    }
+
+    pub async fn user_exists(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self
+            .accounts
+            .get_user(user_id.as_str())
+            .await?
+            .is_some_and(|u| !u.deactivated))
+    }
+
+    pub async fn registration_token_valid(&self, token: &str) -> Result<bool> {
+        Ok(self
+            .accounts
+            .get_registration_token(token)
+            .await?
+            .is_some_and(|t| {
+                t.uses_allowed.is_none_or(|n| t.completed < n)
+                    && t.expiry_ts.is_none_or(|e| e > now_ms())
+            }))
+    }
+
+    pub async fn consume_registration_token(&self, token: &str) -> Result<bool> {
+        Ok(self
+            .accounts
+            .consume_registration_token(token, now_ms())
+            .await?)
+    }
+
+    pub async fn create_registration_token(
+        &self,
+        token: Option<String>,
+        uses_allowed: Option<i64>,
+        expiry_ts: Option<i64>,
+    ) -> Result<String> {
+        let token = token.unwrap_or_else(|| random_string(16));
+        if token.is_empty()
+            || token.len() > 64
+            || !token
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c))
+        {
+            return Err(Error::invalid_param(
+                "registration tokens use [A-Za-z0-9._~-], at most 64 characters",
+            ));
+        }
+        self.accounts
+            .create_registration_token(&token, uses_allowed, expiry_ts, now_ms())
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict => Error::invalid_param("token exists"),
+                e => e.into(),
+            })?;
+        Ok(token)
+    }
+
+    /// Checks a user's password. Unknown user and wrong password are the same error.
+    pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<()> {
+        let user = self
+            .accounts
+            .get_user(user_id.as_str())
+            .await?
+            .ok_or(Error::WrongCredentials)?;
+        if user.deactivated {
+            return Err(Error::UserDeactivated);
+        }
+        let hash = user.password_hash.ok_or(Error::WrongCredentials)?;
+        if !self.verify_password(&hash, password).await? {
+            return Err(Error::WrongCredentials);
+        }
+        Ok(())
+    }
+
+    /// A new session for a device (created or reused).
+    pub async fn new_session(
+        &self,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<&str>,
+        refresh: bool,
+        ip: Option<&str>,
+    ) -> Result<(OwnedDeviceId, Tokens)> {
+        let device_id =
+            device_id.unwrap_or_else(|| OwnedDeviceId::from(random_string(10).to_uppercase()));
+        let access_token = new_token("tima");
+        let refresh_token = refresh.then(|| new_token("timr"));
+        let expires_in = refresh.then_some(self.refresh_lifetime);
+        let now = now_ms();
+        let replaced = self
+            .sessions
+            .create_session(NewSession {
+                user_id: user_id.as_str(),
+                device_id: device_id.as_str(),
+                display_name,
+                token_hash: &hash_token(&access_token),
+                refresh_hash: refresh_token.as_deref().map(hash_token).as_deref(),
+                expires_ts: expires_in.map(|d| now + d.as_millis() as i64),
+                ip,
+                now,
+            })
+            .await?;
+        self.forget_tokens(&replaced);
+        Ok((
+            device_id,
+            Tokens {
+                access_token,
+                refresh_token,
+                expires_in,
+            },
+        ))
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens> {
+        let access_token = new_token("tima");
+        let new_refresh = new_token("timr");
+        let now = now_ms();
+        let (old, _) = self
+            .sessions
+            .refresh(
+                &hash_token(refresh_token),
+                &hash_token(&access_token),
+                &hash_token(&new_refresh),
+                Some(now + self.refresh_lifetime.as_millis() as i64),
+                now,
+            )
+            .await?
+            .ok_or(Error::UnknownToken { soft_logout: false })?;
+        self.forget_tokens(&[old]);
+        Ok(Tokens {
+            access_token,
+            refresh_token: Some(new_refresh),
+            expires_in: Some(self.refresh_lifetime),
+        })
+    }
+
+    /// The session behind an access token.
+    pub async fn authenticate(&self, token: &str) -> Result<Session> {
+        let hash = hash_token(token);
+        let cached = self
+            .token_cache
+            .lock()
+            .expect("token cache")
+            .get(&hash)
+            .cloned();
+        let (session, expires) = match cached {
+            Some(c) => c,
+            None => {
+                let row = self
+                    .sessions
+                    .lookup_token(&hash)
+                    .await?
+                    .ok_or(Error::UnknownToken { soft_logout: false })?;
+                let user = self
+                    .accounts
+                    .get_user(&row.user_id)
+                    .await?
+                    .ok_or(Error::UnknownToken { soft_logout: false })?;
+                if user.deactivated {
+                    return Err(Error::UnknownToken { soft_logout: false });
+                }
+                let session = Session {
+                    user_id: UserId::parse(&row.user_id).map_err(Error::internal)?,
+                    device_id: row.device_id.into(),
+                    is_admin: user.is_admin,
+                    token_hash: hash.clone(),
+                };
+                let mut cache = self.token_cache.lock().expect("token cache");
+                if cache.len() > 100_000 {
+                    cache.clear();
+                }
+                cache.insert(hash, (session.clone(), row.expires_ts));
+                (session, row.expires_ts)
+            }
+        };
+        if expires.is_some_and(|e| e <= now_ms()) {
+            return Err(Error::UnknownToken { soft_logout: true });
+        }
+        Ok(session)
+    }
+
+    fn forget_tokens(&self, hashes: &[String]) {
+        let mut cache = self.token_cache.lock().expect("token cache");
+        for h in hashes {
+            cache.remove(h);
+        }
+    }
+
+    pub async fn logout(&self, session: &Session) -> Result<()> {
+        let removed = self
+            .sessions
+            .delete_devices(
+                session.user_id.as_str(),
+                std::slice::from_ref(&session.device_id.to_string()),
+            )
+            .await?;
+        self.forget_tokens(&removed);
+        self.forget_tokens(std::slice::from_ref(&session.token_hash));
+        Ok(())
+    }
+
+    pub async fn logout_all(&self, user_id: &UserId) -> Result<()> {
+        let removed = self
+            .sessions
+            .delete_all_devices(user_id.as_str(), None)
+            .await?;
+        self.forget_tokens(&removed);
+        Ok(())
+    }
+
+    pub async fn delete_devices(&self, user_id: &UserId, devices: &[String]) -> Result<()> {
+        let removed = self
+            .sessions
+            .delete_devices(user_id.as_str(), devices)
+            .await?;
+        self.forget_tokens(&removed);
+        Ok(())
+    }
+
+    pub async fn change_password(
+        &self,
+        session: &Session,
+        new_password: &str,
+        logout_devices: bool,
+    ) -> Result<()> {
+        let hash = self.hash_password(new_password).await?;
+        self.accounts
+            .set_password_hash(session.user_id.as_str(), &hash)
+            .await?;
+        if logout_devices {
+            let removed = self
+                .sessions
+                .delete_all_devices(session.user_id.as_str(), Some(session.device_id.as_str()))
+                .await?;
+            self.forget_tokens(&removed);
+        }
+        Ok(())
+    }
+
+    pub async fn deactivate(&self, user_id: &UserId) -> Result<()> {
+        let removed = self.accounts.deactivate(user_id.as_str()).await?;
+        self.forget_tokens(&removed);
+        Ok(())
+    }
+
+    pub fn sessions(&self) -> &dyn SessionStore {
+        self.sessions.as_ref()
+    }
+
+    /// User-interactive auth with `m.login.password` for a sensitive action by `user`.
+    /// Returns Ok when `auth` completes the password stage, else the 401 challenge.
+    pub async fn uia_password(&self, user: &UserId, auth: Option<&AuthData>) -> Result<()> {
+        let challenge = |session: String, error: Option<Error>| {
+            let mut info = UiaaInfo::new(vec![AuthFlow::new(vec![AuthType::Password])]);
+            info.session = Some(session);
+            if let Some(err) = error
+                && let Ok(e) = crate::api::error::to_matrix(err)
+                && let ruma::api::error::ErrorBody::Standard(body) = e.body
+            {
+                info.auth_error = Some(Box::new(body));
+            }
+            Error::Uiaa(Box::new(info))
+        };
+        let new_session = || {
+            let id = random_string(24);
+            let mut uia = self.uia.lock().expect("uia lock");
+            uia.retain(|_, (_, t)| t.elapsed() < Duration::from_secs(600));
+            uia.insert(id.clone(), (user.to_owned(), Instant::now()));
+            id
+        };
+        let Some(auth) = auth else {
+            return Err(challenge(new_session(), None));
+        };
+        let AuthData::Password(p) = auth else {
+            return Err(challenge(
+                auth.session()
+                    .map(str::to_owned)
+                    .unwrap_or_else(new_session),
+                None,
+            ));
+        };
+        let claimed = match &p.identifier {
+            ruma::api::client::uiaa::UserIdentifier::Matrix(m) => self.user_id(&m.user)?,
+            _ => return Err(Error::bad_json("only m.id.user identifiers are supported")),
+        };
+        let session = p.session.clone().unwrap_or_else(new_session);
+        if claimed != user {
+            return Err(challenge(
+                session,
+                Some(Error::forbidden("the identifier is not the logged-in user")),
+            ));
+        }
+        match self.check_password(user, &p.password).await {
+            Ok(()) => {
+                self.uia.lock().expect("uia lock").remove(&session);
+                Ok(())
+            }
+            Err(Error::WrongCredentials) => Err(challenge(
+                session,
+                Some(Error::forbidden("invalid password")),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+}

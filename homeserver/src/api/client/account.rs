@@ -1,0 +1,151 @@
+//! Password change, deactivation and device management (with user-interactive auth).
+
+use axum::Router;
+use ruma::{
+    MilliSecondsSinceUnixEpoch, UInt,
+    api::client::{
+        account::{change_password, deactivate},
+        device::{Device, delete_device, delete_devices, get_device, get_devices, update_device},
+    },
+};
+
+use crate::{
+    api::{Ctx, route},
+    error::{Error, Result},
+    store::DeviceRow,
+    tenants::Tenants,
+};
+
+pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
+    let r = route(r, change_password);
+    let r = route(r, deactivate);
+    let r = route(r, get_devices);
+    let r = route(r, get_device);
+    let r = route(r, update_device);
+    let r = route(r, delete_device);
+    route(r, delete_devices)
+}
+
+fn device(row: DeviceRow) -> Result<Device> {
+    let mut d = Device::new(row.device_id.into());
+    d.display_name = row.display_name;
+    d.last_seen_ip = row.last_seen_ip;
+    d.last_seen_ts = row
+        .last_seen_ts
+        .and_then(|t| UInt::try_from(t).ok())
+        .map(MilliSecondsSinceUnixEpoch);
+    Ok(d)
+}
+
+async fn change_password(
+    ctx: Ctx,
+    req: change_password::v3::Request,
+) -> Result<change_password::v3::Response> {
+    let s = ctx.session();
+    ctx.hs
+        .accounts
+        .uia_password(&s.user_id, req.auth.as_ref())
+        .await?;
+    ctx.hs
+        .accounts
+        .change_password(s, &req.new_password, req.logout_devices)
+        .await?;
+    Ok(change_password::v3::Response::new())
+}
+
+async fn deactivate(ctx: Ctx, req: deactivate::v3::Request) -> Result<deactivate::v3::Response> {
+    let s = ctx.session();
+    ctx.hs
+        .accounts
+        .uia_password(&s.user_id, req.auth.as_ref())
+        .await?;
+    ctx.hs.accounts.deactivate(&s.user_id).await?;
+    tracing::info!(user = %s.user_id, "deactivated");
+    Ok(deactivate::v3::Response::new(
+        ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport,
+    ))
+}
+
+async fn get_devices(ctx: Ctx, _: get_devices::v3::Request) -> Result<get_devices::v3::Response> {
+    let rows = ctx
+        .hs
+        .accounts
+        .sessions()
+        .list_devices(ctx.session().user_id.as_str())
+        .await?;
+    Ok(get_devices::v3::Response::new(
+        rows.into_iter().map(device).collect::<Result<_>>()?,
+    ))
+}
+
+async fn get_device(ctx: Ctx, req: get_device::v3::Request) -> Result<get_device::v3::Response> {
+    let row = ctx
+        .hs
+        .accounts
+        .sessions()
+        .get_device(ctx.session().user_id.as_str(), req.device_id.as_str())
+        .await?;
+    Ok(get_device::v3::Response::new(device(
+        row.ok_or_else(|| Error::not_found("device not found"))?,
+    )?))
+}
+
+async fn update_device(
+    ctx: Ctx,
+    req: update_device::v3::Request,
+) -> Result<update_device::v3::Response> {
+    let found = ctx
+        .hs
+        .accounts
+        .sessions()
+        .rename_device(
+            ctx.session().user_id.as_str(),
+            req.device_id.as_str(),
+            req.display_name.as_deref(),
+        )
+        .await?;
+    if !found {
+        return Err(Error::not_found("device not found"));
+    }
+    Ok(update_device::v3::Response::new())
+}
+
+async fn delete_device(
+    ctx: Ctx,
+    req: delete_device::v3::Request,
+) -> Result<delete_device::v3::Response> {
+    let s = ctx.session();
+    if ctx
+        .hs
+        .accounts
+        .sessions()
+        .get_device(s.user_id.as_str(), req.device_id.as_str())
+        .await?
+        .is_none()
+    {
+        return Err(Error::not_found("device not found"));
+    }
+    ctx.hs
+        .accounts
+        .uia_password(&s.user_id, req.auth.as_ref())
+        .await?;
+    ctx.hs
+        .accounts
+        .delete_devices(&s.user_id, &[req.device_id.to_string()])
+        .await?;
+    Ok(delete_device::v3::Response::new())
+}
+
+async fn delete_devices(
+    ctx: Ctx,
+    req: delete_devices::v3::Request,
+) -> Result<delete_devices::v3::Response> {
+    let s = ctx.session();
+    ctx.hs
+        .accounts
+        .uia_password(&s.user_id, req.auth.as_ref())
+        .await?;
+    let ids: Vec<String> = req.devices.iter().map(|d| d.to_string()).collect();
+    ctx.hs.accounts.delete_devices(&s.user_id, &ids).await?;
+    Ok(delete_devices::v3::Response::new())
+}

@@ -1,0 +1,86 @@
+//! `/sync` and filters.
+
+use axum::Router;
+use ruma::api::client::{
+    filter::{FilterDefinition, create_filter, get_filter},
+    sync::sync_events::{self, v3::Filter},
+};
+
+use crate::{
+    api::{Ctx, route},
+    error::{Error, Result},
+    sync::{SyncRequest, parse_token, sync},
+    tenants::Tenants,
+};
+
+pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
+    let r = route(r, sync_handler);
+    let r = route(r, create_filter);
+    route(r, get_filter)
+}
+
+async fn load_filter(ctx: &Ctx, id: &str) -> Result<FilterDefinition> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| Error::not_found("filter not found"))?;
+    let json = ctx
+        .hs
+        .stores
+        .filters
+        .get_filter(ctx.session().user_id.as_str(), id)
+        .await?
+        .ok_or_else(|| Error::not_found("filter not found"))?;
+    serde_json::from_str(&json).map_err(Error::internal)
+}
+
+async fn sync_handler(
+    ctx: Ctx,
+    req: sync_events::v3::Request,
+) -> Result<sync_events::v3::Response> {
+    let filter = match &req.filter {
+        None => FilterDefinition::default(),
+        Some(Filter::FilterDefinition(def)) => def.clone(),
+        Some(Filter::FilterId(id)) => load_filter(&ctx, id).await?,
+        Some(_) => FilterDefinition::default(),
+    };
+    let since = req.since.as_deref().map(parse_token).transpose()?;
+    let timeout = req.timeout.unwrap_or_default();
+    sync(
+        &ctx.hs,
+        ctx.session(),
+        SyncRequest {
+            since,
+            full_state: req.full_state,
+            timeout,
+            filter,
+            use_state_after: req.use_state_after,
+        },
+    )
+    .await
+}
+
+async fn create_filter(
+    ctx: Ctx,
+    req: create_filter::v3::Request,
+) -> Result<create_filter::v3::Response> {
+    if req.user_id != ctx.session().user_id {
+        return Err(Error::forbidden("you can only create filters for yourself"));
+    }
+    let json = serde_json::to_string(&req.filter).map_err(Error::internal)?;
+    let id = ctx
+        .hs
+        .stores
+        .filters
+        .create_filter(req.user_id.as_str(), &json)
+        .await?;
+    Ok(create_filter::v3::Response::new(id.to_string()))
+}
+
+async fn get_filter(ctx: Ctx, req: get_filter::v3::Request) -> Result<get_filter::v3::Response> {
+    if req.user_id != ctx.session().user_id {
+        return Err(Error::forbidden("you can only read your own filters"));
+    }
+    Ok(get_filter::v3::Response::new(
+        load_filter(&ctx, &req.filter_id).await?,
+    ))
+}

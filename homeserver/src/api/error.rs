@@ -1,0 +1,90 @@
+//! The one place where domain errors become Matrix error responses (errcode, message, status).
+
+use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
+use http::StatusCode;
+use ruma::api::{
+    OutgoingResponseExt,
+    client::uiaa::UiaaResponse,
+    error::{ErrorBody, ErrorKind, LimitExceededErrorData, RetryAfter, StandardErrorBody},
+};
+
+use crate::error::Error;
+
+fn matrix_error(status: StatusCode, kind: ErrorKind, message: String) -> ruma::api::error::Error {
+    ErrorBody::Standard(StandardErrorBody::new(kind, message)).into_error(status)
+}
+
+/// The errcode, HTTP status and message of a domain error.
+pub fn to_matrix(
+    err: Error,
+) -> Result<ruma::api::error::Error, Box<ruma::api::client::uiaa::UiaaInfo>> {
+    use Error::*;
+    let message = err.to_string();
+    let (status, kind) = match err {
+        Forbidden(_) => (StatusCode::FORBIDDEN, ErrorKind::Forbidden),
+        NotFound(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
+        BadJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadJson),
+        NotJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::NotJson),
+        InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
+        MissingParam(_) => (StatusCode::BAD_REQUEST, ErrorKind::MissingParam),
+        UserInUse => (StatusCode::BAD_REQUEST, ErrorKind::UserInUse),
+        InvalidUsername(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidUsername),
+        RoomInUse => (StatusCode::BAD_REQUEST, ErrorKind::RoomInUse),
+        UnsupportedRoomVersion => (StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion),
+        MissingToken => (StatusCode::UNAUTHORIZED, ErrorKind::MissingToken),
+        UnknownToken { soft_logout } => (
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::UnknownToken({
+                let mut d = ruma::api::error::UnknownTokenErrorData::new();
+                d.soft_logout = soft_logout;
+                d
+            }),
+        ),
+        WrongCredentials => (StatusCode::FORBIDDEN, ErrorKind::Forbidden),
+        UserDeactivated => (StatusCode::FORBIDDEN, ErrorKind::UserDeactivated),
+        LimitExceeded { retry_after_ms } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::LimitExceeded({
+                let mut d = LimitExceededErrorData::new();
+                d.retry_after = Some(RetryAfter::Delay(std::time::Duration::from_millis(
+                    retry_after_ms,
+                )));
+                d
+            }),
+        ),
+        TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge),
+        Unrecognized => (StatusCode::NOT_FOUND, ErrorKind::Unrecognized),
+        MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::Unrecognized),
+        InvalidRoomState(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidRoomState),
+        GuestAccessForbidden => (StatusCode::FORBIDDEN, ErrorKind::GuestAccessForbidden),
+        Uiaa(info) => return Err(info),
+        Store(e) => {
+            tracing::error!(error = %e, "storage failure");
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown)
+        }
+        Internal(e) => {
+            tracing::error!(error = %e, "internal failure");
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown)
+        }
+    };
+    let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+        "internal server error".into()
+    } else {
+        message
+    };
+    Ok(matrix_error(status, kind, message))
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let http = match to_matrix(self) {
+            Ok(err) => err.try_into_http_response::<BytesMut>(),
+            Err(info) => UiaaResponse::AuthResponse(*info).try_into_http_response::<BytesMut>(),
+        };
+        match http {
+            Ok(resp) => resp.map(|b| axum::body::Body::from(b.freeze())),
+            Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The HTTP edge. `route::<Request>(handler)` registers a handler for every path of a Ruma
+//! endpoint; the wrapper finds the tenant by Host, authenticates as the endpoint's metadata
+//! demands, rate-limits, parses the typed request and serialises the typed response.
+
+pub mod client;
+pub mod error;
+pub mod operator;
+
+use std::{any::TypeId, future::Future, net::SocketAddr, sync::Arc};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, FromRequestParts, RawPathParams, State},
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, on},
+};
+use bytes::BytesMut;
+use http::{HeaderMap, Request};
+use ruma::api::{
+    IncomingRequest, IncomingRequestExt, OutgoingResponseExt,
+    auth_scheme::{AccessToken, AccessTokenOptional},
+    path_builder::PathBuilder,
+};
+
+use crate::{accounts::Session, error::Error, homeserver::Homeserver, tenants::Tenants};
+
+/// What a handler gets besides its request.
+pub struct Ctx {
+    pub hs: Arc<Homeserver>,
+    pub session: Option<Session>,
+    pub ip: Option<SocketAddr>,
+}
+
+impl Ctx {
+    /// The session of an endpoint that requires authentication.
+    pub fn session(&self) -> &Session {
+        self.session.as_ref().expect("authenticated endpoint")
+    }
+}
+
+pub fn tenant_for(tenants: &Tenants, headers: &HeaderMap) -> Result<Arc<Homeserver>, Error> {
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    tenants
+        .by_host(host)
+        .ok_or_else(|| Error::not_found("no homeserver is served for this host"))
+}
+
+fn bearer(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(v) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return v.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+    }
+    // The deprecated query parameter, still used by some clients.
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("access_token="))
+        .map(str::to_owned)
+}
+
+/// Registers `handler` for all paths and the method of Ruma endpoint `R`.
+pub fn route<R, F, Fut>(router: Router<Tenants>, handler: F) -> Router<Tenants>
+where
+    R: IncomingRequest + Send + 'static,
+    R::OutgoingResponse: Send,
+    F: Fn(Ctx, R) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
+{
+    let filter = MethodFilter::try_from(R::METHOD).expect("standard method");
+    let mut router = router;
+    for path in R::PATH_BUILDER.all_paths() {
+        let handler = handler.clone();
+        router = router.route(
+            path,
+            on(
+                filter,
+                move |State(tenants): State<Tenants>, req: Request<Body>| {
+                    let handler = handler.clone();
+                    async move {
+                        match serve::<R, F, Fut>(tenants, req, handler).await {
+                            Ok(resp) => resp,
+                            Err(e) => e.into_response(),
+                        }
+                    }
+                },
+            ),
+        );
+    }
+    router
+}
+
+async fn serve<R, F, Fut>(
+    tenants: Tenants,
+    req: Request<Body>,
+    handler: F,
+) -> Result<Response, Error>
+where
+    R: IncomingRequest + Send + 'static,
+    F: Fn(Ctx, R) -> Fut,
+    Fut: Future<Output = Result<R::OutgoingResponse, Error>>,
+{
+    let hs = tenant_for(&tenants, req.headers())?;
+    let (mut parts, body) = req.into_parts();
+    let ip = ConnectInfo::<SocketAddr>::from_request_parts(&mut parts, &())
+        .await
+        .ok()
+        .map(|c| c.0);
+    let params = RawPathParams::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|e| Error::invalid_param(e.to_string()))?;
+    let params: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
+
+    let auth = TypeId::of::<R::Authentication>();
+    let token = bearer(&parts.headers, parts.uri.query());
+    let session = match token {
+        Some(t)
+            if auth == TypeId::of::<AccessToken>()
+                || auth == TypeId::of::<AccessTokenOptional>() =>
+        {
+            Some(hs.accounts.authenticate(&t).await?)
+        }
+        None if auth == TypeId::of::<AccessToken>() => return Err(Error::MissingToken),
+        _ => None,
+    };
+    if R::RATE_LIMITED {
+        let key = match (&session, ip) {
+            (Some(s), _) => s.user_id.to_string(),
+            (None, Some(ip)) => ip.ip().to_string(),
+            (None, None) => String::new(),
+        };
+        hs.rate_limiter
+            .check(&key)
+            .map_err(|retry_after_ms| Error::LimitExceeded { retry_after_ms })?;
+    }
+
+    let limit = hs.config.max_request_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Error::TooLarge)?;
+    let refs: Vec<&str> = params.iter().map(String::as_str).collect();
+    let http_req = Request::from_parts(parts, bytes.as_ref());
+    let request = R::try_from_http_request(http_req, &refs).map_err(|e| {
+        if !bytes.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+            Error::NotJson("the request body is not valid JSON".into())
+        } else {
+            Error::bad_json(e.to_string())
+        }
+    })?;
+    let response = handler(Ctx { hs, session, ip }, request).await?;
+    let http = response
+        .try_into_http_response::<BytesMut>()
+        .map_err(Error::internal)?;
+    Ok(http.map(|b| Body::from(b.freeze())))
+}

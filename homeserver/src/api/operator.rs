@@ -1,0 +1,150 @@
+//! The operator API (`/_tim/operator/v1`): tenants, users and registration tokens, for the
+//! CLI and the registration service. Authenticated with the operator bearer token.
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::HeaderMap,
+    routing::{get, post, put},
+};
+use ruma::{OwnedServerName, ServerName};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::{Error, Result},
+    homeserver::Homeserver,
+    tenants::Tenants,
+};
+
+pub fn router(token: String) -> Router<Tenants> {
+    let check = move |headers: &HeaderMap| -> Result<()> {
+        let given = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            None => Err(Error::MissingToken),
+            Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(Error::UnknownToken { soft_logout: false }),
+        }
+    };
+    let c1 = check.clone();
+    let c2 = check.clone();
+    let c3 = check.clone();
+    let c4 = check.clone();
+    Router::new()
+        .route(
+            "/_tim/operator/v1/tenants",
+            get(move |State(t): State<Tenants>, h: HeaderMap| async move {
+                c1(&h)?;
+                Ok::<_, Error>(Json(TenantList { tenants: t.names() }))
+            }),
+        )
+        .route(
+            "/_tim/operator/v1/tenants/{server_name}",
+            put(
+                move |State(t): State<Tenants>, h: HeaderMap, Path(name): Path<String>| async move {
+                    c2(&h)?;
+                    let name = parse_name(&name)?;
+                    let created = t.add(name).await?;
+                    Ok::<_, Error>(Json(serde_json::json!({ "created": created })))
+                },
+            )
+            .delete(
+                move |State(t): State<Tenants>,
+                      h: HeaderMap,
+                      Path(name): Path<String>,
+                      q: axum::extract::Query<RemoveQuery>| async move {
+                    check(&h)?;
+                    let name = parse_name(&name)?;
+                    if !t.remove(&name, q.delete_data).await? {
+                        return Err(Error::not_found("no such tenant"));
+                    }
+                    Ok::<_, Error>(Json(serde_json::json!({})))
+                },
+            ),
+        )
+        .route(
+            "/_tim/operator/v1/tenants/{server_name}/users",
+            post(
+                move |State(t): State<Tenants>,
+                      h: HeaderMap,
+                      Path(name): Path<String>,
+                      body: Json<NewUser>| async move {
+                    c3(&h)?;
+                    let hs = tenant(&t, &name)?;
+                    let user_id = hs
+                        .accounts
+                        .create_user(
+                            &body.localpart.to_lowercase(),
+                            body.password.as_deref(),
+                            body.admin,
+                        )
+                        .await?;
+                    Ok::<_, Error>(Json(serde_json::json!({ "user_id": user_id })))
+                },
+            ),
+        )
+        .route(
+            "/_tim/operator/v1/tenants/{server_name}/registration_tokens",
+            post(
+                move |State(t): State<Tenants>,
+                      h: HeaderMap,
+                      Path(name): Path<String>,
+                      body: Json<NewToken>| async move {
+                    c4(&h)?;
+                    let hs = tenant(&t, &name)?;
+                    let token = hs
+                        .accounts
+                        .create_registration_token(
+                            body.token.clone(),
+                            body.uses_allowed.or(Some(1)),
+                            body.expiry_time,
+                        )
+                        .await?;
+                    Ok::<_, Error>(Json(serde_json::json!({ "token": token })))
+                },
+            ),
+        )
+}
+
+fn parse_name(name: &str) -> Result<OwnedServerName> {
+    ServerName::parse(name).map_err(|e| Error::invalid_param(format!("invalid server name: {e}")))
+}
+
+fn tenant(t: &Tenants, name: &str) -> Result<std::sync::Arc<Homeserver>> {
+    t.get(&parse_name(name)?)
+        .ok_or_else(|| Error::not_found("no such tenant"))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Serialize)]
+struct TenantList {
+    tenants: Vec<OwnedServerName>,
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    delete_data: bool,
+}
+
+#[derive(Deserialize)]
+pub struct NewUser {
+    pub localpart: String,
+    pub password: Option<String>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+#[derive(Deserialize)]
+pub struct NewToken {
+    pub token: Option<String>,
+    /// Default 1: single use.
+    pub uses_allowed: Option<i64>,
+    /// Milliseconds since the epoch.
+    pub expiry_time: Option<i64>,
+}

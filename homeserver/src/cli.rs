@@ -1,0 +1,247 @@
+//! The command line: `serve` and the operator commands, which talk to a running server's
+//! operator API.
+
+use std::{path::PathBuf, sync::Arc};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{Config, LogFormat},
+    server,
+    tenants::Tenants,
+};
+
+/// TI-Messenger homeserver: many Matrix homeservers (one per organisation) in one process.
+///
+/// Without a config file it runs on embedded defaults: server name `localhost`, SQLite under
+/// `./data`, client and federation API on 127.0.0.1:8008. Every config key can be overridden by
+/// a `TIM_`-prefixed environment variable (e.g. TIM_SERVER_NAME, TIM_LISTEN, TIM_DATABASE_URL,
+/// TIM_OPEN_REGISTRATION); nested keys use `__` (TIM_ARGON2__M_COST_KIB).
+#[derive(Parser, Debug)]
+#[command(name = "tim-homeserver", version)]
+pub struct Cli {
+    /// Path of the TOML config file (see tim-homeserver.example.toml).
+    #[arg(long, short, global = true, env = "TIM_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the homeserver.
+    Serve,
+    /// Manage users of a tenant (through the running server's operator API).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage single-use registration tokens (onboarding codes).
+    RegistrationToken {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Add, remove and list tenants (Matrix domains) of the running server.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user. Prints the password if none is given.
+    Create {
+        localpart: String,
+        #[arg(long)]
+        password: Option<String>,
+        #[arg(long)]
+        admin: bool,
+        /// Tenant server name (default: the configured server_name).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a registration token and print it.
+    Create {
+        /// How often it can be used (default 1).
+        #[arg(long, default_value_t = 1)]
+        uses: i64,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    Add {
+        server_name: String,
+    },
+    Remove {
+        server_name: String,
+        /// Also delete the tenant's database.
+        #[arg(long)]
+        delete_data: bool,
+    },
+    List,
+}
+
+pub fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref()).map_err(anyhow::Error::msg)?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::User {
+            command:
+                UserCommand::Create {
+                    localpart,
+                    password,
+                    admin,
+                    tenant,
+                },
+        } => {
+            let generated = password.is_none();
+            let password = password.unwrap_or_else(|| crate::accounts::random_string(20));
+            let tenant = tenant.unwrap_or_else(|| config.server_name.clone());
+            let body =
+                serde_json::json!({ "localpart": localpart, "password": password, "admin": admin });
+            let out = operator(
+                &config,
+                reqwest::Method::POST,
+                &format!("tenants/{tenant}/users"),
+                Some(body),
+            )
+            .await?;
+            println!("created {}", out["user_id"].as_str().unwrap_or_default());
+            if generated {
+                println!("password: {password}");
+            }
+            Ok(())
+        }
+        Command::RegistrationToken {
+            command: TokenCommand::Create { uses, tenant },
+        } => {
+            let tenant = tenant.unwrap_or_else(|| config.server_name.clone());
+            let out = operator(
+                &config,
+                reqwest::Method::POST,
+                &format!("tenants/{tenant}/registration_tokens"),
+                Some(serde_json::json!({ "uses_allowed": uses })),
+            )
+            .await?;
+            println!("{}", out["token"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Tenant { command } => {
+            match command {
+                TenantCommand::Add { server_name } => {
+                    operator(
+                        &config,
+                        reqwest::Method::PUT,
+                        &format!("tenants/{server_name}"),
+                        Some(serde_json::json!({})),
+                    )
+                    .await?;
+                    println!("serving {server_name}");
+                }
+                TenantCommand::Remove {
+                    server_name,
+                    delete_data,
+                } => {
+                    operator(
+                        &config,
+                        reqwest::Method::DELETE,
+                        &format!("tenants/{server_name}?delete_data={delete_data}"),
+                        None,
+                    )
+                    .await?;
+                    println!("removed {server_name}");
+                }
+                TenantCommand::List => {
+                    let out = operator(&config, reqwest::Method::GET, "tenants", None).await?;
+                    for t in out["tenants"].as_array().into_iter().flatten() {
+                        println!("{}", t.as_str().unwrap_or_default());
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn operator(
+    config: &Config,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let token = server::operator_token(config)?;
+    let url = format!("http://{}/_tim/operator/v1/{path}", config.listen);
+    let mut req = reqwest::Client::new()
+        .request(method, &url)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the server at {url} (is it running?): {e}"))?;
+    let status = resp.status();
+    let json: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}",
+            json["error"].as_str().unwrap_or("request failed")
+        );
+    }
+    Ok(json)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+    if config.open_registration {
+        tracing::warn!(
+            "open registration is ON: anyone who reaches this server can create an account (m.login.dummy)"
+        );
+    }
+    let config = Arc::new(config);
+    let tenants = Tenants::open(config.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let token = server::operator_token(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, tenants = ?tenants.names(), "listening");
+    let hs = tenants.default_tenant();
+    if hs.stores.accounts.count_users().await.unwrap_or(0) == 0 {
+        tracing::info!(
+            "no users yet. Create one with `tim-homeserver user create alice` (prints a password), then log in with any Matrix client at http://{addr} as @alice:{}",
+            hs.server_name
+        );
+    }
+    let app = server::router(tenants.clone(), token, metrics);
+    server::serve(listener, app, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    tenants.close().await;
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! `Homeserver`: one Matrix domain — its config, signing key, stores, stream positions,
+//! notifier, room service and accounts. Several live in one process (`Tenants`).
+
+use std::{sync::Arc, time::Duration};
+
+use ruma::{OwnedServerName, OwnedUserId, RoomVersionId, signatures::Ed25519KeyPair};
+
+use crate::{
+    accounts::Accounts,
+    config::{Config, DatabaseLocation},
+    error::{Error, Result},
+    ratelimit::RateLimiter,
+    rooms::Rooms,
+    store::{self, Stores},
+    sync::{notifier::Notifier, stream::StreamIds},
+};
+
+pub struct Homeserver {
+    pub server_name: OwnedServerName,
+    pub config: Arc<Config>,
+    pub key: Arc<Ed25519KeyPair>,
+    pub stores: Stores,
+    pub stream: Arc<StreamIds<OwnedUserId>>,
+    pub notifier: Arc<Notifier>,
+    pub rooms: Rooms,
+    pub accounts: Accounts,
+    pub rate_limiter: RateLimiter,
+}
+
+impl Homeserver {
+    /// Opens (creating on first use) the tenant's database and signing key.
+    pub async fn open(server_name: OwnedServerName, config: Arc<Config>) -> Result<Arc<Self>> {
+        let stores = match DatabaseLocation::parse(&config.database_url).map_err(Error::internal)? {
+            DatabaseLocation::SqliteDir(dir) => {
+                store::open_sqlite(&dir.join(format!("{server_name}.db")), config.db_pool_size)
+                    .await?
+            }
+            DatabaseLocation::Postgres(url) => {
+                store::open_postgres(&url, server_name.as_str(), config.db_pool_size).await?
+            }
+        };
+        Self::with_stores(server_name, config, stores).await
+    }
+
+    pub async fn with_stores(
+        server_name: OwnedServerName,
+        config: Arc<Config>,
+        stores: Stores,
+    ) -> Result<Arc<Self>> {
+        let (key_id, doc) = stores
+            .server_keys
+            .signing_key(&|| {
+                let doc = Ed25519KeyPair::generate();
+                (
+                    format!("ed25519:{}", crate::accounts::random_string(6)),
+                    doc.to_vec(),
+                )
+            })
+            .await?;
+        let version = key_id
+            .strip_prefix("ed25519:")
+            .unwrap_or(&key_id)
+            .to_owned();
+        let key = Arc::new(Ed25519KeyPair::from_der(&doc, version).map_err(Error::internal)?);
+        let stream = Arc::new(StreamIds::new(stores.events.max_stream_pos().await?));
+        let notifier = Arc::new(Notifier::default());
+        let parse_version = |v: &str| RoomVersionId::try_from(v).map_err(Error::internal);
+        let rooms = Rooms::new(
+            server_name.clone(),
+            key.clone(),
+            stores.events.clone(),
+            stream.clone(),
+            notifier.clone(),
+            stores.events.max_state_group().await?,
+            parse_version(&config.default_room_version)?,
+            config
+                .supported_room_versions
+                .iter()
+                .map(|v| parse_version(v))
+                .collect::<Result<_>>()?,
+        );
+        let accounts = Accounts::new(
+            server_name.clone(),
+            stores.accounts.clone(),
+            stores.sessions.clone(),
+            config.argon2.clone(),
+            Duration::from_secs(config.refreshable_access_token_lifetime_secs),
+        );
+        let rate_limiter = RateLimiter::new(config.rate_limit.clone());
+        Ok(Arc::new(Self {
+            server_name,
+            config,
+            key,
+            stores,
+            stream,
+            notifier,
+            rooms,
+            accounts,
+            rate_limiter,
+        }))
+    }
+
+    /// The next stream position for a non-event change (account data), and a way to publish it.
+    pub fn publish(&self, pos: i64, users: Vec<OwnedUserId>) {
+        let (woken, _) = self.stream.finish(pos, users);
+        self.notifier.wake(woken.iter().map(|u| u.as_ref()));
+    }
+
+    pub async fn close(&self) {
+        self.stores.closer.close().await;
+    }
+}

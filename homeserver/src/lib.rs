@@ -1,0 +1,14 @@
+//! tim-homeserver: a multi-tenant Matrix homeserver for the TI-Messenger.
+
+pub mod accounts;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod homeserver;
+pub mod ratelimit;
+pub mod rooms;
+pub mod server;
+pub mod store;
+pub mod sync;
+pub mod tenants;

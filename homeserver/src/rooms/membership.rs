@@ -1,0 +1,86 @@
+//! Membership changes of local users: join, invite, leave, kick, ban, unban. Whether a change
+//! is allowed is decided by the room version's auth rules in `Rooms::append`.
+
+use ruma::{OwnedEventId, RoomId, UserId, events::TimelineEventType};
+use serde_json::{Map, Value, json};
+
+use super::{NewContent, Rooms};
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Join,
+    Invite { is_direct: bool },
+    Leave,
+    Kick,
+    Ban,
+    Unban,
+}
+
+impl Rooms {
+    /// Applies a membership change by `sender` to `target`. Joining a room one is already in
+    /// does not create an event.
+    pub async fn change_membership(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        change: Change,
+        reason: Option<&str>,
+        profile: Map<String, Value>,
+    ) -> Result<Option<OwnedEventId>> {
+        let mut guard = self
+            .lock(room_id)
+            .await?
+            .ok_or_else(|| Error::not_found("room not found"))?;
+        let room = guard.as_mut().expect("locked room is loaded");
+        let current = room.membership(target);
+        let membership = match change {
+            Change::Join => {
+                if current.as_deref() == Some("join") {
+                    return Ok(None);
+                }
+                "join"
+            }
+            Change::Invite { .. } => {
+                if matches!(current.as_deref(), Some("join")) {
+                    return Err(Error::forbidden(format!("{target} is already in the room")));
+                }
+                "invite"
+            }
+            Change::Leave | Change::Kick => {
+                if sender != target
+                    && !matches!(current.as_deref(), Some("join" | "invite" | "knock"))
+                {
+                    return Err(Error::forbidden(format!("{target} is not in the room")));
+                }
+                "leave"
+            }
+            Change::Ban => "ban",
+            Change::Unban => {
+                if current.as_deref() != Some("ban") {
+                    return Err(Error::forbidden(format!("{target} is not banned")));
+                }
+                "leave"
+            }
+        };
+        let mut content = if membership == "join" {
+            profile
+        } else {
+            Map::new()
+        };
+        content.insert("membership".into(), json!(membership));
+        if let Change::Invite { is_direct: true } = change {
+            content.insert("is_direct".into(), json!(true));
+        }
+        if let Some(reason) = reason {
+            content.insert("reason".into(), json!(reason));
+        }
+        let new = NewContent::state(
+            TimelineEventType::RoomMember,
+            target.as_str(),
+            Value::Object(content),
+        );
+        self.append_locked(room, sender, new, None).await.map(Some)
+    }
+}

@@ -1,0 +1,529 @@
+//! The room model: building, signing and authorising PDUs against the room state, and
+//! persisting each event with its state change in one transaction. Events of one room are
+//! serialised by that room's lock (a per-room queue); rooms proceed in parallel.
+
+pub mod create;
+pub mod membership;
+pub mod pdu;
+mod read;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
+};
+
+pub use create::CreateRoom;
+pub use read::{Context, Page};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, DeviceId, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, TransactionId, UserId,
+    events::{
+        StateEventType, TimelineEventType,
+        room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+    },
+    room_version_rules::RoomVersionRules,
+    signatures::Ed25519KeyPair,
+};
+use serde_json::Value;
+
+use self::pdu::Pdu;
+use crate::{
+    error::{Error, Result},
+    store::{EventStore, NewEvent, NewStateGroup},
+    sync::{notifier::Notifier, stream::StreamIds},
+};
+
+/// Longest chain of delta state groups before a full snapshot is written.
+const MAX_STATE_CHAIN: i64 = 32;
+
+pub type StateKey = (StateEventType, String);
+
+/// What is needed to authorise and build the next event of a room; lives under the room lock.
+pub struct RoomState {
+    pub room_id: OwnedRoomId,
+    pub version: RoomVersionId,
+    pub rules: RoomVersionRules,
+    pub state: HashMap<StateKey, Arc<Pdu>>,
+    pub extremities: Vec<OwnedEventId>,
+    pub max_depth: u64,
+    pub state_group: i64,
+    chain_len: i64,
+}
+
+impl RoomState {
+    pub fn get(&self, kind: StateEventType, key: &str) -> Option<&Arc<Pdu>> {
+        self.state.get(&(kind, key.to_owned()))
+    }
+
+    pub fn membership(&self, user: &UserId) -> Option<String> {
+        self.get(StateEventType::RoomMember, user.as_str())
+            .and_then(|p| p.membership())
+    }
+
+    /// Users whose sync must learn about a new event: joined and invited members.
+    pub fn interested_users(&self) -> Vec<OwnedUserId> {
+        self.state
+            .iter()
+            .filter(|((k, _), p)| {
+                *k == StateEventType::RoomMember
+                    && matches!(p.membership().as_deref(), Some("join" | "invite"))
+            })
+            .filter_map(|((_, key), _)| UserId::parse(key.as_str()).ok())
+            .collect()
+    }
+
+    pub fn power_levels(&self) -> RoomPowerLevels {
+        let source = self
+            .get(StateEventType::RoomPowerLevels, "")
+            .and_then(|p| serde_json::from_str::<RoomPowerLevelsEventContent>(p.content.get()).ok())
+            .map(RoomPowerLevelsSource::Original)
+            .unwrap_or_default();
+        let creators: Vec<OwnedUserId> = self
+            .get(StateEventType::RoomCreate, "")
+            .map(|p| p.sender.clone())
+            .into_iter()
+            .collect();
+        RoomPowerLevels::new(source, &self.rules.authorization, creators)
+    }
+}
+
+/// An event a local user wants to add to a room.
+pub struct NewContent {
+    pub kind: TimelineEventType,
+    pub state_key: Option<String>,
+    pub content: Value,
+    pub redacts: Option<OwnedEventId>,
+}
+
+impl NewContent {
+    pub fn state(
+        kind: impl Into<TimelineEventType>,
+        state_key: impl Into<String>,
+        content: Value,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            state_key: Some(state_key.into()),
+            content,
+            redacts: None,
+        }
+    }
+    pub fn message(kind: impl Into<TimelineEventType>, content: Value) -> Self {
+        Self {
+            kind: kind.into(),
+            state_key: None,
+            content,
+            redacts: None,
+        }
+    }
+}
+
+type RoomSlot = Arc<tokio::sync::Mutex<Option<RoomState>>>;
+
+pub struct Rooms {
+    server_name: OwnedServerName,
+    key: Arc<Ed25519KeyPair>,
+    store: Arc<dyn EventStore>,
+    stream: Arc<StreamIds<OwnedUserId>>,
+    notifier: Arc<Notifier>,
+    state_groups: AtomicI64,
+    rooms: Mutex<HashMap<OwnedRoomId, RoomSlot>>,
+    pub default_version: RoomVersionId,
+    pub supported_versions: Vec<RoomVersionId>,
+}
+
+impl Rooms {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        server_name: OwnedServerName,
+        key: Arc<Ed25519KeyPair>,
+        store: Arc<dyn EventStore>,
+        stream: Arc<StreamIds<OwnedUserId>>,
+        notifier: Arc<Notifier>,
+        max_state_group: i64,
+        default_version: RoomVersionId,
+        supported_versions: Vec<RoomVersionId>,
+    ) -> Self {
+        Self {
+            server_name,
+            key,
+            store,
+            stream,
+            notifier,
+            state_groups: AtomicI64::new(max_state_group),
+            rooms: Mutex::new(HashMap::new()),
+            default_version,
+            supported_versions,
+        }
+    }
+
+    pub fn server_name(&self) -> &ruma::ServerName {
+        &self.server_name
+    }
+
+    fn slot(&self, room_id: &RoomId) -> RoomSlot {
+        self.rooms
+            .lock()
+            .expect("rooms lock")
+            .entry(room_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Locks the room, loading its state on first use. `None` if the room does not exist here.
+    pub async fn lock(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<Option<tokio::sync::OwnedMutexGuard<Option<RoomState>>>> {
+        let slot = self.slot(room_id);
+        let mut guard = slot.lock_owned().await;
+        if guard.is_none() {
+            let Some(loaded) = self.store.load_room(room_id.as_str()).await? else {
+                return Ok(None);
+            };
+            let version =
+                RoomVersionId::try_from(loaded.version.as_str()).map_err(Error::internal)?;
+            let rules = version
+                .rules()
+                .ok_or_else(|| Error::internal("stored room has an unknown room version"))?;
+            let mut state = HashMap::with_capacity(loaded.state.len());
+            for (row, (kind, key)) in loaded.state.iter().zip(loaded.state_types) {
+                state.insert(
+                    (StateEventType::from(kind), key),
+                    Pdu::from_row(row).map_err(Error::internal)?,
+                );
+            }
+            let extremities = loaded
+                .extremities
+                .into_iter()
+                .filter_map(|e| e.try_into().ok())
+                .collect();
+            *guard = Some(RoomState {
+                room_id: room_id.to_owned(),
+                version,
+                rules,
+                state,
+                extremities,
+                max_depth: loaded.max_depth as u64,
+                state_group: loaded.state_group,
+                chain_len: MAX_STATE_CHAIN,
+            });
+        }
+        Ok(Some(guard))
+    }
+
+    /// Runs `f` on the room's current state under the room lock.
+    pub async fn with_state<T>(
+        &self,
+        room_id: &RoomId,
+        f: impl FnOnce(&RoomState) -> T,
+    ) -> Result<Option<T>> {
+        let guard = self.lock(room_id).await?;
+        Ok(guard.as_ref().and_then(|g| g.as_ref()).map(f))
+    }
+
+    /// Appends a local user's event to a room: idempotent per transaction id, built on the
+    /// forward extremities, hashed, signed, authorised against the current state, persisted
+    /// with its state change in one transaction, then announced to waiting syncs.
+    pub async fn append(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        new: NewContent,
+        txn: Option<(&DeviceId, &TransactionId)>,
+    ) -> Result<OwnedEventId> {
+        let mut guard = self
+            .lock(room_id)
+            .await?
+            .ok_or_else(|| Error::not_found("room not found"))?;
+        let room = guard.as_mut().expect("locked room is loaded");
+        if let Some((device, txn_id)) = txn
+            && let Some(existing) = self
+                .store
+                .txn_event(sender.as_str(), device.as_str(), txn_id.as_str())
+                .await?
+        {
+            return existing.try_into().map_err(Error::internal);
+        }
+        self.append_locked(room, sender, new, txn).await
+    }
+
+    /// `append` for callers that already hold the room lock (room creation).
+    pub async fn append_locked(
+        &self,
+        room: &mut RoomState,
+        sender: &UserId,
+        new: NewContent,
+        txn: Option<(&DeviceId, &TransactionId)>,
+    ) -> Result<OwnedEventId> {
+        let (pdu, object) = self.build(room, sender, &new)?;
+        self.authorize(room, &pdu)?;
+        if let Some(redacts) = &pdu.redacts {
+            self.check_redaction(room, &pdu, redacts).await?;
+        }
+        self.persist(room, pdu, object, txn).await
+    }
+
+    fn build(
+        &self,
+        room: &RoomState,
+        sender: &UserId,
+        new: &NewContent,
+    ) -> Result<(Pdu, CanonicalJsonObject)> {
+        let content_raw = serde_json::value::to_raw_value(&new.content)
+            .map_err(|e| Error::bad_json(e.to_string()))?;
+        let auth_types = ruma::state_res::auth_types_for_event(
+            &new.kind,
+            sender,
+            new.state_key.as_deref(),
+            &content_raw,
+            &room.rules.authorization,
+        )
+        .map_err(Error::bad_json)?;
+        let mut auth_events: Vec<OwnedEventId> = auth_types
+            .iter()
+            .filter_map(|(k, s)| {
+                room.state
+                    .get(&(k.clone(), s.clone()))
+                    .map(|p| p.event_id.clone())
+            })
+            .collect();
+        auth_events.sort();
+        auth_events.dedup();
+        let prev_events: Vec<OwnedEventId> = room.extremities.iter().take(20).cloned().collect();
+        let depth = room.max_depth + 1;
+        let now = MilliSecondsSinceUnixEpoch::now();
+
+        let mut object = CanonicalJsonObject::new();
+        object.insert("auth_events".into(), canon(&auth_events)?);
+        object.insert(
+            "content".into(),
+            CanonicalJsonValue::try_from(new.content.clone())
+                .map_err(|e| Error::bad_json(e.to_string()))?,
+        );
+        object.insert(
+            "depth".into(),
+            CanonicalJsonValue::Integer(ruma::Int::try_from(depth).map_err(Error::internal)?),
+        );
+        object.insert("origin_server_ts".into(), canon(&now)?);
+        object.insert("prev_events".into(), canon(&prev_events)?);
+        object.insert(
+            "room_id".into(),
+            CanonicalJsonValue::String(room.room_id.to_string()),
+        );
+        object.insert(
+            "sender".into(),
+            CanonicalJsonValue::String(sender.to_string()),
+        );
+        object.insert(
+            "type".into(),
+            CanonicalJsonValue::String(new.kind.to_string()),
+        );
+        if let Some(key) = &new.state_key {
+            object.insert("state_key".into(), CanonicalJsonValue::String(key.clone()));
+        }
+        if let Some(redacts) = &new.redacts {
+            object.insert(
+                "redacts".into(),
+                CanonicalJsonValue::String(redacts.to_string()),
+            );
+        }
+        ruma::signatures::hash_and_sign_event(
+            self.server_name.as_str(),
+            self.key.as_ref(),
+            &mut object,
+            &room.rules.redaction,
+        )
+        .map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => Error::TooLarge,
+            other => Error::bad_json(other.to_string()),
+        })?;
+        let hash = ruma::signatures::reference_hash(&object, &room.rules).map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => Error::TooLarge,
+            other => Error::internal(other),
+        })?;
+        let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?;
+        let json = serde_json::to_string(&object).map_err(Error::internal)?;
+        let pdu = Pdu::from_json(event_id.as_str(), &json).map_err(Error::internal)?;
+        Ok((pdu, object))
+    }
+
+    fn authorize(&self, room: &RoomState, pdu: &Pdu) -> Result<()> {
+        let by_id: HashMap<&ruma::EventId, &Arc<Pdu>> = room
+            .state
+            .values()
+            .map(|p| (p.event_id.as_ref(), p))
+            .collect();
+        ruma::state_res::check_state_independent_auth_rules(&room.rules.authorization, pdu, |id| {
+            by_id.get(id).map(|p| Arc::clone(p))
+        })
+        .map_err(Error::Forbidden)?;
+        ruma::state_res::check_state_dependent_auth_rules(
+            &room.rules.authorization,
+            pdu,
+            |kind, key| room.state.get(&(kind.clone(), key.to_owned())).cloned(),
+        )
+        .map_err(Error::Forbidden)
+    }
+
+    /// Room versions 3+ leave the "is this the sender's own event" check to the server.
+    async fn check_redaction(
+        &self,
+        room: &RoomState,
+        pdu: &Pdu,
+        redacts: &ruma::EventId,
+    ) -> Result<()> {
+        let target = self.store.get_event(redacts.as_str()).await?;
+        let Some(target) = target.filter(|t| t.room_id == pdu.room_id.as_str()) else {
+            return Err(Error::not_found("the event to redact is not in this room"));
+        };
+        let target = Pdu::from_row(&target).map_err(Error::internal)?;
+        let power = room.power_levels();
+        let allowed = if target.sender == pdu.sender {
+            power.user_can_redact_own_event(&pdu.sender)
+        } else {
+            power.user_can_redact_event_of_other(&pdu.sender)
+        };
+        if !allowed {
+            return Err(Error::forbidden("you may not redact this event"));
+        }
+        Ok(())
+    }
+
+    async fn persist(
+        &self,
+        room: &mut RoomState,
+        pdu: Pdu,
+        object: CanonicalJsonObject,
+        txn: Option<(&DeviceId, &TransactionId)>,
+    ) -> Result<OwnedEventId> {
+        let json = serde_json::to_string(&object).map_err(Error::internal)?;
+        let state_key = pdu
+            .state_key
+            .clone()
+            .map(|k| (StateEventType::from(pdu.kind.to_string()), k));
+        let replaces_state = state_key
+            .as_ref()
+            .and_then(|k| room.state.get(k))
+            .map(|p| p.event_id.to_string());
+        let new_group = state_key.as_ref().map(|(kind, key)| {
+            let id = self.state_groups.fetch_add(1, Ordering::SeqCst) + 1;
+            if room.chain_len >= MAX_STATE_CHAIN || room.state_group == 0 {
+                let mut entries: Vec<(String, String, String)> = room
+                    .state
+                    .iter()
+                    .filter(|(k, _)| *k != &(kind.clone(), key.clone()))
+                    .map(|((k, s), p)| (k.to_string(), s.clone(), p.event_id.to_string()))
+                    .collect();
+                entries.push((kind.to_string(), key.clone(), pdu.event_id.to_string()));
+                NewStateGroup {
+                    id,
+                    prev_group: None,
+                    chain_len: 0,
+                    entries,
+                }
+            } else {
+                NewStateGroup {
+                    id,
+                    prev_group: Some(room.state_group),
+                    chain_len: room.chain_len + 1,
+                    entries: vec![(kind.to_string(), key.clone(), pdu.event_id.to_string())],
+                }
+            }
+        });
+        let content = pdu.content_value();
+        let membership = (pdu.kind == TimelineEventType::RoomMember)
+            .then(|| pdu.membership())
+            .flatten();
+        let relates_to = content.get("m.relates_to");
+        let rel = relates_to.and_then(|r| {
+            Some((
+                r.get("event_id")?.as_str()?,
+                r.get("rel_type")?.as_str()?,
+                r.get("key").and_then(Value::as_str),
+            ))
+        });
+        // A reply (`m.in_reply_to`) is a relation too, so `/relations` can list it.
+        let reply = relates_to.and_then(|r| r.get("m.in_reply_to")?.get("event_id")?.as_str());
+        let rel = rel.or(reply.map(|id| (id, "m.in_reply_to", None)));
+        let pruned = match &pdu.redacts {
+            Some(target) => Some((
+                target.to_string(),
+                self.pruned_json(target, &room.rules).await?,
+            )),
+            None => None,
+        };
+        let prev: Vec<String> = room.extremities.iter().map(|e| e.to_string()).collect();
+        let pos = self.stream.next();
+        let result = self
+            .store
+            .persist_event(NewEvent {
+                stream_pos: pos,
+                event_id: pdu.event_id.as_str(),
+                room_id: pdu.room_id.as_str(),
+                sender: pdu.sender.as_str(),
+                event_type: &pdu.kind.to_string(),
+                state_key: pdu.state_key.as_deref(),
+                membership: membership.as_deref(),
+                depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
+                origin_server_ts: u64::from(pdu.origin_server_ts.0) as i64,
+                json: &json,
+                state_group: room.state_group,
+                new_state_group: new_group.clone(),
+                replaces_state: replaces_state.as_deref(),
+                relates_to: rel,
+                txn: txn.map(|(d, t)| (d.as_str(), t.as_str())),
+                prev_events: &prev,
+                redacts: pruned.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+            })
+            .await;
+        if let Err(e) = result {
+            self.stream.abandon(pos);
+            return Err(e.into());
+        }
+        // Committed: update the in-memory room, then wake syncs.
+        let event_id = pdu.event_id.clone();
+        let pdu = Arc::new(pdu);
+        room.extremities = vec![event_id.clone()];
+        room.max_depth = u64::from(pdu.depth);
+        let mut wake = room.interested_users();
+        if let Some((key, group)) = state_key.zip(new_group) {
+            if key.0 == StateEventType::RoomMember
+                && let Ok(user) = UserId::parse(key.1.as_str())
+            {
+                wake.push(user);
+            }
+            room.state.insert(key, pdu);
+            room.state_group = group.id;
+            room.chain_len = group.chain_len;
+        }
+        let (woken, _) = self.stream.finish(pos, wake);
+        self.notifier.wake(woken.iter().map(|u| u.as_ref()));
+        metrics::counter!("tim_events_persisted_total", "server_name" => self.server_name.to_string()).increment(1);
+        Ok(event_id)
+    }
+
+    async fn pruned_json(
+        &self,
+        target: &ruma::EventId,
+        rules: &RoomVersionRules,
+    ) -> Result<String> {
+        let row = self
+            .store
+            .get_event(target.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("event not found"))?;
+        let object: CanonicalJsonObject =
+            serde_json::from_str(&row.json).map_err(Error::internal)?;
+        let redacted = ruma::canonical_json::redact(object, &rules.redaction, None)
+            .map_err(Error::internal)?;
+        serde_json::to_string(&redacted).map_err(Error::internal)
+    }
+}
+
+fn canon<T: serde::Serialize>(value: &T) -> Result<CanonicalJsonValue> {
+    ruma::canonical_json::to_canonical_value(value).map_err(Error::internal)
+}

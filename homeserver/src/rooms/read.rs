@@ -1,0 +1,570 @@
+//! Reading rooms as a user may see them: history visibility, the client form of events (with
+//! `transaction_id` for the sender's device and `redacted_because`), pagination, context,
+//! relations, state and members.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ruma::{EventId, RoomId, UserId};
+use serde_json::Value;
+
+use super::{
+    Rooms,
+    pdu::{Unsigned, client_event, content_of},
+};
+use crate::{
+    error::{Error, Result},
+    store::{Direction, EventFilter, EventRow, StateIds},
+};
+
+/// A page of events in client form, with the tokens around it.
+pub struct Page {
+    pub chunk: Vec<Value>,
+    pub start: i64,
+    pub end: Option<i64>,
+    /// Member events of the page's senders (lazy loading).
+    pub state: Vec<Value>,
+}
+
+/// What a user may see of a room's history: the room's history visibility and the user's
+/// membership changes, by stream position.
+pub struct Visibility {
+    history_visibility: String,
+    memberships: Vec<(i64, String)>,
+}
+
+impl Visibility {
+    fn membership_at(&self, pos: i64) -> Option<&str> {
+        self.memberships
+            .iter()
+            .rev()
+            .find(|(p, _)| *p <= pos)
+            .map(|(_, m)| m.as_str())
+    }
+
+    fn current(&self) -> Option<&str> {
+        self.memberships.last().map(|(_, m)| m.as_str())
+    }
+
+    pub fn can_see(&self, pos: i64) -> bool {
+        let at = self.membership_at(pos);
+        match self.history_visibility.as_str() {
+            "world_readable" => true,
+            "shared" => at == Some("join") || self.current() == Some("join"),
+            "invited" => matches!(at, Some("join" | "invite")),
+            _ => at == Some("join"),
+        }
+    }
+
+    /// Whether the user may read the room at all (members, state).
+    pub fn is_or_was_member(&self) -> bool {
+        self.memberships.iter().any(|(_, m)| m == "join")
+            || self.history_visibility == "world_readable"
+    }
+
+    /// The last position the user may see, if they are no longer joined.
+    pub fn upper_bound(&self) -> Option<i64> {
+        match self.current() {
+            Some("join") => None,
+            _ => self
+                .memberships
+                .iter()
+                .rev()
+                .find(|(_, m)| m != "join")
+                .map(|(p, _)| *p),
+        }
+    }
+}
+
+impl Rooms {
+    pub async fn visibility(&self, room_id: &RoomId, user: &UserId) -> Result<Visibility> {
+        let history_visibility = self
+            .with_state(room_id, |s| {
+                s.get(ruma::events::StateEventType::RoomHistoryVisibility, "")
+                    .and_then(|p| {
+                        p.content_value()
+                            .get("history_visibility")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
+            })
+            .await?
+            .ok_or_else(|| Error::forbidden("you are not in this room"))?
+            .unwrap_or_else(|| "shared".into());
+        let changes = self
+            .store
+            .membership_changes(user.as_str(), 0, i64::MAX)
+            .await?;
+        let memberships = changes
+            .into_iter()
+            .filter(|m| m.room_id == room_id.as_str())
+            .map(|m| (m.stream_pos, m.membership))
+            .collect();
+        Ok(Visibility {
+            history_visibility,
+            memberships,
+        })
+    }
+
+    /// Client form of stored events, in the given order.
+    pub async fn client_events(
+        &self,
+        rows: &[EventRow],
+        device: Option<&str>,
+    ) -> Result<Vec<Value>> {
+        let redactions: Vec<String> = rows.iter().filter_map(|r| r.redacted_by.clone()).collect();
+        let because: HashMap<String, EventRow> = if redactions.is_empty() {
+            HashMap::new()
+        } else {
+            self.store
+                .get_events(&redactions)
+                .await?
+                .into_iter()
+                .map(|r| (r.event_id.clone(), r))
+                .collect()
+        };
+        let replaced: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.replaces_state.clone())
+            .collect();
+        let prev: HashMap<String, EventRow> = if replaced.is_empty() {
+            HashMap::new()
+        } else {
+            self.store
+                .get_events(&replaced)
+                .await?
+                .into_iter()
+                .map(|r| (r.event_id.clone(), r))
+                .collect()
+        };
+        let now_ms = super::create::now_ms() as u64;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let redacted_because =
+                    row.redacted_by
+                        .as_ref()
+                        .and_then(|id| because.get(id))
+                        .map(|r| {
+                            client_event(
+                                r,
+                                Unsigned {
+                                    now_ms,
+                                    ..Default::default()
+                                },
+                            )
+                        });
+                let transaction_id = match (&row.txn, device) {
+                    (Some((d, t)), Some(device)) if d == device => Some(t.as_str()),
+                    _ => None,
+                };
+                let prev_content = row
+                    .replaces_state
+                    .as_ref()
+                    .and_then(|id| prev.get(id))
+                    .and_then(content_of);
+                client_event(
+                    row,
+                    Unsigned {
+                        now_ms,
+                        transaction_id,
+                        redacted_because,
+                        prev_content,
+                        replaces_state: row.replaces_state.as_deref(),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// `/messages`: a page of visible events from `from` in direction `dir`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn messages(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        device: &str,
+        from: i64,
+        to: Option<i64>,
+        dir: Direction,
+        limit: i64,
+        filter: &EventFilter,
+        lazy_members: bool,
+    ) -> Result<Page> {
+        let vis = self.visibility(room_id, user).await?;
+        if !vis.is_or_was_member() {
+            return Err(Error::forbidden("you are not in this room"));
+        }
+        let bound = vis.upper_bound().unwrap_or(i64::MAX);
+        let (from, to) = match dir {
+            Direction::Backward => (from.min(bound), to.unwrap_or(0)),
+            Direction::Forward => (from, to.unwrap_or(i64::MAX).min(bound)),
+        };
+        let rows = self
+            .store
+            .room_events(room_id.as_str(), from, to, dir, limit, filter)
+            .await?;
+        let end = rows.last().map(|r| {
+            if dir == Direction::Backward {
+                r.stream_pos - 1
+            } else {
+                r.stream_pos
+            }
+        });
+        let end = if (rows.len() as i64) < limit {
+            None
+        } else {
+            end
+        };
+        let visible: Vec<EventRow> = rows
+            .into_iter()
+            .filter(|r| vis.can_see(r.stream_pos))
+            .collect();
+        let state = if lazy_members {
+            self.member_events_for(room_id, &visible).await?
+        } else {
+            vec![]
+        };
+        Ok(Page {
+            chunk: self.client_events(&visible, Some(device)).await?,
+            start: from,
+            end,
+            state,
+        })
+    }
+
+    /// Current member events of the senders of `rows`, in client form.
+    pub async fn member_events_for(
+        &self,
+        room_id: &RoomId,
+        rows: &[EventRow],
+    ) -> Result<Vec<Value>> {
+        let rows = self.member_events_rows(room_id.as_str(), rows).await?;
+        self.client_events(&rows, None).await
+    }
+
+    /// Current member events of the senders of `rows`.
+    pub async fn member_events_rows(
+        &self,
+        room_id: &str,
+        rows: &[EventRow],
+    ) -> Result<Vec<EventRow>> {
+        let room_id = RoomId::parse(room_id).map_err(Error::internal)?;
+        let room_id = room_id.as_ref();
+        let senders: std::collections::BTreeSet<String> = rows
+            .iter()
+            .filter_map(|r| {
+                serde_json::from_str::<Value>(&r.json)
+                    .ok()?
+                    .get("sender")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        let ids: Vec<String> = self
+            .with_state(room_id, |s| {
+                senders
+                    .iter()
+                    .filter_map(|u| {
+                        s.state
+                            .get(&(ruma::events::StateEventType::RoomMember, u.clone()))
+                            .map(|p| p.event_id.to_string())
+                    })
+                    .collect()
+            })
+            .await?
+            .unwrap_or_default();
+        Ok(self.store.get_events(&ids).await?)
+    }
+
+    /// One event, if the user may see it.
+    pub async fn event(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        device: &str,
+        event_id: &EventId,
+    ) -> Result<Value> {
+        let row = self.visible_event(room_id, user, event_id).await?;
+        Ok(self.client_events(&[row], Some(device)).await?.remove(0))
+    }
+
+    async fn visible_event(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        event_id: &EventId,
+    ) -> Result<EventRow> {
+        let vis = self.visibility(room_id, user).await?;
+        match self.store.get_event(event_id.as_str()).await? {
+            Some(row) if row.room_id == room_id.as_str() && vis.can_see(row.stream_pos) => Ok(row),
+            _ => Err(Error::not_found("event not found")),
+        }
+    }
+
+    /// `/context`: events before and after an event, and the state at the last one.
+    pub async fn context(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        device: &str,
+        event_id: &EventId,
+        limit: i64,
+        filter: &EventFilter,
+    ) -> Result<Context> {
+        let row = self.visible_event(room_id, user, event_id).await?;
+        let vis = self.visibility(room_id, user).await?;
+        let before_n = limit / 2;
+        let after_n = limit - before_n;
+        let bound = vis.upper_bound().unwrap_or(i64::MAX);
+        let before = self
+            .store
+            .room_events(
+                room_id.as_str(),
+                row.stream_pos - 1,
+                0,
+                Direction::Backward,
+                before_n,
+                filter,
+            )
+            .await?;
+        let after = self
+            .store
+            .room_events(
+                room_id.as_str(),
+                row.stream_pos,
+                bound,
+                Direction::Forward,
+                after_n,
+                filter,
+            )
+            .await?;
+        let start = before
+            .last()
+            .map(|r| r.stream_pos - 1)
+            .unwrap_or(row.stream_pos - 1);
+        let end = after.last().map(|r| r.stream_pos).unwrap_or(row.stream_pos);
+        let last = after.last().unwrap_or(&row);
+        let state_ids = self.state_after(last).await?;
+        let state_rows = self
+            .store
+            .get_events(&state_ids.into_values().collect::<Vec<_>>())
+            .await?;
+        let before: Vec<EventRow> = before
+            .into_iter()
+            .filter(|r| vis.can_see(r.stream_pos))
+            .collect();
+        let after: Vec<EventRow> = after
+            .into_iter()
+            .filter(|r| vis.can_see(r.stream_pos))
+            .collect();
+        Ok(Context {
+            event: self
+                .client_events(std::slice::from_ref(&row), Some(device))
+                .await?
+                .remove(0),
+            before: self.client_events(&before, Some(device)).await?,
+            after: self.client_events(&after, Some(device)).await?,
+            state: self.client_events(&state_rows, None).await?,
+            start,
+            end,
+        })
+    }
+
+    /// The room state after an event (its state group plus the event itself if it is state).
+    pub async fn state_after(&self, row: &EventRow) -> Result<StateIds> {
+        let mut state = self.store.state_at_group(row.state_group).await?;
+        let v: Value = serde_json::from_str(&row.json).map_err(Error::internal)?;
+        if let (Some(kind), Some(key)) = (
+            v.get("type").and_then(Value::as_str),
+            v.get("state_key").and_then(Value::as_str),
+        ) {
+            state.insert((kind.to_owned(), key.to_owned()), row.event_id.clone());
+        }
+        Ok(state)
+    }
+
+    /// `/relations`: events relating to a visible event.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn relations(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        device: &str,
+        event_id: &EventId,
+        rel_type: Option<&str>,
+        event_type: Option<&str>,
+        from: Option<i64>,
+        to: Option<i64>,
+        dir: Direction,
+        limit: i64,
+    ) -> Result<Page> {
+        self.visible_event(room_id, user, event_id).await?;
+        let vis = self.visibility(room_id, user).await?;
+        let (from, to) = match dir {
+            Direction::Backward => (from.unwrap_or(i64::MAX), to.unwrap_or(0)),
+            Direction::Forward => (from.unwrap_or(0), to.unwrap_or(i64::MAX)),
+        };
+        let rows = self
+            .store
+            .relations(
+                room_id.as_str(),
+                event_id.as_str(),
+                rel_type,
+                event_type,
+                from,
+                to,
+                dir,
+                limit,
+            )
+            .await?;
+        let end = if (rows.len() as i64) < limit {
+            None
+        } else {
+            rows.last().map(|r| {
+                if dir == Direction::Backward {
+                    r.stream_pos - 1
+                } else {
+                    r.stream_pos
+                }
+            })
+        };
+        let rows: Vec<EventRow> = rows
+            .into_iter()
+            .filter(|r| vis.can_see(r.stream_pos))
+            .collect();
+        Ok(Page {
+            chunk: self.client_events(&rows, Some(device)).await?,
+            start: from,
+            end,
+            state: vec![],
+        })
+    }
+
+    /// The state a user may see: current state while joined, else the state when they left.
+    pub async fn visible_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<EventRow>> {
+        let vis = self.visibility(room_id, user).await?;
+        let ids = match vis.upper_bound() {
+            None if vis.current() == Some("join") => {
+                self.store.current_state_ids(room_id.as_str()).await?
+            }
+            _ if vis.history_visibility == "world_readable" => {
+                self.store.current_state_ids(room_id.as_str()).await?
+            }
+            Some(pos) if vis.is_or_was_member() => {
+                let leave = self
+                    .store
+                    .membership_changes(user.as_str(), pos - 1, pos)
+                    .await?
+                    .into_iter()
+                    .find(|m| m.room_id == room_id.as_str())
+                    .ok_or_else(|| Error::forbidden("you are not in this room"))?;
+                let row = self
+                    .store
+                    .get_event(&leave.event_id)
+                    .await?
+                    .ok_or_else(|| Error::internal("membership event missing"))?;
+                self.state_after(&row).await?
+            }
+            _ => return Err(Error::forbidden("you are not in this room")),
+        };
+        let rows = self
+            .store
+            .get_events(&ids.into_values().collect::<Vec<_>>())
+            .await?;
+        Ok(rows)
+    }
+
+    /// One state event's content, as the user may see it.
+    pub async fn state_content(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        kind: &str,
+        key: &str,
+    ) -> Result<Value> {
+        let rows = self.visible_state(room_id, user).await?;
+        rows.iter()
+            .find(|r| {
+                serde_json::from_str::<Value>(&r.json)
+                    .map(|v| {
+                        v.get("type").and_then(Value::as_str) == Some(kind)
+                            && v.get("state_key").and_then(Value::as_str) == Some(key)
+                    })
+                    .unwrap_or(false)
+            })
+            .and_then(content_of)
+            .ok_or_else(|| Error::not_found("state event not found"))
+    }
+
+    /// Member events the user may see, by membership.
+    pub async fn member_events(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        membership: Option<&str>,
+        not_membership: Option<&str>,
+    ) -> Result<Vec<Value>> {
+        let rows: Vec<EventRow> = self
+            .visible_state(room_id, user)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                let v: Value = serde_json::from_str(&r.json).unwrap_or_default();
+                let m = v.pointer("/content/membership").and_then(Value::as_str);
+                v.get("type").and_then(Value::as_str) == Some("m.room.member")
+                    && membership.is_none_or(|want| m == Some(want))
+                    && not_membership.is_none_or(|not| m != Some(not))
+            })
+            .collect();
+        self.client_events(&rows, None).await
+    }
+
+    /// `joined_members`: display names and avatars of joined members.
+    pub async fn joined_members(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<BTreeMap<String, (Option<String>, Option<String>)>> {
+        if self
+            .with_state(room_id, |s| s.membership(user))
+            .await?
+            .flatten()
+            .as_deref()
+            != Some("join")
+        {
+            return Err(Error::forbidden("you are not in this room"));
+        }
+        let rows = self.store.members(room_id.as_str(), Some("join")).await?;
+        let ids: Vec<String> = rows.iter().map(|(_, id)| id.clone()).collect();
+        let events = self.store.get_events(&ids).await?;
+        Ok(events
+            .iter()
+            .filter_map(|r| {
+                let v: Value = serde_json::from_str(&r.json).ok()?;
+                let content = v.get("content")?;
+                Some((
+                    v.get("state_key")?.as_str()?.to_owned(),
+                    (
+                        content
+                            .get("displayname")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                        content
+                            .get("avatar_url")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                    ),
+                ))
+            })
+            .collect())
+    }
+}
+
+pub struct Context {
+    pub event: Value,
+    pub before: Vec<Value>,
+    pub after: Vec<Value>,
+    pub state: Vec<Value>,
+    pub start: i64,
+    pub end: i64,
+}

@@ -1,0 +1,407 @@
+//! Persistence. One trait per aggregate; two sqlx implementations (`sqlite`, `postgres`) that
+//! share their SQL text (`sql.rs`, compiled once per backend) and differ in schema, connection
+//! set-up and the few statements where the dialects differ. Nothing outside `store/` writes SQL.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use async_trait::async_trait;
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::{drop_tenant_schema, open_postgres};
+pub use sqlite::open_sqlite;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unique constraint violated")]
+    Conflict,
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// `(event type, state key)` → event id.
+pub type StateIds = BTreeMap<(String, String), String>;
+
+/// All stores of one tenant.
+#[derive(Clone)]
+pub struct Stores {
+    pub server_keys: Arc<dyn ServerKeyStore>,
+    pub accounts: Arc<dyn AccountStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub filters: Arc<dyn FilterStore>,
+    pub account_data: Arc<dyn AccountDataStore>,
+    pub events: Arc<dyn EventStore>,
+    /// Closes the pools (tenant removal, shutdown).
+    pub closer: Arc<dyn Closer>,
+}
+
+#[async_trait]
+pub trait Closer: Send + Sync {
+    async fn close(&self);
+}
+
+#[async_trait]
+pub trait ServerKeyStore: Send + Sync {
+    /// The signing key `(key id, PKCS#8 document)`; the first call stores `generate()`'s key.
+    async fn signing_key(
+        &self,
+        generate: &(dyn Fn() -> (String, Vec<u8>) + Sync),
+    ) -> StoreResult<(String, Vec<u8>)>;
+}
+
+#[derive(Clone, Debug)]
+pub struct UserRow {
+    pub user_id: String,
+    pub password_hash: Option<String>,
+    pub is_admin: bool,
+    pub deactivated: bool,
+    pub created_ts: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RegistrationTokenRow {
+    pub token: String,
+    pub uses_allowed: Option<i64>,
+    pub completed: i64,
+    pub expiry_ts: Option<i64>,
+}
+
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Fails with `Conflict` when the user id is taken.
+    async fn create_user(
+        &self,
+        user_id: &str,
+        password_hash: Option<&str>,
+        is_admin: bool,
+        now: i64,
+    ) -> StoreResult<()>;
+    async fn get_user(&self, user_id: &str) -> StoreResult<Option<UserRow>>;
+    async fn count_users(&self) -> StoreResult<i64>;
+    async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()>;
+    /// Marks the user deactivated, removes the password, all devices and tokens. Returns the
+    /// removed token hashes.
+    async fn deactivate(&self, user_id: &str) -> StoreResult<Vec<String>>;
+
+    async fn create_registration_token(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_ts: Option<i64>,
+        now: i64,
+    ) -> StoreResult<()>;
+    async fn get_registration_token(
+        &self,
+        token: &str,
+    ) -> StoreResult<Option<RegistrationTokenRow>>;
+    /// Consumes one use if the token is still valid at `now`; false if not.
+    async fn consume_registration_token(&self, token: &str, now: i64) -> StoreResult<bool>;
+}
+
+#[derive(Clone, Debug)]
+pub struct DeviceRow {
+    pub device_id: String,
+    pub display_name: Option<String>,
+    pub last_seen_ts: Option<i64>,
+    pub last_seen_ip: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TokenRow {
+    pub user_id: String,
+    pub device_id: String,
+    pub expires_ts: Option<i64>,
+}
+
+pub struct NewSession<'a> {
+    pub user_id: &'a str,
+    pub device_id: &'a str,
+    pub display_name: Option<&'a str>,
+    pub token_hash: &'a str,
+    pub refresh_hash: Option<&'a str>,
+    pub expires_ts: Option<i64>,
+    pub ip: Option<&'a str>,
+    pub now: i64,
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Creates the device (or reuses it, dropping its old tokens) and its access token. Returns
+    /// the hashes of tokens it replaced.
+    async fn create_session(&self, s: NewSession<'_>) -> StoreResult<Vec<String>>;
+    async fn lookup_token(&self, token_hash: &str) -> StoreResult<Option<TokenRow>>;
+    /// Swaps the session behind `refresh_hash` to new tokens. Returns the old access-token hash
+    /// and the session, or None if the refresh token is unknown.
+    async fn refresh(
+        &self,
+        refresh_hash: &str,
+        new_token_hash: &str,
+        new_refresh_hash: &str,
+        expires_ts: Option<i64>,
+        now: i64,
+    ) -> StoreResult<Option<(String, TokenRow)>>;
+    /// Deletes one access token (logout). The device stays until deleted.
+    async fn delete_token(&self, token_hash: &str) -> StoreResult<()>;
+    /// Deletes devices and their tokens; returns the token hashes removed.
+    async fn delete_devices(
+        &self,
+        user_id: &str,
+        device_ids: &[String],
+    ) -> StoreResult<Vec<String>>;
+    /// Deletes all devices of the user (but `keep`) and their tokens; returns the token hashes.
+    async fn delete_all_devices(
+        &self,
+        user_id: &str,
+        keep: Option<&str>,
+    ) -> StoreResult<Vec<String>>;
+    async fn list_devices(&self, user_id: &str) -> StoreResult<Vec<DeviceRow>>;
+    async fn get_device(&self, user_id: &str, device_id: &str) -> StoreResult<Option<DeviceRow>>;
+    async fn rename_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        name: Option<&str>,
+    ) -> StoreResult<bool>;
+    async fn touch_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        ip: Option<&str>,
+        now: i64,
+    ) -> StoreResult<()>;
+}
+
+#[async_trait]
+pub trait FilterStore: Send + Sync {
+    async fn create_filter(&self, user_id: &str, json: &str) -> StoreResult<i64>;
+    async fn get_filter(&self, user_id: &str, filter_id: i64) -> StoreResult<Option<String>>;
+}
+
+#[derive(Clone, Debug)]
+pub struct AccountDataRow {
+    /// Empty for global account data.
+    pub room_id: String,
+    pub data_type: String,
+    pub content: String,
+    pub stream_pos: i64,
+}
+
+#[async_trait]
+pub trait AccountDataStore: Send + Sync {
+    async fn set(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        data_type: &str,
+        content: &str,
+        stream_pos: i64,
+    ) -> StoreResult<()>;
+    async fn get(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        data_type: &str,
+    ) -> StoreResult<Option<String>>;
+    /// Entries changed in `(since, upto]`; `since = 0` gives all.
+    async fn changed(
+        &self,
+        user_id: &str,
+        since: i64,
+        upto: i64,
+    ) -> StoreResult<Vec<AccountDataRow>>;
+}
+
+/// An event as stored.
+#[derive(Clone, Debug)]
+pub struct EventRow {
+    pub stream_pos: i64,
+    pub event_id: String,
+    pub room_id: String,
+    /// The PDU (pruned if redacted), canonical JSON.
+    pub json: String,
+    pub state_group: i64,
+    pub replaces_state: Option<String>,
+    pub redacted_by: Option<String>,
+    /// `(device id, txn id)` of the sending device, for `unsigned.transaction_id`.
+    pub txn: Option<(String, String)>,
+}
+
+/// A new event and everything that changes with it, written in one transaction.
+pub struct NewEvent<'a> {
+    pub stream_pos: i64,
+    pub event_id: &'a str,
+    pub room_id: &'a str,
+    pub sender: &'a str,
+    pub event_type: &'a str,
+    pub state_key: Option<&'a str>,
+    pub membership: Option<&'a str>,
+    pub depth: i64,
+    pub origin_server_ts: i64,
+    pub json: &'a str,
+    /// State group of the state *before* the event.
+    pub state_group: i64,
+    /// For a state event: the group of the state after it (a new one, delta to `state_group`).
+    pub new_state_group: Option<NewStateGroup>,
+    pub replaces_state: Option<&'a str>,
+    pub relates_to: Option<(&'a str, &'a str, Option<&'a str>)>,
+    pub txn: Option<(&'a str, &'a str)>,
+    /// The events this one replaces as forward extremities (its `prev_events`).
+    pub prev_events: &'a [String],
+    /// For a redaction: the redacted event and its pruned JSON.
+    pub redacts: Option<(&'a str, &'a str)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewStateGroup {
+    pub id: i64,
+    /// None: `entries` is a full snapshot.
+    pub prev_group: Option<i64>,
+    pub chain_len: i64,
+    pub entries: Vec<(String, String, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct MembershipRow {
+    pub room_id: String,
+    pub membership: String,
+    pub stream_pos: i64,
+    pub event_id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+/// The event types/senders filter applied in SQL for `/messages` and sync timelines.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// The highest stream position used by any stream (events, account data).
+    async fn max_stream_pos(&self) -> StoreResult<i64>;
+    async fn max_state_group(&self) -> StoreResult<i64>;
+
+    async fn create_room(
+        &self,
+        room_id: &str,
+        version: &str,
+        creator: &str,
+        now: i64,
+    ) -> StoreResult<()>;
+    async fn room_version(&self, room_id: &str) -> StoreResult<Option<String>>;
+    async fn persist_event(&self, ev: NewEvent<'_>) -> StoreResult<()>;
+
+    async fn get_event(&self, event_id: &str) -> StoreResult<Option<EventRow>>;
+    async fn get_events(&self, event_ids: &[String]) -> StoreResult<Vec<EventRow>>;
+    async fn txn_event(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+    ) -> StoreResult<Option<String>>;
+
+    /// Current state of a room with each event's JSON; the room's forward extremities; the max
+    /// depth and the current state group.
+    async fn load_room(&self, room_id: &str) -> StoreResult<Option<LoadedRoom>>;
+    async fn state_at_group(&self, group: i64) -> StoreResult<StateIds>;
+    /// Current state event ids of a room (type filter optional).
+    async fn current_state_ids(&self, room_id: &str) -> StoreResult<StateIds>;
+
+    /// Current state of several rooms: `(room id, type, state key, event)`, one query.
+    async fn current_state_events(
+        &self,
+        room_ids: &[String],
+    ) -> StoreResult<Vec<(String, String, String, EventRow)>>;
+    /// Rooms with the user's current membership (all memberships but forgotten leaves).
+    async fn rooms_for_user(&self, user_id: &str) -> StoreResult<Vec<MembershipRow>>;
+    /// The user's membership events with position in `(since, upto]`.
+    async fn membership_changes(
+        &self,
+        user_id: &str,
+        since: i64,
+        upto: i64,
+    ) -> StoreResult<Vec<MembershipRow>>;
+    /// Current joined (or `membership`) members of a room.
+    async fn members(
+        &self,
+        room_id: &str,
+        membership: Option<&str>,
+    ) -> StoreResult<Vec<(String, String)>>;
+
+    /// Events of a room between positions, ordered by the direction, at most `limit`.
+    /// Forward: `(from, to]`; backward: `(to, from]` newest first.
+    async fn room_events(
+        &self,
+        room_id: &str,
+        from: i64,
+        to: i64,
+        dir: Direction,
+        limit: i64,
+        filter: &EventFilter,
+    ) -> StoreResult<Vec<EventRow>>;
+    /// For each room, its newest `limit` events at or below `upto` (newest first) — one query.
+    async fn latest_events(
+        &self,
+        room_ids: &[String],
+        upto: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<EventRow>>;
+    /// Rooms among `room_ids` with events in `(since, upto]`.
+    async fn rooms_with_events(
+        &self,
+        room_ids: &[String],
+        since: i64,
+        upto: i64,
+    ) -> StoreResult<Vec<String>>;
+    /// State events of a room with position in `(since, upto]`, oldest first.
+    async fn state_events_between(
+        &self,
+        room_id: &str,
+        since: i64,
+        upto: i64,
+    ) -> StoreResult<Vec<EventRow>>;
+    /// Events relating to `event_id`, by position, newest first unless forward.
+    async fn relations(
+        &self,
+        room_id: &str,
+        event_id: &str,
+        rel_type: Option<&str>,
+        event_type: Option<&str>,
+        from: i64,
+        to: i64,
+        dir: Direction,
+        limit: i64,
+    ) -> StoreResult<Vec<EventRow>>;
+
+    async fn set_alias(&self, alias: &str, room_id: &str, creator: &str) -> StoreResult<()>;
+    async fn get_alias(&self, alias: &str) -> StoreResult<Option<(String, String)>>;
+    async fn delete_alias(&self, alias: &str) -> StoreResult<bool>;
+    async fn room_aliases(&self, room_id: &str) -> StoreResult<Vec<String>>;
+
+    async fn forget_room(&self, user_id: &str, room_id: &str) -> StoreResult<()>;
+    async fn unforget_room(&self, user_id: &str, room_id: &str) -> StoreResult<()>;
+}
+
+pub struct LoadedRoom {
+    pub version: String,
+    pub state: Vec<EventRow>,
+    pub state_types: Vec<(String, String)>,
+    pub extremities: Vec<String>,
+    pub max_depth: i64,
+    pub state_group: i64,
+}

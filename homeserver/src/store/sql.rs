@@ -1,0 +1,837 @@
+// The SQL implementation of every store trait, shared by both backends: `sqlite.rs` and
+// `postgres.rs` each `include!` this file after defining `Db` (the sqlx database), `DbPool`
+// and `is_unique_violation`. SQL here must be valid in both dialects (`$n` placeholders work in
+// both). Writes go through `write` — for SQLite a pool of exactly one connection — reads through
+// `read`.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::*;
+
+#[derive(Clone)]
+pub struct SqlStore {
+    write: DbPool,
+    read: DbPool,
+}
+
+type DbRow = <Db as sqlx::Database>::Row;
+
+fn unique(e: sqlx::Error) -> StoreError {
+    if is_unique_violation(&e) { StoreError::Conflict } else { StoreError::Db(e) }
+}
+
+impl SqlStore {
+    pub fn stores(write: DbPool, read: DbPool) -> Stores {
+        let store = Arc::new(SqlStore { write, read });
+        Stores {
+            server_keys: store.clone(),
+            accounts: store.clone(),
+            sessions: store.clone(),
+            filters: store.clone(),
+            account_data: store.clone(),
+            events: store.clone(),
+            closer: store,
+        }
+    }
+}
+
+#[async_trait]
+impl Closer for SqlStore {
+    async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+#[async_trait]
+impl ServerKeyStore for SqlStore {
+    async fn signing_key(&self, generate: &(dyn Fn() -> (String, Vec<u8>) + Sync)) -> StoreResult<(String, Vec<u8>)> {
+        let row = sqlx::query("SELECT key_id, pkcs8 FROM server_keys ORDER BY created_ts LIMIT 1").fetch_optional(&self.write).await?;
+        if let Some(row) = row {
+            return Ok((row.try_get(0)?, row.try_get(1)?));
+        }
+        let (key_id, doc) = generate();
+        sqlx::query("INSERT INTO server_keys (key_id, pkcs8, created_ts) VALUES ($1, $2, $3)")
+            .bind(&key_id)
+            .bind(&doc)
+            .bind(0i64)
+            .execute(&self.write)
+            .await?;
+        Ok((key_id, doc))
+    }
+}
+
+fn user_row(row: &DbRow) -> StoreResult<UserRow> {
+    Ok(UserRow {
+        user_id: row.try_get(0)?,
+        password_hash: row.try_get(1)?,
+        is_admin: row.try_get(2)?,
+        deactivated: row.try_get(3)?,
+        created_ts: row.try_get(4)?,
+    })
+}
+
+#[async_trait]
+impl AccountStore for SqlStore {
+    async fn create_user(&self, user_id: &str, password_hash: Option<&str>, is_admin: bool, now: i64) -> StoreResult<()> {
+        sqlx::query("INSERT INTO users (user_id, password_hash, is_admin, deactivated, created_ts) VALUES ($1, $2, $3, FALSE, $4)")
+            .bind(user_id)
+            .bind(password_hash)
+            .bind(is_admin)
+            .bind(now)
+            .execute(&self.write)
+            .await
+            .map_err(unique)?;
+        Ok(())
+    }
+
+    async fn get_user(&self, user_id: &str) -> StoreResult<Option<UserRow>> {
+        let row = sqlx::query("SELECT user_id, password_hash, is_admin, deactivated, created_ts FROM users WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(user_row).transpose()
+    }
+
+    async fn count_users(&self) -> StoreResult<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM users").fetch_one(&self.read).await?.try_get(0)?)
+    }
+
+    async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET password_hash = $2 WHERE user_id = $1").bind(user_id).bind(hash).execute(&self.write).await?;
+        Ok(())
+    }
+
+    async fn deactivate(&self, user_id: &str) -> StoreResult<Vec<String>> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("UPDATE users SET deactivated = TRUE, password_hash = NULL WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
+        let rows = sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 RETURNING token_hash").bind(user_id).fetch_all(&mut *tx).await?;
+        sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    async fn create_registration_token(&self, token: &str, uses_allowed: Option<i64>, expiry_ts: Option<i64>, now: i64) -> StoreResult<()> {
+        sqlx::query("INSERT INTO registration_tokens (token, uses_allowed, completed, expiry_ts, created_ts) VALUES ($1, $2, 0, $3, $4)")
+            .bind(token)
+            .bind(uses_allowed)
+            .bind(expiry_ts)
+            .bind(now)
+            .execute(&self.write)
+            .await
+            .map_err(unique)?;
+        Ok(())
+    }
+
+    async fn get_registration_token(&self, token: &str) -> StoreResult<Option<RegistrationTokenRow>> {
+        let row = sqlx::query("SELECT token, uses_allowed, completed, expiry_ts FROM registration_tokens WHERE token = $1")
+            .bind(token)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| {
+            Ok(RegistrationTokenRow { token: r.try_get(0)?, uses_allowed: r.try_get(1)?, completed: r.try_get(2)?, expiry_ts: r.try_get(3)? })
+        })
+        .transpose()
+    }
+
+    async fn consume_registration_token(&self, token: &str, now: i64) -> StoreResult<bool> {
+        // One statement: the row lock (PostgreSQL) or the single writer (SQLite) makes two
+        // concurrent registrations unable to both take the last use.
+        let done = sqlx::query(
+            "UPDATE registration_tokens SET completed = completed + 1 WHERE token = $1 \
+             AND (uses_allowed IS NULL OR completed < uses_allowed) AND (expiry_ts IS NULL OR expiry_ts > $2)",
+        )
+        .bind(token)
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+fn device_row(r: &DbRow) -> StoreResult<DeviceRow> {
+    Ok(DeviceRow { device_id: r.try_get(0)?, display_name: r.try_get(1)?, last_seen_ts: r.try_get(2)?, last_seen_ip: r.try_get(3)? })
+}
+
+fn hashes(rows: Vec<DbRow>) -> StoreResult<Vec<String>> {
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+#[async_trait]
+impl SessionStore for SqlStore {
+    async fn create_session(&self, s: NewSession<'_>) -> StoreResult<Vec<String>> {
+        let mut tx = self.write.begin().await?;
+        let old = sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2 RETURNING token_hash")
+            .bind(s.user_id)
+            .bind(s.device_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts, last_seen_ip) VALUES ($1, $2, $3, $4, $4, $5) \
+             ON CONFLICT (user_id, device_id) DO UPDATE SET last_seen_ts = $4, last_seen_ip = $5, \
+             display_name = COALESCE(EXCLUDED.display_name, devices.display_name)",
+        )
+        .bind(s.user_id)
+        .bind(s.device_id)
+        .bind(s.display_name)
+        .bind(s.now)
+        .bind(s.ip)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO access_tokens (token_hash, user_id, device_id, expires_ts, refresh_token_hash, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(s.token_hash)
+        .bind(s.user_id)
+        .bind(s.device_id)
+        .bind(s.expires_ts)
+        .bind(s.refresh_hash)
+        .bind(s.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unique)?;
+        tx.commit().await?;
+        hashes(old)
+    }
+
+    async fn lookup_token(&self, token_hash: &str) -> StoreResult<Option<TokenRow>> {
+        let row = sqlx::query("SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok(TokenRow { user_id: r.try_get(0)?, device_id: r.try_get(1)?, expires_ts: r.try_get(2)? })).transpose()
+    }
+
+    async fn refresh(&self, refresh_hash: &str, new_token_hash: &str, new_refresh_hash: &str, expires_ts: Option<i64>, now: i64) -> StoreResult<Option<(String, TokenRow)>> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query("DELETE FROM access_tokens WHERE refresh_token_hash = $1 RETURNING token_hash, user_id, device_id")
+            .bind(refresh_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let (old, user_id, device_id): (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        sqlx::query(
+            "INSERT INTO access_tokens (token_hash, user_id, device_id, expires_ts, refresh_token_hash, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(new_token_hash)
+        .bind(&user_id)
+        .bind(&device_id)
+        .bind(expires_ts)
+        .bind(new_refresh_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unique)?;
+        tx.commit().await?;
+        Ok(Some((old, TokenRow { user_id, device_id, expires_ts })))
+    }
+
+    async fn delete_token(&self, token_hash: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM access_tokens WHERE token_hash = $1").bind(token_hash).execute(&self.write).await?;
+        Ok(())
+    }
+
+    async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> StoreResult<Vec<String>> {
+        let mut tx = self.write.begin().await?;
+        let mut removed = Vec::new();
+        for device_id in device_ids {
+            let rows = sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2 RETURNING token_hash")
+                .bind(user_id)
+                .bind(device_id)
+                .fetch_all(&mut *tx)
+                .await?;
+            removed.extend(hashes(rows)?);
+            sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2").bind(user_id).bind(device_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> StoreResult<Vec<String>> {
+        let keep = keep.unwrap_or("");
+        let mut tx = self.write.begin().await?;
+        let rows = sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2 RETURNING token_hash")
+            .bind(user_id)
+            .bind(keep)
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2").bind(user_id).bind(keep).execute(&mut *tx).await?;
+        tx.commit().await?;
+        hashes(rows)
+    }
+
+    async fn list_devices(&self, user_id: &str) -> StoreResult<Vec<DeviceRow>> {
+        let rows = sqlx::query("SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = $1 ORDER BY device_id")
+            .bind(user_id)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(device_row).collect()
+    }
+
+    async fn get_device(&self, user_id: &str, device_id: &str) -> StoreResult<Option<DeviceRow>> {
+        let row = sqlx::query("SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(device_row).transpose()
+    }
+
+    async fn rename_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .bind(name)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn touch_device(&self, user_id: &str, device_id: &str, ip: Option<&str>, now: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE devices SET last_seen_ts = $3, last_seen_ip = $4 WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .bind(now)
+            .bind(ip)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl FilterStore for SqlStore {
+    async fn create_filter(&self, user_id: &str, json: &str) -> StoreResult<i64> {
+        let mut tx = self.write.begin().await?;
+        let next: i64 = sqlx::query("SELECT COALESCE(MAX(filter_id), -1) + 1 FROM filters WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        sqlx::query("INSERT INTO filters (user_id, filter_id, json) VALUES ($1, $2, $3)")
+            .bind(user_id)
+            .bind(next)
+            .bind(json)
+            .execute(&mut *tx)
+            .await
+            .map_err(unique)?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    async fn get_filter(&self, user_id: &str, filter_id: i64) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT json FROM filters WHERE user_id = $1 AND filter_id = $2")
+            .bind(user_id)
+            .bind(filter_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok(r.try_get(0)?)).transpose()
+    }
+}
+
+#[async_trait]
+impl AccountDataStore for SqlStore {
+    async fn set(&self, user_id: &str, room_id: &str, data_type: &str, content: &str, stream_pos: i64) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO account_data (user_id, room_id, data_type, content, stream_pos) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (user_id, room_id, data_type) DO UPDATE SET content = EXCLUDED.content, stream_pos = EXCLUDED.stream_pos",
+        )
+        .bind(user_id)
+        .bind(room_id)
+        .bind(data_type)
+        .bind(content)
+        .bind(stream_pos)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn get(&self, user_id: &str, room_id: &str, data_type: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND data_type = $3")
+            .bind(user_id)
+            .bind(room_id)
+            .bind(data_type)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok(r.try_get(0)?)).transpose()
+    }
+
+    async fn changed(&self, user_id: &str, since: i64, upto: i64) -> StoreResult<Vec<AccountDataRow>> {
+        let rows = sqlx::query(
+            "SELECT room_id, data_type, content, stream_pos FROM account_data WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3 ORDER BY stream_pos",
+        )
+        .bind(user_id)
+        .bind(since)
+        .bind(upto)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(AccountDataRow { room_id: r.try_get(0)?, data_type: r.try_get(1)?, content: r.try_get(2)?, stream_pos: r.try_get(3)? }))
+            .collect()
+    }
+}
+
+const EVENT_COLUMNS: &str = "e.stream_pos, e.event_id, e.room_id, e.json, e.state_group, e.replaces_state, e.redacted_by, e.txn_device, e.txn_id";
+
+fn event_row(r: &DbRow) -> StoreResult<EventRow> {
+    let txn_device: Option<String> = r.try_get(7)?;
+    let txn_id: Option<String> = r.try_get(8)?;
+    Ok(EventRow {
+        stream_pos: r.try_get(0)?,
+        event_id: r.try_get(1)?,
+        room_id: r.try_get(2)?,
+        json: r.try_get(3)?,
+        state_group: r.try_get(4)?,
+        replaces_state: r.try_get(5)?,
+        redacted_by: r.try_get(6)?,
+        txn: txn_device.zip(txn_id),
+    })
+}
+
+fn event_rows(rows: Vec<DbRow>) -> StoreResult<Vec<EventRow>> {
+    rows.iter().map(event_row).collect()
+}
+
+fn membership_row(r: &DbRow) -> StoreResult<MembershipRow> {
+    Ok(MembershipRow { room_id: r.try_get(0)?, membership: r.try_get(1)?, stream_pos: r.try_get(2)?, event_id: r.try_get(3)? })
+}
+
+/// Appends `AND col IN (...)`/`NOT IN` clauses for an event filter, numbering binds from `next`.
+fn filter_sql(filter: &EventFilter, next: &mut usize, sql: &mut String, binds: &mut Vec<String>) {
+    let mut list = |col: &str, values: &[String], negate: bool, sql: &mut String, binds: &mut Vec<String>| {
+        if values.is_empty() {
+            if !negate {
+                sql.push_str(" AND FALSE");
+            }
+            return;
+        }
+        let mut placeholders = Vec::new();
+        for v in values {
+            placeholders.push(format!("${next}"));
+            *next += 1;
+            binds.push(v.clone());
+        }
+        sql.push_str(&format!(" AND {col} {}IN ({})", if negate { "NOT " } else { "" }, placeholders.join(", ")));
+    };
+    if let Some(types) = &filter.types {
+        list("e.type", types, false, sql, binds);
+    }
+    list("e.type", &filter.not_types, true, sql, binds);
+    if let Some(senders) = &filter.senders {
+        list("e.sender", senders, false, sql, binds);
+    }
+    list("e.sender", &filter.not_senders, true, sql, binds);
+}
+
+fn in_list(start: usize, n: usize) -> String {
+    (start..start + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+#[async_trait]
+impl EventStore for SqlStore {
+    async fn max_stream_pos(&self) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT COALESCE((SELECT MAX(stream_pos) FROM events), 0), COALESCE((SELECT MAX(stream_pos) FROM account_data), 0)")
+            .fetch_one(&self.read)
+            .await?;
+        let (a, b): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        Ok(a.max(b))
+    }
+
+    async fn max_state_group(&self) -> StoreResult<i64> {
+        Ok(sqlx::query("SELECT COALESCE(MAX(id), 0) FROM state_groups").fetch_one(&self.read).await?.try_get(0)?)
+    }
+
+    async fn create_room(&self, room_id: &str, version: &str, creator: &str, now: i64) -> StoreResult<()> {
+        sqlx::query("INSERT INTO rooms (room_id, room_version, creator, created_ts, current_state_group) VALUES ($1, $2, $3, $4, 0)")
+            .bind(room_id)
+            .bind(version)
+            .bind(creator)
+            .bind(now)
+            .execute(&self.write)
+            .await
+            .map_err(unique)?;
+        Ok(())
+    }
+
+    async fn room_version(&self, room_id: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT room_version FROM rooms WHERE room_id = $1").bind(room_id).fetch_optional(&self.read).await?;
+        row.map(|r| Ok(r.try_get(0)?)).transpose()
+    }
+
+    async fn persist_event(&self, ev: NewEvent<'_>) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO events (stream_pos, event_id, room_id, sender, type, state_key, depth, origin_server_ts, json, state_group, \
+             replaces_state, relates_to, rel_type, rel_key, txn_device, txn_id, membership) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(ev.stream_pos)
+        .bind(ev.event_id)
+        .bind(ev.room_id)
+        .bind(ev.sender)
+        .bind(ev.event_type)
+        .bind(ev.state_key)
+        .bind(ev.depth)
+        .bind(ev.origin_server_ts)
+        .bind(ev.json)
+        .bind(ev.state_group)
+        .bind(ev.replaces_state)
+        .bind(ev.relates_to.map(|r| r.0))
+        .bind(ev.relates_to.map(|r| r.1))
+        .bind(ev.relates_to.and_then(|r| r.2))
+        .bind(ev.txn.map(|t| t.0))
+        .bind(ev.txn.map(|t| t.1))
+        .bind(ev.membership)
+        .execute(&mut *tx)
+        .await
+        .map_err(unique)?;
+        if let Some((device, txn_id)) = ev.txn {
+            sqlx::query("INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)")
+                .bind(ev.sender)
+                .bind(device)
+                .bind(txn_id)
+                .bind(ev.event_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(unique)?;
+        }
+        for prev in ev.prev_events {
+            sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2").bind(ev.room_id).bind(prev).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)").bind(ev.room_id).bind(ev.event_id).execute(&mut *tx).await?;
+        if let Some(group) = &ev.new_state_group {
+            sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES ($1, $2, $3, $4)")
+                .bind(group.id)
+                .bind(ev.room_id)
+                .bind(group.prev_group)
+                .bind(group.chain_len)
+                .execute(&mut *tx)
+                .await?;
+            for (ty, key, id) in &group.entries {
+                sqlx::query("INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES ($1, $2, $3, $4)")
+                    .bind(group.id)
+                    .bind(ty)
+                    .bind(key)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("UPDATE rooms SET current_state_group = $2 WHERE room_id = $1").bind(ev.room_id).bind(group.id).execute(&mut *tx).await?;
+            let state_key = ev.state_key.unwrap_or_default();
+            sqlx::query(
+                "INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_pos) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id, membership = EXCLUDED.membership, \
+                 stream_pos = EXCLUDED.stream_pos",
+            )
+            .bind(ev.room_id)
+            .bind(ev.event_type)
+            .bind(state_key)
+            .bind(ev.event_id)
+            .bind(ev.membership)
+            .bind(ev.stream_pos)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some((redacted, pruned)) = ev.redacts {
+            sqlx::query("UPDATE events SET json = $2, redacted_by = $3 WHERE event_id = $1 AND room_id = $4")
+                .bind(redacted)
+                .bind(pruned)
+                .bind(ev.event_id)
+                .bind(ev.room_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_event(&self, event_id: &str) -> StoreResult<Option<EventRow>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1")))
+            .bind(event_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(event_row).transpose()
+    }
+
+    async fn get_events(&self, event_ids: &[String]) -> StoreResult<Vec<EventRow>> {
+        let mut out = Vec::with_capacity(event_ids.len());
+        for chunk in event_ids.chunks(500) {
+            let sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id IN ({})", in_list(1, chunk.len()));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            out.extend(event_rows(q.fetch_all(&self.read).await?)?);
+        }
+        Ok(out)
+    }
+
+    async fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
+            .bind(user_id)
+            .bind(device_id)
+            .bind(txn_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok(r.try_get(0)?)).transpose()
+    }
+
+    async fn load_room(&self, room_id: &str) -> StoreResult<Option<LoadedRoom>> {
+        let Some(room) = sqlx::query("SELECT room_version, current_state_group FROM rooms WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_optional(&self.read)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let state_rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS}, c.type, c.state_key FROM current_state c JOIN events e ON e.event_id = c.event_id WHERE c.room_id = $1"
+        )))
+        .bind(room_id)
+        .fetch_all(&self.read)
+        .await?;
+        let mut state = Vec::with_capacity(state_rows.len());
+        let mut state_types = Vec::with_capacity(state_rows.len());
+        for r in &state_rows {
+            state.push(event_row(r)?);
+            state_types.push((r.try_get(9)?, r.try_get(10)?));
+        }
+        let extremities = sqlx::query("SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id")
+            .bind(room_id)
+            .fetch_all(&self.read)
+            .await?;
+        let max_depth: i64 = sqlx::query("SELECT COALESCE(MAX(depth), 0) FROM events WHERE room_id = $1").bind(room_id).fetch_one(&self.read).await?.try_get(0)?;
+        Ok(Some(LoadedRoom {
+            version: room.try_get(0)?,
+            state_group: room.try_get(1)?,
+            state,
+            state_types,
+            extremities: hashes(extremities)?,
+            max_depth,
+        }))
+    }
+
+    async fn state_at_group(&self, group: i64) -> StoreResult<StateIds> {
+        // The delta chain, newest first, then all its entries in one query.
+        let chain = sqlx::query(
+            "WITH RECURSIVE chain(id, prev_group, n) AS ( \
+               SELECT id, prev_group, 0 FROM state_groups WHERE id = $1 \
+               UNION ALL SELECT g.id, g.prev_group, chain.n + 1 FROM state_groups g JOIN chain ON g.id = chain.prev_group) \
+             SELECT id FROM chain ORDER BY n",
+        )
+        .bind(group)
+        .fetch_all(&self.read)
+        .await?;
+        let ids: Vec<i64> = chain.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(StateIds::new());
+        }
+        let sql = format!("SELECT group_id, type, state_key, event_id FROM state_group_entries WHERE group_id IN ({})", in_list(1, ids.len()));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in &ids {
+            q = q.bind(id);
+        }
+        let rows = q.fetch_all(&self.read).await?;
+        let rank: BTreeMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        // Newer groups (lower rank) win.
+        let mut best: BTreeMap<(String, String), (usize, String)> = BTreeMap::new();
+        for r in &rows {
+            let g: i64 = r.try_get(0)?;
+            let key = (r.try_get(1)?, r.try_get(2)?);
+            let event_id: String = r.try_get(3)?;
+            let rank = rank[&g];
+            match best.get(&key) {
+                Some((existing, _)) if *existing <= rank => {}
+                _ => {
+                    best.insert(key, (rank, event_id));
+                }
+            }
+        }
+        Ok(best.into_iter().map(|(k, (_, v))| (k, v)).collect())
+    }
+
+    async fn current_state_ids(&self, room_id: &str) -> StoreResult<StateIds> {
+        let rows = sqlx::query("SELECT type, state_key, event_id FROM current_state WHERE room_id = $1").bind(room_id).fetch_all(&self.read).await?;
+        rows.iter().map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?))).collect()
+    }
+
+    async fn current_state_events(&self, room_ids: &[String]) -> StoreResult<Vec<(String, String, String, EventRow)>> {
+        let mut out = Vec::new();
+        for chunk in room_ids.chunks(500) {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS}, c.type, c.state_key FROM current_state c JOIN events e ON e.event_id = c.event_id WHERE c.room_id IN ({})",
+                in_list(1, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.read).await? {
+                let row = event_row(&r)?;
+                out.push((row.room_id.clone(), r.try_get(9)?, r.try_get(10)?, row));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn rooms_for_user(&self, user_id: &str) -> StoreResult<Vec<MembershipRow>> {
+        let rows = sqlx::query(
+            "SELECT c.room_id, c.membership, c.stream_pos, c.event_id FROM current_state c \
+             WHERE c.type = 'm.room.member' AND c.state_key = $1 \
+             AND NOT EXISTS (SELECT 1 FROM forgotten_rooms f WHERE f.user_id = $1 AND f.room_id = c.room_id) ORDER BY c.room_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(membership_row).collect()
+    }
+
+    async fn membership_changes(&self, user_id: &str, since: i64, upto: i64) -> StoreResult<Vec<MembershipRow>> {
+        let rows = sqlx::query(
+            "SELECT e.room_id, e.membership, e.stream_pos, e.event_id FROM events e \
+             WHERE e.type = 'm.room.member' AND e.state_key = $1 AND e.stream_pos > $2 AND e.stream_pos <= $3 ORDER BY e.stream_pos",
+        )
+        .bind(user_id)
+        .bind(since)
+        .bind(upto)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(membership_row).collect()
+    }
+
+    async fn members(&self, room_id: &str, membership: Option<&str>) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT state_key, event_id FROM current_state WHERE room_id = $1 AND type = 'm.room.member' AND ($2 IS NULL OR membership = $2) ORDER BY state_key",
+        )
+        .bind(room_id)
+        .bind(membership)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    async fn room_events(&self, room_id: &str, from: i64, to: i64, dir: Direction, limit: i64, filter: &EventFilter) -> StoreResult<Vec<EventRow>> {
+        let (range, order) = match dir {
+            Direction::Forward => ("e.stream_pos > $2 AND e.stream_pos <= $3", "ASC"),
+            Direction::Backward => ("e.stream_pos <= $2 AND e.stream_pos > $3", "DESC"),
+        };
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND {range}");
+        let mut binds = Vec::new();
+        let mut next = 5;
+        filter_sql(filter, &mut next, &mut sql, &mut binds);
+        sql.push_str(&format!(" ORDER BY e.stream_pos {order} LIMIT $4"));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_id).bind(from).bind(to).bind(limit);
+        for b in &binds {
+            q = q.bind(b);
+        }
+        event_rows(q.fetch_all(&self.read).await?)
+    }
+
+    async fn latest_events(&self, room_ids: &[String], upto: i64, limit: i64) -> StoreResult<Vec<EventRow>> {
+        let mut out = Vec::new();
+        for chunk in room_ids.chunks(500) {
+            let sql = format!(
+                "SELECT stream_pos, event_id, room_id, json, state_group, replaces_state, redacted_by, txn_device, txn_id FROM ( \
+                   SELECT {EVENT_COLUMNS}, ROW_NUMBER() OVER (PARTITION BY e.room_id ORDER BY e.stream_pos DESC) AS rn \
+                   FROM events e WHERE e.stream_pos <= $1 AND e.room_id IN ({})) t WHERE rn <= $2 ORDER BY stream_pos DESC",
+                in_list(3, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(upto).bind(limit);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            out.extend(event_rows(q.fetch_all(&self.read).await?)?);
+        }
+        Ok(out)
+    }
+
+    async fn rooms_with_events(&self, room_ids: &[String], since: i64, upto: i64) -> StoreResult<Vec<String>> {
+        let mut out = Vec::new();
+        for chunk in room_ids.chunks(500) {
+            let sql = format!(
+                "SELECT DISTINCT room_id FROM events WHERE stream_pos > $1 AND stream_pos <= $2 AND room_id IN ({})",
+                in_list(3, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since).bind(upto);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            out.extend(hashes(q.fetch_all(&self.read).await?)?);
+        }
+        Ok(out)
+    }
+
+    async fn state_events_between(&self, room_id: &str, since: i64, upto: i64) -> StoreResult<Vec<EventRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.state_key IS NOT NULL AND e.stream_pos > $2 AND e.stream_pos <= $3 ORDER BY e.stream_pos"
+        )))
+        .bind(room_id)
+        .bind(since)
+        .bind(upto)
+        .fetch_all(&self.read)
+        .await?;
+        event_rows(rows)
+    }
+
+    async fn relations(&self, room_id: &str, event_id: &str, rel_type: Option<&str>, event_type: Option<&str>, from: i64, to: i64, dir: Direction, limit: i64) -> StoreResult<Vec<EventRow>> {
+        let (range, order) = match dir {
+            Direction::Forward => ("e.stream_pos > $5 AND e.stream_pos <= $6", "ASC"),
+            Direction::Backward => ("e.stream_pos <= $5 AND e.stream_pos > $6", "DESC"),
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.relates_to = $2 AND ($3 IS NULL OR e.rel_type = $3) \
+             AND ($4 IS NULL OR e.type = $4) AND {range} ORDER BY e.stream_pos {order} LIMIT $7"
+        )))
+        .bind(room_id)
+        .bind(event_id)
+        .bind(rel_type)
+        .bind(event_type)
+        .bind(from)
+        .bind(to)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        event_rows(rows)
+    }
+
+    async fn set_alias(&self, alias: &str, room_id: &str, creator: &str) -> StoreResult<()> {
+        sqlx::query("INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3)")
+            .bind(alias)
+            .bind(room_id)
+            .bind(creator)
+            .execute(&self.write)
+            .await
+            .map_err(unique)?;
+        Ok(())
+    }
+
+    async fn get_alias(&self, alias: &str) -> StoreResult<Option<(String, String)>> {
+        let row = sqlx::query("SELECT room_id, creator FROM room_aliases WHERE alias = $1").bind(alias).fetch_optional(&self.read).await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    async fn delete_alias(&self, alias: &str) -> StoreResult<bool> {
+        Ok(sqlx::query("DELETE FROM room_aliases WHERE alias = $1").bind(alias).execute(&self.write).await?.rows_affected() == 1)
+    }
+
+    async fn room_aliases(&self, room_id: &str) -> StoreResult<Vec<String>> {
+        hashes(sqlx::query("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias").bind(room_id).fetch_all(&self.read).await?)
+    }
+
+    async fn forget_room(&self, user_id: &str, room_id: &str) -> StoreResult<()> {
+        sqlx::query("INSERT INTO forgotten_rooms (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(user_id)
+            .bind(room_id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn unforget_room(&self, user_id: &str, room_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2").bind(user_id).bind(room_id).execute(&self.write).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! SQLite backend: one database file per tenant, WAL, exactly one writer connection.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use super::*;
+
+type Db = sqlx::Sqlite;
+type DbPool = sqlx::SqlitePool;
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+mod imp {
+    use super::{Db, DbPool, is_unique_violation};
+    include!("sql.rs");
+}
+
+/// Opens (creating if needed) the tenant database at `path` and migrates it.
+pub async fn open_sqlite(path: &Path, readers: u32) -> StoreResult<Stores> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let options = SqliteConnectOptions::from_str("sqlite://")?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: a commit is on disk before we acknowledge it, also across power loss.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true)
+        .pragma("cache_size", "-2000");
+    let write = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .idle_timeout(Duration::from_secs(60))
+        .connect_with(options.clone())
+        .await?;
+    sqlx::migrate!("src/store/migrations/sqlite")
+        .run(&write)
+        .await?;
+    let read = SqlitePoolOptions::new()
+        .max_connections(readers.max(1))
+        .min_connections(0)
+        .idle_timeout(Duration::from_secs(60))
+        .connect_with(options.read_only(true))
+        .await?;
+    Ok(imp::SqlStore::stores(write, read))
+}

@@ -1,0 +1,94 @@
+//! Stream positions. Every persisted change of a tenant (event, account data) gets the next
+//! position from one in-process counter (a tenant is served by one process at a time). Writes
+//! to different rooms commit concurrently, so positions can commit out of order; readers only
+//! see up to `visible()`: the highest position below which every allocated position has
+//! finished. Finishing a position returns the wake-ups that became visible with it.
+
+use std::{collections::BTreeMap, sync::Mutex};
+
+pub struct StreamIds<W> {
+    inner: Mutex<Inner<W>>,
+}
+
+struct Inner<W> {
+    last_allocated: i64,
+    visible: i64,
+    /// Allocated positions not yet visible: `None` while in flight, `Some(wakes)` when done.
+    pending: BTreeMap<i64, Option<Vec<W>>>,
+}
+
+impl<W> StreamIds<W> {
+    pub fn new(current: i64) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                last_allocated: current,
+                visible: current,
+                pending: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// Allocates the next position; the caller must `finish` (or `abandon`) it.
+    pub fn next(&self) -> i64 {
+        let mut inner = self.inner.lock().expect("stream lock");
+        inner.last_allocated += 1;
+        let pos = inner.last_allocated;
+        inner.pending.insert(pos, None);
+        pos
+    }
+
+    pub fn visible(&self) -> i64 {
+        self.inner.lock().expect("stream lock").visible
+    }
+
+    /// Marks `pos` as persisted with its wake-ups; returns the wake-ups of all positions that
+    /// just became visible, and the new visible position.
+    pub fn finish(&self, pos: i64, wakes: Vec<W>) -> (Vec<W>, i64) {
+        let mut inner = self.inner.lock().expect("stream lock");
+        inner.pending.insert(pos, Some(wakes));
+        let mut out = Vec::new();
+        while let Some(entry) = inner.pending.first_entry() {
+            if entry.get().is_none() {
+                break;
+            }
+            let (p, wakes) = entry.remove_entry();
+            out.extend(wakes.unwrap_or_default());
+            inner.visible = p;
+        }
+        (out, inner.visible)
+    }
+
+    /// The write failed: nothing was persisted at `pos`.
+    pub fn abandon(&self, pos: i64) -> (Vec<W>, i64) {
+        self.finish(pos, Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_order_commits_stay_invisible_until_the_gap_closes() {
+        let ids = StreamIds::<&str>::new(10);
+        let a = ids.next();
+        let b = ids.next();
+        assert_eq!((a, b), (11, 12));
+        let (w, v) = ids.finish(b, vec!["b"]);
+        assert!(w.is_empty());
+        assert_eq!(v, 10);
+        let (w, v) = ids.finish(a, vec!["a"]);
+        assert_eq!(w, vec!["a", "b"]);
+        assert_eq!(v, 12);
+        assert_eq!(ids.visible(), 12);
+    }
+
+    #[test]
+    fn abandoned_positions_do_not_block() {
+        let ids = StreamIds::<()>::new(0);
+        let a = ids.next();
+        let b = ids.next();
+        ids.finish(b, vec![]);
+        assert_eq!(ids.abandon(a).1, 2);
+    }
+}
