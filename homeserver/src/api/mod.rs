@@ -73,16 +73,25 @@ where
 {
     let filter = MethodFilter::try_from(R::METHOD).expect("standard method");
     let mut router = router;
+    let mut paths: Vec<(String, bool)> = Vec::new();
     for path in R::PATH_BUILDER.all_paths() {
+        paths.push((path.to_owned(), false));
+        // An empty state key leaves the last segment empty: `/state/m.room.name/` or `/state/m.room.name`.
+        if let Some(prefix) = path.strip_suffix("/{state_key}") {
+            paths.push((format!("{prefix}/"), true));
+            paths.push((prefix.to_owned(), true));
+        }
+    }
+    for (path, empty_last) in paths {
         let handler = handler.clone();
         router = router.route(
-            path,
+            &path,
             on(
                 filter,
                 move |State(tenants): State<Tenants>, req: Request<Body>| {
                     let handler = handler.clone();
                     async move {
-                        match serve::<R, F, Fut>(tenants, req, handler).await {
+                        match serve::<R, F, Fut>(tenants, req, handler, empty_last).await {
                             Ok(resp) => resp,
                             Err(e) => e.into_response(),
                         }
@@ -98,6 +107,7 @@ async fn serve<R, F, Fut>(
     tenants: Tenants,
     req: Request<Body>,
     handler: F,
+    empty_last: bool,
 ) -> Result<Response, Error>
 where
     R: IncomingRequest + Send + 'static,
@@ -113,7 +123,10 @@ where
     let params = RawPathParams::from_request_parts(&mut parts, &())
         .await
         .map_err(|e| Error::invalid_param(e.to_string()))?;
-    let params: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
+    let mut params: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
+    if empty_last {
+        params.push(String::new());
+    }
 
     let auth = TypeId::of::<R::Authentication>();
     let token = bearer(&parts.headers, parts.uri.query());

@@ -1,0 +1,401 @@
+//! Login, rooms, messages, sync, pagination, redaction and relations through the HTTP API.
+
+mod common;
+
+use common::{STORES, TestServer, bodies};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn chat_flow_on_both_stores() {
+    for store in STORES {
+        let server = TestServer::start(store).await;
+        chat_flow(&server).await;
+        server.stop().await;
+    }
+}
+
+async fn chat_flow(server: &TestServer) {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let who = alice
+        .ok(Method::GET, "/_matrix/client/v3/account/whoami", None)
+        .await;
+    assert_eq!(who["user_id"], alice.user_id);
+
+    let room = alice
+        .create_room(json!({"name": "Station 3", "invite": [bob.user_id], "is_direct": true}))
+        .await;
+    let invited = bob.sync(None, 0).await;
+    assert!(
+        invited["rooms"]["invite"][&room]["invite_state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.name")
+    );
+    bob.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/join/{room}"),
+        Some(json!({})),
+    )
+    .await;
+
+    // Sending is idempotent per transaction id.
+    let e1 = alice.send(&room, "txn1", "hello bob").await;
+    assert_eq!(alice.send(&room, "txn1", "hello bob").await, e1);
+
+    let first = bob.sync(None, 0).await;
+    assert_eq!(bodies(&first, &room), vec!["hello bob"]);
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // A long-polling sync is woken by the next message.
+    let waiting = {
+        let bob = bob.clone();
+        let since = since.clone();
+        tokio::spawn(async move { bob.sync(Some(&since), 10_000).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    alice.send(&room, "txn2", "are you there?").await;
+    let woke = waiting.await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "long-poll not woken"
+    );
+    assert_eq!(bodies(&woke, &room), vec!["are you there?"]);
+    let since = woke["next_batch"].as_str().unwrap().to_owned();
+
+    // An incremental sync with nothing new returns after its timeout with no rooms.
+    let empty = bob.sync(Some(&since), 50).await;
+    assert!(empty["rooms"]["join"].get(&room).is_none());
+
+    // Reply, reaction, edit are relations.
+    let reply = bob
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/r1"),
+            Some(json!({"msgtype": "m.text", "body": "yes", "m.relates_to": {"m.in_reply_to": {"event_id": e1}}})),
+        )
+        .await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.ok(
+        Method::PUT,
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.reaction/r2"),
+        Some(json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": e1, "key": "👍"}})),
+    )
+    .await;
+    let rel = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v1/rooms/{room}/relations/{e1}"),
+            None,
+        )
+        .await;
+    let chunk = rel["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 2);
+    assert!(chunk.iter().any(|e| e["event_id"] == reply));
+    let annotations = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v1/rooms/{room}/relations/{e1}/m.annotation"),
+            None,
+        )
+        .await;
+    assert_eq!(annotations["chunk"].as_array().unwrap().len(), 1);
+
+    // Redaction prunes the content and explains why.
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{e1}/red1"),
+            Some(json!({"reason": "typo"})),
+        )
+        .await;
+    let ev = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/event/{e1}"),
+            None,
+        )
+        .await;
+    assert_eq!(ev["content"], json!({}));
+    assert_eq!(
+        ev["unsigned"]["redacted_because"]["content"]["reason"],
+        "typo"
+    );
+    // Bob may not redact Alice's message (power 0 < redact 50).
+    bob.err(
+        Method::PUT,
+        &format!(
+            "/_matrix/client/v3/rooms/{room}/redact/{}/red2",
+            woke["rooms"]["join"][&room]["timeline"]["events"][0]["event_id"]
+                .as_str()
+                .unwrap()
+        ),
+        Some(json!({})),
+        403,
+        "M_FORBIDDEN",
+    )
+    .await;
+
+    // Pagination backwards over everything, then forwards again.
+    for i in 0..15 {
+        alice
+            .send(&room, &format!("p{i}"), &format!("msg {i}"))
+            .await;
+    }
+    let mut from: Option<String> = None;
+    let mut seen = Vec::new();
+    loop {
+        let mut path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=4");
+        if let Some(f) = &from {
+            path.push_str(&format!("&from={f}"));
+        }
+        let page = bob.ok(Method::GET, &path, None).await;
+        for e in page["chunk"].as_array().unwrap() {
+            if let Some(b) = e["content"]["body"].as_str() {
+                seen.push(b.to_owned());
+            }
+        }
+        match page["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..15)
+        .rev()
+        .map(|i| format!("msg {i}"))
+        .chain(["yes".to_owned(), "are you there?".to_owned()])
+        .collect();
+    assert_eq!(seen, expected);
+    let forward = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=100&from=s0"),
+            None,
+        )
+        .await;
+    assert!(forward["chunk"].as_array().unwrap().first().unwrap()["type"] == "m.room.create");
+
+    // Filtered messages: only reactions.
+    let filter = urlencode(&json!({"types": ["m.reaction"]}).to_string());
+    let only = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50&filter={filter}"),
+            None,
+        )
+        .await;
+    assert!(
+        only["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["type"] == "m.reaction")
+    );
+    assert_eq!(only["chunk"].as_array().unwrap().len(), 1);
+
+    // Context around a message.
+    let ctx = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/context/{reply}?limit=4"),
+            None,
+        )
+        .await;
+    assert_eq!(ctx["event"]["event_id"], reply);
+    assert!(
+        ctx["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.create")
+    );
+
+    // Members and state.
+    let joined = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/joined_members"),
+            None,
+        )
+        .await;
+    assert_eq!(joined["joined"].as_object().unwrap().len(), 2);
+    let name = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"),
+            None,
+        )
+        .await;
+    assert_eq!(name["name"], "Station 3");
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+            Some(json!({"topic": "night shift"})),
+        )
+        .await;
+    // Bob lacks the power to change the name.
+    bob.err(
+        Method::PUT,
+        &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"),
+        Some(json!({"name": "mine"})),
+        403,
+        "M_FORBIDDEN",
+    )
+    .await;
+
+    // Leave, then the room moves to the leave section and can be forgotten.
+    let before = bob.sync(None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/rooms/{room}/leave"),
+        Some(json!({})),
+    )
+    .await;
+    let left = bob.sync(Some(&before), 0).await;
+    assert!(left["rooms"]["leave"].get(&room).is_some(), "{left}");
+    bob.err(
+        Method::PUT,
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/x"),
+        Some(json!({"body": "x", "msgtype": "m.text"})),
+        403,
+        "M_FORBIDDEN",
+    )
+    .await;
+    bob.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/rooms/{room}/forget"),
+        Some(json!({})),
+    )
+    .await;
+    let rooms = bob
+        .ok(Method::GET, "/_matrix/client/v3/joined_rooms", None)
+        .await;
+    assert!(rooms["joined_rooms"].as_array().unwrap().is_empty());
+
+    // Kick and ban need power; Alice has it.
+    let carol = server.register("carol").await;
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(json!({"user_id": carol.user_id})),
+        )
+        .await;
+    carol
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(json!({})),
+        )
+        .await;
+    carol
+        .err(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/kick"),
+            Some(json!({"user_id": alice.user_id})),
+            403,
+            "M_FORBIDDEN",
+        )
+        .await;
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/ban"),
+            Some(json!({"user_id": carol.user_id, "reason": "spam"})),
+        )
+        .await;
+    carol
+        .err(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(json!({})),
+            403,
+            "M_FORBIDDEN",
+        )
+        .await;
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/unban"),
+            Some(json!({"user_id": carol.user_id})),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn aliases_and_public_rooms_on_both_stores() {
+    for store in STORES {
+        let server = TestServer::start(store).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = alice
+            .create_room(json!({"preset": "public_chat", "room_alias_name": "lobby"}))
+            .await;
+        let alias = format!("#lobby:{}", server.server_name);
+        let looked = bob
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/directory/room/{}", urlencode(&alias)),
+                None,
+            )
+            .await;
+        assert_eq!(looked["room_id"], room);
+        // Joining a public room by alias needs no invite.
+        let joined = bob
+            .ok(
+                Method::POST,
+                &format!("/_matrix/client/v3/join/{}", urlencode(&alias)),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(joined["room_id"], room);
+        alice
+            .err(
+                Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(json!({"room_alias_name": "lobby"})),
+                400,
+                "M_ROOM_IN_USE",
+            )
+            .await;
+        alice
+            .err(
+                Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(json!({"room_version": "1"})),
+                400,
+                "M_UNSUPPORTED_ROOM_VERSION",
+            )
+            .await;
+        let v9 = alice.create_room(json!({"room_version": "9"})).await;
+        let create = alice
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/rooms/{v9}/state/m.room.create/"),
+                None,
+            )
+            .await;
+        assert_eq!(create["room_version"], "9");
+        server.stop().await;
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
