@@ -160,6 +160,9 @@ where
     let request = R::try_from_http_request(http_req, &refs).map_err(|e| {
         if !bytes.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
             Error::NotJson("the request body is not valid JSON".into())
+        } else if bytes.is_empty() {
+            // Without a body, only the path or query string can be wrong.
+            Error::invalid_param(e.to_string())
         } else {
             Error::bad_json(e.to_string())
         }
