@@ -4,7 +4,7 @@ mod common;
 
 use common::{STORES, TestServer, bodies};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[tokio::test]
 async fn chat_flow_on_both_stores() {

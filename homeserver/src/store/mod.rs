@@ -291,6 +291,7 @@ pub struct EventFilter {
 }
 
 #[async_trait]
+#[allow(clippy::too_many_arguments)]
 pub trait EventStore: Send + Sync {
     /// The highest stream position used by any stream (events, account data).
     async fn max_stream_pos(&self) -> StoreResult<i64>;

@@ -348,19 +348,14 @@ async fn rewind_past(
         .map(|(k, _)| k.clone())
         .collect();
     for key in newer {
-        let mut row = state.remove(&key).expect("key present");
-        loop {
-            let Some(prev) = row.replaces_state.clone() else {
-                break;
-            };
-            let Some(p) = hs.stores.events.get_event(&prev).await? else {
-                break;
-            };
-            row = p;
+        let mut replaced = state.remove(&key).and_then(|r| r.replaces_state);
+        while let Some(prev) = replaced {
+            let Some(row) = hs.stores.events.get_event(&prev).await? else { break };
             if row.stream_pos <= upto {
                 state.insert(key.clone(), row);
                 break;
             }
+            replaced = row.replaces_state;
         }
     }
     Ok(())
