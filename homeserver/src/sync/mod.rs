@@ -350,7 +350,9 @@ async fn rewind_past(
     for key in newer {
         let mut replaced = state.remove(&key).and_then(|r| r.replaces_state);
         while let Some(prev) = replaced {
-            let Some(row) = hs.stores.events.get_event(&prev).await? else { break };
+            let Some(row) = hs.stores.events.get_event(&prev).await? else {
+                break;
+            };
             if row.stream_pos <= upto {
                 state.insert(key.clone(), row);
                 break;
