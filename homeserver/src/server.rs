@@ -32,6 +32,7 @@ pub fn router(
             }),
         )
         .merge(api::operator::router(operator_token))
+        .merge(api::admin::router())
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed.into_response() });
     matrix

@@ -515,3 +515,74 @@ async fn tenants_are_isolated_on_both_stores() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn org_admins_create_users_and_tokens() {
+    let server =
+        TestServer::start_with(common::Store::Sqlite, |c| c.open_registration = false).await;
+    let hs = server.tenants.default_tenant();
+    hs.accounts
+        .create_user("orgadmin", Some("admin-pw"), true)
+        .await
+        .unwrap();
+    let mut admin = server.client();
+    let login = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "orgadmin"}, "password": "admin-pw"});
+    let l = admin
+        .ok(Method::POST, "/_matrix/client/v3/login", Some(login))
+        .await;
+    admin.adopt(&l);
+    let created = admin
+        .ok(
+            Method::POST,
+            "/_tim/admin/v1/users",
+            Some(json!({"localpart": "drmeier", "password": "pw"})),
+        )
+        .await;
+    assert_eq!(
+        created["user_id"],
+        format!("@drmeier:{}", server.server_name)
+    );
+    let mut meier = server.client();
+    let l = meier.ok(Method::POST, "/_matrix/client/v3/login", Some(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "drmeier"}, "password": "pw"}))).await;
+    meier.adopt(&l);
+    meier
+        .err(
+            Method::POST,
+            "/_tim/admin/v1/users",
+            Some(json!({"localpart": "x", "password": "pw"})),
+            403,
+            "M_FORBIDDEN",
+        )
+        .await;
+    server
+        .client()
+        .err(
+            Method::POST,
+            "/_tim/admin/v1/registration_tokens",
+            Some(json!({})),
+            401,
+            "M_MISSING_TOKEN",
+        )
+        .await;
+    let token = admin
+        .ok(
+            Method::POST,
+            "/_tim/admin/v1/registration_tokens",
+            Some(json!({})),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(hs.accounts.registration_token_valid(&token).await.unwrap());
+    admin
+        .err(
+            Method::POST,
+            "/_tim/admin/v1/users",
+            Some(json!({"localpart": "drmeier", "password": "pw"})),
+            400,
+            "M_USER_IN_USE",
+        )
+        .await;
+    server.stop().await;
+}

@@ -2,6 +2,7 @@
 //! endpoint; the wrapper finds the tenant by Host, authenticates as the endpoint's metadata
 //! demands, rate-limits, parses the typed request and serialises the typed response.
 
+pub mod admin;
 pub mod client;
 pub mod error;
 pub mod operator;
@@ -49,7 +50,7 @@ pub fn tenant_for(tenants: &Tenants, headers: &HeaderMap) -> Result<Arc<Homeserv
         .ok_or_else(|| Error::not_found("no homeserver is served for this host"))
 }
 
-fn bearer(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+pub(crate) fn bearer(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(v) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

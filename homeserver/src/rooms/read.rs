@@ -28,11 +28,23 @@ pub struct Page {
 /// What a user may see of a room's history: the room's history visibility and the user's
 /// membership changes, by stream position.
 pub struct Visibility {
+    /// The current setting.
     history_visibility: String,
+    /// Each setting with the position it took effect at, oldest first.
+    settings: Vec<(i64, String)>,
     memberships: Vec<(i64, String)>,
 }
 
 impl Visibility {
+    fn setting_at(&self, pos: i64) -> &str {
+        self.settings
+            .iter()
+            .rev()
+            .find(|(p, _)| *p <= pos)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("shared")
+    }
+
     fn membership_at(&self, pos: i64) -> Option<&str> {
         self.memberships
             .iter()
@@ -47,7 +59,8 @@ impl Visibility {
 
     pub fn can_see(&self, pos: i64) -> bool {
         let at = self.membership_at(pos);
-        match self.history_visibility.as_str() {
+        // The rules of the setting in force at the event (spec: history visibility).
+        match self.setting_at(pos) {
             "world_readable" => true,
             "shared" => at == Some("join") || self.current() == Some("join"),
             "invited" => matches!(at, Some("join" | "invite")),
@@ -90,17 +103,40 @@ impl Rooms {
             .await?
             .ok_or_else(|| Error::forbidden("you are not in this room"))?
             .unwrap_or_else(|| "shared".into());
-        let changes = self
+        let memberships = self
             .store
-            .membership_changes(user.as_str(), 0, i64::MAX)
+            .membership_history(user.as_str(), room_id.as_str())
             .await?;
-        let memberships = changes
-            .into_iter()
-            .filter(|m| m.room_id == room_id.as_str())
-            .map(|m| (m.stream_pos, m.membership))
+        let filter = EventFilter {
+            types: Some(vec!["m.room.history_visibility".into()]),
+            ..Default::default()
+        };
+        let rows = self
+            .store
+            .room_events(
+                room_id.as_str(),
+                0,
+                i64::MAX,
+                Direction::Forward,
+                10_000,
+                &filter,
+            )
+            .await?;
+        let settings = rows
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.stream_pos,
+                    content_of(r)?
+                        .get("history_visibility")?
+                        .as_str()?
+                        .to_owned(),
+                ))
+            })
             .collect();
         Ok(Visibility {
             history_visibility,
+            settings,
             memberships,
         })
     }

@@ -337,6 +337,12 @@ pub trait EventStore: Send + Sync {
         since: i64,
         upto: i64,
     ) -> StoreResult<Vec<MembershipRow>>;
+    /// The user's membership changes in one room `(position, membership)`, oldest first.
+    async fn membership_history(
+        &self,
+        user_id: &str,
+        room_id: &str,
+    ) -> StoreResult<Vec<(i64, String)>>;
     /// Current joined (or `membership`) members of a room.
     async fn members(
         &self,

@@ -702,6 +702,17 @@ impl EventStore for SqlStore {
         rows.iter().map(membership_row).collect()
     }
 
+    async fn membership_history(&self, user_id: &str, room_id: &str) -> StoreResult<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT stream_pos, membership FROM events WHERE type = 'm.room.member' AND state_key = $1 AND room_id = $2 ORDER BY stream_pos",
+        )
+        .bind(user_id)
+        .bind(room_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
     async fn members(&self, room_id: &str, membership: Option<&str>) -> StoreResult<Vec<(String, String)>> {
         let rows = sqlx::query(
             "SELECT state_key, event_id FROM current_state WHERE room_id = $1 AND type = 'm.room.member' AND ($2 IS NULL OR membership = $2) ORDER BY state_key",

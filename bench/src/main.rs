@@ -1,0 +1,357 @@
+//! Benchmark of a release `tim-homeserver` on this machine: server, database and load
+//! generator share it. Prints messages/s with 32 concurrent senders (50 users in 10 rooms),
+//! send→sync delivery latency under a long-poll receiver, initial sync of a user in 200 rooms
+//! × 20 events (timeline limit 10), registrations/s (production argon2 cost), RSS idle and
+//! after load, and the RSS of 100 extra idle tenants.
+//!
+//! `cargo run --release -p tim-bench [-- sqlite|postgres|both] [--seconds N]`
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tim_e2e::{Server, Store};
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or_default();
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
+    }
+
+    async fn register(&self, name: &str) -> (String, String) {
+        let v = self
+            .call(reqwest::Method::POST, "/_matrix/client/v3/register", None, Some(json!({"username": name, "password": "bench-pw", "auth": {"type": "m.login.dummy"}})))
+            .await;
+        (
+            v["user_id"].as_str().unwrap().to_owned(),
+            v["access_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn send(&self, token: &str, room: &str, txn: &str, body: &str) -> String {
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}");
+        self.call(
+            reqwest::Method::PUT,
+            &path,
+            Some(token),
+            Some(json!({"msgtype": "m.text", "body": body})),
+        )
+        .await["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn run(store: Store, seconds: u64) {
+    println!("== {store:?}");
+    // Production password cost: registration is measured as users would see it.
+    let server = Server::start_with(
+        store,
+        &[
+            ("TIM_ARGON2__M_COST_KIB", "19456"),
+            ("TIM_ARGON2__T_COST", "2"),
+            ("TIM_LOG_LEVEL", "warn"),
+        ],
+    );
+    let pid = server.pid();
+    let api = Arc::new(Api {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap(),
+        base: server.base_url(),
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!("RSS idle (one tenant): {} KiB", rss_kib(pid));
+
+    // Registrations: 50 users, 4 at a time.
+    let started = Instant::now();
+    let users: Vec<(String, String)> = futures::future::join_all((0..50).map(|i| {
+        let api = api.clone();
+        async move { api.register(&format!("user{i}")).await }
+    }))
+    .await;
+    let reg_secs = started.elapsed().as_secs_f64();
+    println!(
+        "register: {:.1} users/s (50 users, argon2id 19 MiB / t=2)",
+        50.0 / reg_secs
+    );
+
+    // 10 rooms of 5 users.
+    let mut rooms = Vec::new();
+    for r in 0..10 {
+        let members = &users[r * 5..r * 5 + 5];
+        let invite: Vec<&str> = members[1..].iter().map(|(u, _)| u.as_str()).collect();
+        let room = api
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(&members[0].1),
+                Some(json!({"invite": invite})),
+            )
+            .await["room_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for (_, token) in &members[1..] {
+            api.call(
+                reqwest::Method::POST,
+                &format!("/_matrix/client/v3/join/{room}"),
+                Some(token),
+                Some(json!({})),
+            )
+            .await;
+        }
+        rooms.push(room);
+    }
+
+    // 32 concurrent senders for `seconds`.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for s in 0..32 {
+        let (api, stop) = (api.clone(), stop.clone());
+        let room_idx = s % 10;
+        let (_, token) = users[room_idx * 5 + (s / 10) % 5].clone();
+        let room = rooms[room_idx].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                api.send(
+                    &token,
+                    &room,
+                    &format!("b{s}-{i}"),
+                    "Blutdruck 120/80, Puls 64",
+                )
+                .await;
+                lat.push(t.elapsed());
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat: Vec<Duration> = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort();
+    println!(
+        "send: {:.0} messages/s with 32 concurrent senders ({} messages in {elapsed:.1} s), latency p50 {} p99 {}",
+        lat.len() as f64 / elapsed,
+        lat.len(),
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99))
+    );
+    println!("RSS after load: {} KiB", rss_kib(pid));
+
+    // Send→sync delivery under a long-polling receiver.
+    let (sender_token, receiver_token) = (users[0].1.clone(), users[1].1.clone());
+    let room = rooms[0].clone();
+    let mut since = api.call(reqwest::Method::GET, "/_matrix/client/v3/sync?timeout=0&filter=%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A1%7D%7D%7D", Some(&receiver_token), None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut delivery = Vec::new();
+    for i in 0..200 {
+        let api2 = api.clone();
+        let token = receiver_token.clone();
+        let since2 = since.clone();
+        let poll = tokio::spawn(async move {
+            api2.call(
+                reqwest::Method::GET,
+                &format!("/_matrix/client/v3/sync?timeout=30000&since={since2}"),
+                Some(&token),
+                None,
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let t = Instant::now();
+        api.send(&sender_token, &room, &format!("d{i}"), "ping")
+            .await;
+        let resp = poll.await.unwrap();
+        delivery.push(t.elapsed());
+        since = resp["next_batch"].as_str().unwrap().to_owned();
+    }
+    delivery.sort();
+    println!(
+        "send→sync delivery: p50 {} p99 {} (200 messages, long-poll receiver)",
+        ms(percentile(&delivery, 0.5)),
+        ms(percentile(&delivery, 0.99))
+    );
+
+    // Initial sync of a user in 200 rooms × 20 events, timeline limit 10.
+    let (_, heavy) = api.register("heavy").await;
+    for r in 0..200 {
+        let room = api
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(&heavy),
+                Some(json!({"name": format!("Raum {r}")})),
+            )
+            .await["room_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // createRoom wrote 6 events; 14 messages make 20.
+        for m in 0..14 {
+            api.send(&heavy, &room, &format!("h{r}-{m}"), "Laborwerte")
+                .await;
+        }
+    }
+    let filter = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A10%7D%7D%7D";
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let v = api
+            .call(
+                reqwest::Method::GET,
+                &format!("/_matrix/client/v3/sync?filter={filter}"),
+                Some(&heavy),
+                None,
+            )
+            .await;
+        times.push(t.elapsed());
+        assert_eq!(v["rooms"]["join"].as_object().map(|o| o.len()), Some(200));
+    }
+    times.sort();
+    println!(
+        "initial sync, 200 rooms × 20 events, timeline limit 10: median {} best {}",
+        ms(times[2]),
+        ms(times[0])
+    );
+
+    // 100 idle tenants.
+    let before = rss_kib(pid);
+    let http = reqwest::Client::new();
+    for t in 0..100 {
+        let name = format!("idle{t}.{}", server.server_name);
+        let resp = http
+            .put(format!(
+                "{}/_tim/operator/v1/tenants/{name}",
+                server.base_url()
+            ))
+            .bearer_auth(server.operator_token())
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    println!(
+        "100 idle tenants: +{} KiB RSS ({:.0} KiB per tenant)",
+        after.saturating_sub(before),
+        after.saturating_sub(before) as f64 / 100.0
+    );
+    if store == Store::Postgres {
+        for t in 0..100 {
+            let _ = tim_homeserver_drop(&format!("idle{t}.{}", server.server_name)).await;
+        }
+    }
+    server.cleanup().await;
+}
+
+async fn tim_homeserver_drop(name: &str) -> Result<(), String> {
+    tim_homeserver::store::drop_tenant_schema(tim_e2e::PG_URL, name)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() {
+    // Under `cargo run`, make sure the release server binary is built and current.
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "tim-homeserver",
+                "--bin",
+                "tim-homeserver",
+            ])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building tim-homeserver failed");
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let seconds = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let which = args
+        .iter()
+        .find(|a| !a.starts_with("--") && a.parse::<u64>().is_err())
+        .map(String::as_str)
+        .unwrap_or("both");
+    println!(
+        "tim-bench on {} cores; server, database and load generator share the machine",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    if matches!(which, "sqlite" | "both") {
+        run(Store::Sqlite, seconds).await;
+    }
+    if matches!(which, "postgres" | "both") {
+        run(Store::Postgres, seconds).await;
+    }
+}

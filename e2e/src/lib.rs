@@ -1,0 +1,187 @@
+//! Starts the real `tim-homeserver` binary for black-box tests, on SQLite (a temp folder) or
+//! PostgreSQL (127.0.0.1:5432, a throw-away schema per tenant, dropped on `cleanup`).
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    Sqlite,
+    Postgres,
+}
+
+pub const STORES: [Store; 2] = [Store::Sqlite, Store::Postgres];
+
+/// The `tim-homeserver` binary next to the test executable (`target/<profile>/`).
+pub fn binary() -> PathBuf {
+    // Tests live in target/<profile>/deps, binaries like tim-bench in target/<profile>.
+    let exe = std::env::current_exe().expect("executable path");
+    let dirs = [exe.parent(), exe.parent().and_then(|p| p.parent())];
+    dirs.iter()
+        .flatten()
+        .map(|d| d.join("tim-homeserver"))
+        .find(|b| b.exists())
+        .unwrap_or_else(|| panic!("no tim-homeserver binary next to {}: build it with `cargo build -p tim-homeserver` (cargo test --workspace --all-targets does)", exe.display()))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}{:x}{}.test", n & 0xffff_ffff, std::process::id())
+}
+
+/// A running `tim-homeserver serve` process.
+pub struct Server {
+    pub store: Store,
+    pub server_name: String,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Server {
+    pub fn start(store: Store) -> Self {
+        Self::start_with(store, &[])
+    }
+
+    pub fn start_with(store: Store, env: &[(&str, &str)]) -> Self {
+        let mut server = Server {
+            store,
+            server_name: unique("e2e"),
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let db = match self.store {
+            Store::Sqlite => format!("sqlite://{}", self.dir.path().display()),
+            Store::Postgres => PG_URL.to_owned(),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .env("TIM_SERVER_NAME", &self.server_name)
+            .env("TIM_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("TIM_DATABASE_URL", db)
+            .env("TIM_DATA_DIR", self.dir.path())
+            .env("TIM_OPEN_REGISTRATION", "true")
+            .env("TIM_RATE_LIMIT__DISABLED", "true")
+            .env("TIM_ARGON2__M_COST_KIB", "1024")
+            .env("TIM_ARGON2__T_COST", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start tim-homeserver"));
+        self.wait_healthy();
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("server did not come up; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub async fn cleanup(mut self) {
+        self.kill9();
+        if self.store == Store::Postgres {
+            tim_homeserver::store::drop_tenant_schema(PG_URL, &self.server_name)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The operator token the server wrote on first start.
+    pub fn operator_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("operator.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// A single-use registration token made through the operator API.
+    pub async fn registration_token(&self) -> String {
+        let v: serde_json::Value = reqwest::Client::new()
+            .post(format!(
+                "{}/_tim/operator/v1/tenants/{}/registration_tokens",
+                self.base_url(),
+                self.server_name
+            ))
+            .bearer_auth(self.operator_token())
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
