@@ -85,6 +85,7 @@ where
     }
     for (path, empty_last) in paths {
         let handler = handler.clone();
+        let metric_path: &'static str = R::PATH_BUILDER.all_paths().last().unwrap_or("unknown");
         router = router.route(
             &path,
             on(
@@ -92,7 +93,9 @@ where
                 move |State(tenants): State<Tenants>, req: Request<Body>| {
                     let handler = handler.clone();
                     async move {
-                        match serve::<R, F, Fut>(tenants, req, handler, empty_last).await {
+                        match serve::<R, F, Fut>(tenants, req, handler, empty_last, metric_path)
+                            .await
+                        {
                             Ok(resp) => resp,
                             Err(e) => e.into_response(),
                         }
@@ -109,6 +112,7 @@ async fn serve<R, F, Fut>(
     req: Request<Body>,
     handler: F,
     empty_last: bool,
+    metric_path: &'static str,
 ) -> Result<Response, Error>
 where
     R: IncomingRequest + Send + 'static,
@@ -116,6 +120,33 @@ where
     Fut: Future<Output = Result<R::OutgoingResponse, Error>>,
 {
     let hs = tenant_for(&tenants, req.headers())?;
+    let started = std::time::Instant::now();
+    let server_name = hs.server_name.to_string();
+    let response = match serve_tenant::<R, F, Fut>(hs, req, handler, empty_last).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    let labels = [
+        ("server_name", server_name),
+        ("endpoint", metric_path.to_owned()),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::histogram!("tim_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+async fn serve_tenant<R, F, Fut>(
+    hs: Arc<Homeserver>,
+    req: Request<Body>,
+    handler: F,
+    empty_last: bool,
+) -> Result<Response, Error>
+where
+    R: IncomingRequest + Send + 'static,
+    F: Fn(Ctx, R) -> Fut,
+    Fut: Future<Output = Result<R::OutgoingResponse, Error>>,
+{
     let (mut parts, body) = req.into_parts();
     let ip = ConnectInfo::<SocketAddr>::from_request_parts(&mut parts, &())
         .await
