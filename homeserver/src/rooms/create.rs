@@ -71,16 +71,7 @@ impl Rooms {
 
         let slot = self.slot(&room_id);
         let mut guard = slot.lock_owned().await;
-        *guard = Some(RoomState {
-            room_id: room_id.clone(),
-            version: version.clone(),
-            rules,
-            state: Default::default(),
-            extremities: vec![],
-            max_depth: 0,
-            state_group: 0,
-            chain_len: 0,
-        });
+        *guard = Some(RoomState::new(room_id.clone(), version.clone(), rules));
         let room = guard.as_mut().expect("just set");
         let result = self.creation_events(room, &req, &version).await;
         if result.is_err() {

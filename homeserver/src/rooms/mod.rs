@@ -51,6 +51,8 @@ pub struct RoomState {
     pub max_depth: u64,
     pub state_group: i64,
     chain_len: i64,
+    /// Membership of every user with a member event, kept in step with `state`.
+    members: HashMap<OwnedUserId, String>,
 }
 
 impl RoomState {
@@ -58,20 +60,40 @@ impl RoomState {
         self.state.get(&(kind, key.to_owned()))
     }
 
+    fn new(room_id: OwnedRoomId, version: RoomVersionId, rules: RoomVersionRules) -> Self {
+        Self {
+            room_id,
+            version,
+            rules,
+            state: HashMap::new(),
+            extremities: vec![],
+            max_depth: 0,
+            state_group: 0,
+            chain_len: 0,
+            members: HashMap::new(),
+        }
+    }
+
+    /// Adds a state event to the current state.
+    fn set_state(&mut self, key: StateKey, pdu: Arc<Pdu>) {
+        if key.0 == StateEventType::RoomMember
+            && let (Ok(user), Some(m)) = (UserId::parse(key.1.as_str()), pdu.membership())
+        {
+            self.members.insert(user, m);
+        }
+        self.state.insert(key, pdu);
+    }
+
     pub fn membership(&self, user: &UserId) -> Option<String> {
-        self.get(StateEventType::RoomMember, user.as_str())
-            .and_then(|p| p.membership())
+        self.members.get(user).cloned()
     }
 
     /// Users whose sync must learn about a new event: joined and invited members.
     pub fn interested_users(&self) -> Vec<OwnedUserId> {
-        self.state
+        self.members
             .iter()
-            .filter(|((k, _), p)| {
-                *k == StateEventType::RoomMember
-                    && matches!(p.membership().as_deref(), Some("join" | "invite"))
-            })
-            .filter_map(|((_, key), _)| UserId::parse(key.as_str()).ok())
+            .filter(|(_, m)| matches!(m.as_str(), "join" | "invite"))
+            .map(|(u, _)| u.clone())
             .collect()
     }
 
@@ -189,28 +211,23 @@ impl Rooms {
             let rules = version
                 .rules()
                 .ok_or_else(|| Error::internal("stored room has an unknown room version"))?;
-            let mut state = HashMap::with_capacity(loaded.state.len());
+            let mut room = RoomState::new(room_id.to_owned(), version, rules);
             for (row, (kind, key)) in loaded.state.iter().zip(loaded.state_types) {
-                state.insert(
+                room.set_state(
                     (StateEventType::from(kind), key),
                     Pdu::from_row(row).map_err(Error::internal)?,
                 );
             }
-            let extremities = loaded
+            room.extremities = loaded
                 .extremities
                 .into_iter()
                 .filter_map(|e| e.try_into().ok())
                 .collect();
-            *guard = Some(RoomState {
-                room_id: room_id.to_owned(),
-                version,
-                rules,
-                state,
-                extremities,
-                max_depth: loaded.max_depth as u64,
-                state_group: loaded.state_group,
-                chain_len: MAX_STATE_CHAIN,
-            });
+            room.max_depth = loaded.max_depth as u64;
+            room.state_group = loaded.state_group;
+            // Unknown chain length after a restart: the next state group is a full snapshot.
+            room.chain_len = MAX_STATE_CHAIN;
+            *guard = Some(room);
         }
         Ok(Some(guard))
     }
@@ -240,15 +257,21 @@ impl Rooms {
             .await?
             .ok_or_else(|| Error::not_found("room not found"))?;
         let room = guard.as_mut().expect("locked room is loaded");
-        if let Some((device, txn_id)) = txn
-            && let Some(existing) = self
-                .store
-                .txn_event(sender.as_str(), device.as_str(), txn_id.as_str())
-                .await?
-        {
-            return existing.try_into().map_err(Error::internal);
+        match self.append_locked(room, sender, new, txn).await {
+            // A repeated transaction id: the store's unique key refused it; answer as before.
+            Err(Error::Store(crate::store::StoreError::Conflict)) if txn.is_some() => {
+                let (device, txn_id) = txn.expect("checked");
+                let existing = self
+                    .store
+                    .txn_event(sender.as_str(), device.as_str(), txn_id.as_str())
+                    .await?;
+                existing
+                    .ok_or_else(|| Error::internal("event id conflict"))?
+                    .try_into()
+                    .map_err(Error::internal)
+            }
+            other => other,
         }
-        self.append_locked(room, sender, new, txn).await
     }
 
     /// `append` for callers that already hold the room lock (room creation).
@@ -259,8 +282,8 @@ impl Rooms {
         new: NewContent,
         txn: Option<(&DeviceId, &TransactionId)>,
     ) -> Result<OwnedEventId> {
-        let (pdu, object) = self.build(room, sender, &new)?;
-        self.authorize(room, &pdu)?;
+        let (pdu, object, auth) = self.build(room, sender, &new)?;
+        self.authorize(room, &pdu, &auth)?;
         if let Some(redacts) = &pdu.redacts {
             self.check_redaction(room, &pdu, redacts).await?;
         }
@@ -272,7 +295,7 @@ impl Rooms {
         room: &RoomState,
         sender: &UserId,
         new: &NewContent,
-    ) -> Result<(Pdu, CanonicalJsonObject)> {
+    ) -> Result<(Pdu, CanonicalJsonObject, Vec<Arc<Pdu>>)> {
         let content_raw = serde_json::value::to_raw_value(&new.content)
             .map_err(|e| Error::bad_json(e.to_string()))?;
         let auth_types = ruma::state_res::auth_types_for_event(
@@ -283,16 +306,13 @@ impl Rooms {
             &room.rules.authorization,
         )
         .map_err(Error::bad_json)?;
-        let mut auth_events: Vec<OwnedEventId> = auth_types
+        let mut auth: Vec<Arc<Pdu>> = auth_types
             .iter()
-            .filter_map(|(k, s)| {
-                room.state
-                    .get(&(k.clone(), s.clone()))
-                    .map(|p| p.event_id.clone())
-            })
+            .filter_map(|(k, s)| room.state.get(&(k.clone(), s.clone())).cloned())
             .collect();
-        auth_events.sort();
-        auth_events.dedup();
+        auth.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+        auth.dedup_by(|a, b| a.event_id == b.event_id);
+        let auth_events: Vec<OwnedEventId> = auth.iter().map(|p| p.event_id.clone()).collect();
         let prev_events: Vec<OwnedEventId> = room.extremities.iter().take(20).cloned().collect();
         let depth = room.max_depth + 1;
         let now = MilliSecondsSinceUnixEpoch::now();
@@ -348,17 +368,12 @@ impl Rooms {
         let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?;
         let json = serde_json::to_string(&object).map_err(Error::internal)?;
         let pdu = Pdu::from_json(event_id.as_str(), &json).map_err(Error::internal)?;
-        Ok((pdu, object))
+        Ok((pdu, object, auth))
     }
 
-    fn authorize(&self, room: &RoomState, pdu: &Pdu) -> Result<()> {
-        let by_id: HashMap<&ruma::EventId, &Arc<Pdu>> = room
-            .state
-            .values()
-            .map(|p| (p.event_id.as_ref(), p))
-            .collect();
+    fn authorize(&self, room: &RoomState, pdu: &Pdu, auth: &[Arc<Pdu>]) -> Result<()> {
         ruma::state_res::check_state_independent_auth_rules(&room.rules.authorization, pdu, |id| {
-            by_id.get(id).map(|p| Arc::clone(p))
+            auth.iter().find(|p| p.event_id == id).cloned()
         })
         .map_err(Error::Forbidden)?;
         ruma::state_res::check_state_dependent_auth_rules(
@@ -496,7 +511,7 @@ impl Rooms {
             {
                 wake.push(user);
             }
-            room.state.insert(key, pdu);
+            room.set_state(key, pdu);
             room.state_group = group.id;
             room.chain_len = group.chain_len;
         }
