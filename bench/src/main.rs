@@ -112,6 +112,38 @@ async fn run(store: Store, seconds: u64) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!("RSS idle (one tenant): {} KiB", rss_kib(pid));
 
+    // 100 idle tenants.
+    let before = rss_kib(pid);
+    let started = Instant::now();
+    let http = reqwest::Client::new();
+    for t in 0..100 {
+        let name = format!("idle{t}.{}", server.server_name);
+        let resp = http
+            .put(format!(
+                "{}/_tim/operator/v1/tenants/{name}",
+                server.base_url()
+            ))
+            .bearer_auth(server.operator_token())
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        assert!(
+            status.is_success(),
+            "adding tenant {name}: {status} {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    let add_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid);
+    println!(
+        "100 idle tenants: +{} KiB RSS ({:.0} KiB per tenant), added in {add_secs:.1} s",
+        after.saturating_sub(before),
+        after.saturating_sub(before) as f64 / 100.0
+    );
+
     // Registrations: 50 users, 4 at a time.
     let started = Instant::now();
     let users: Vec<(String, String)> = futures::future::join_all((0..50).map(|i| {
@@ -275,30 +307,6 @@ async fn run(store: Store, seconds: u64) {
         ms(times[0])
     );
 
-    // 100 idle tenants.
-    let before = rss_kib(pid);
-    let http = reqwest::Client::new();
-    for t in 0..100 {
-        let name = format!("idle{t}.{}", server.server_name);
-        let resp = http
-            .put(format!(
-                "{}/_tim/operator/v1/tenants/{name}",
-                server.base_url()
-            ))
-            .bearer_auth(server.operator_token())
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success());
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(pid);
-    println!(
-        "100 idle tenants: +{} KiB RSS ({:.0} KiB per tenant)",
-        after.saturating_sub(before),
-        after.saturating_sub(before) as f64 / 100.0
-    );
     if store == Store::Postgres {
         for t in 0..100 {
             let _ = tim_homeserver_drop(&format!("idle{t}.{}", server.server_name)).await;

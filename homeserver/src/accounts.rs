@@ -47,6 +47,9 @@ pub struct Accounts {
     refresh_lifetime: Duration,
     /// token hash → session; cleared on logout and device deletion.
     token_cache: Mutex<HashMap<String, (Session, Option<i64>)>>,
+    /// Hashes run at most this many at a time: each takes `m_cost` of memory, and a burst of
+    /// logins must neither exhaust memory nor starve other blocking work.
+    hashing: tokio::sync::Semaphore,
     /// UIA sessions: id → (user, completed stages, created).
     uia: Mutex<HashMap<String, (OwnedUserId, Instant)>>,
 }
@@ -86,6 +89,11 @@ impl Accounts {
             sessions,
             argon2,
             refresh_lifetime,
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2),
+            ),
             token_cache: Mutex::default(),
             uia: Mutex::default(),
         }
@@ -109,6 +117,7 @@ impl Accounts {
     pub async fn hash_password(&self, password: &str) -> Result<String> {
         let hasher = self.hasher()?;
         let password = password.to_owned();
+        let _permit = self.hashing.acquire().await.map_err(Error::internal)?;
         tokio::task::spawn_blocking(move || {
             let mut salt = [0u8; 16];
             rand::thread_rng().fill_bytes(&mut salt);
@@ -124,6 +133,7 @@ impl Accounts {
     async fn verify_password(&self, hash: &str, password: &str) -> Result<bool> {
         let hasher = self.hasher()?;
         let (hash, password) = (hash.to_owned(), password.to_owned());
+        let _permit = self.hashing.acquire().await.map_err(Error::internal)?;
         tokio::task::spawn_blocking(move || {
             let parsed = PasswordHash::new(&hash).map_err(Error::internal)?;
             Ok(hasher.verify_password(password.as_bytes(), &parsed).is_ok())

@@ -217,6 +217,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
+    if let Some(handle) = metrics.clone() {
+        // Histogram samples are held until upkeep folds them into summaries: without it they
+        // grow with every request when nobody scrapes /metrics.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     if config.open_registration {
         tracing::warn!(
             "open registration is ON: anyone who reaches this server can create an account (m.login.dummy)"

@@ -87,6 +87,7 @@ impl Homeserver {
             Duration::from_secs(config.refreshable_access_token_lifetime_secs),
         );
         let rate_limiter = RateLimiter::new(config.rate_limit.clone());
+        stores.closer.release_idle().await;
         Ok(Arc::new(Self {
             server_name,
             config,

@@ -45,6 +45,8 @@ pub struct Stores {
 #[async_trait]
 pub trait Closer: Send + Sync {
     async fn close(&self);
+    /// Closes idle connections, so an idle tenant holds none (start-up, tenant added).
+    async fn release_idle(&self);
 }
 
 #[async_trait]

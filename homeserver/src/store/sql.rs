@@ -44,6 +44,21 @@ impl Closer for SqlStore {
         self.write.close().await;
         self.read.close().await;
     }
+
+    async fn release_idle(&self) {
+        for pool in [&self.write, &self.read] {
+            // Connections go back to the pool in the background; give the last ones a moment.
+            for _ in 0..50 {
+                if pool.num_idle() as u32 >= pool.size() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            while let Some(mut conn) = pool.try_acquire() {
+                conn.close_on_drop();
+            }
+        }
+    }
 }
 
 #[async_trait]
