@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ruma::{OwnedServerName, OwnedUserId, RoomVersionId, signatures::Ed25519KeyPair};
+use ruma::{OwnedServerName, OwnedUserId, RoomVersionId, UserId, signatures::Ed25519KeyPair};
 
 use crate::{
     accounts::Accounts,
@@ -22,7 +22,7 @@ pub struct Homeserver {
     pub stores: Stores,
     pub stream: Arc<StreamIds<OwnedUserId>>,
     pub notifier: Arc<Notifier>,
-    pub rooms: Rooms,
+    pub rooms: Arc<Rooms>,
     pub accounts: Accounts,
     pub rate_limiter: RateLimiter,
 }
@@ -65,7 +65,7 @@ impl Homeserver {
         let stream = Arc::new(StreamIds::new(stores.events.max_stream_pos().await?));
         let notifier = Arc::new(Notifier::default());
         let parse_version = |v: &str| RoomVersionId::try_from(v).map_err(Error::internal);
-        let rooms = Rooms::new(
+        let rooms = Arc::new(Rooms::new(
             server_name.clone(),
             key.clone(),
             stores.events.clone(),
@@ -78,7 +78,7 @@ impl Homeserver {
                 .iter()
                 .map(|v| parse_version(v))
                 .collect::<Result<_>>()?,
-        );
+        ));
         let accounts = Accounts::new(
             server_name.clone(),
             stores.accounts.clone(),
@@ -101,13 +101,44 @@ impl Homeserver {
         }))
     }
 
-    /// The next stream position for a non-event change (account data), and a way to publish it.
-    pub fn publish(&self, pos: i64, users: Vec<OwnedUserId>) {
-        let (woken, _) = self.stream.finish(pos, users);
-        self.notifier.wake(woken.iter().map(|u| u.as_ref()));
+    /// Stores account data (global when `room_id` is empty) at a new stream position and wakes
+    /// the user's syncs. Runs detached from the request, so a client that disconnects cannot
+    /// leave the position unfinished.
+    pub async fn set_account_data(
+        self: &Arc<Self>,
+        user: &UserId,
+        room_id: &str,
+        kind: &str,
+        content: &str,
+    ) -> Result<()> {
+        let (hs, user, room_id, kind, content) = (
+            self.clone(),
+            user.to_owned(),
+            room_id.to_owned(),
+            kind.to_owned(),
+            content.to_owned(),
+        );
+        detached(async move {
+            let pos = hs.stream.next();
+            hs.stores
+                .account_data
+                .set(user.as_str(), &room_id, &kind, &content, pos.pos())
+                .await?;
+            let (woken, _) = pos.finish(vec![user]);
+            hs.notifier.wake(woken.iter().map(|u| u.as_ref()));
+            Ok(())
+        })
+        .await
     }
 
     pub async fn close(&self) {
         self.stores.closer.close().await;
     }
+}
+
+/// Runs a write to completion even if the request that started it goes away.
+pub async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work).await.map_err(Error::internal)?
 }

@@ -399,3 +399,79 @@ pub fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn concurrent_sends_are_batched_correctly_on_both_stores() {
+    for store in STORES {
+        let server = TestServer::start(store).await;
+        let alice = server.register("alice").await;
+        let room = alice.create_room(json!({})).await;
+        // 40 different messages at once: all stored once, each id distinct.
+        let sends = (0..40).map(|i| {
+            let alice = alice.clone();
+            let room = room.clone();
+            async move { alice.send(&room, &format!("c{i}"), &format!("m{i}")).await }
+        });
+        let ids: Vec<String> = futures::future::join_all(sends).await;
+        let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), 40);
+        // The same transaction id sent 8 times at once, mixed with new ones: one event.
+        let repeats = (0..16).map(|i| {
+            let alice = alice.clone();
+            let room = room.clone();
+            async move {
+                let txn = if i % 2 == 0 {
+                    "same".to_owned()
+                } else {
+                    format!("other{i}")
+                };
+                (
+                    txn,
+                    alice
+                        .send(
+                            &room,
+                            &if i % 2 == 0 {
+                                "same".to_owned()
+                            } else {
+                                format!("other{i}")
+                            },
+                            "x",
+                        )
+                        .await,
+                )
+            }
+        });
+        let results = futures::future::join_all(repeats).await;
+        let same: std::collections::BTreeSet<&String> = results
+            .iter()
+            .filter(|(t, _)| t == "same")
+            .map(|(_, id)| id)
+            .collect();
+        assert_eq!(
+            same.len(),
+            1,
+            "a repeated transaction id made several events"
+        );
+        let page = alice
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=200"),
+                None,
+            )
+            .await;
+        let messages = page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .count();
+        assert_eq!(messages, 40 + 1 + 8);
+        // The event graph stays a chain: one forward extremity, depth = number of events.
+        let hs = server.tenants.default_tenant();
+        let loaded = hs.stores.events.load_room(&room).await.unwrap().unwrap();
+        assert_eq!(loaded.extremities.len(), 1);
+        let total = page["chunk"].as_array().unwrap().len() as i64;
+        assert_eq!(loaded.max_depth, total);
+        server.stop().await;
+    }
+}

@@ -1,6 +1,8 @@
 //! `createRoom`: the creation events in the order the spec lists them, all under the new room's
 //! lock, so nobody sees a half-made room.
 
+use std::sync::Arc;
+
 use rand::{Rng, distributions::Alphanumeric};
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomVersionId, events::TimelineEventType};
 use serde_json::{Map, Value, json};
@@ -33,7 +35,13 @@ pub struct CreateRoom {
 }
 
 impl Rooms {
-    pub async fn create_room(&self, req: CreateRoom) -> Result<OwnedRoomId> {
+    /// Creates a room (detached from the request, like every write).
+    pub async fn create_room(self: &Arc<Self>, req: CreateRoom) -> Result<OwnedRoomId> {
+        let this = self.clone();
+        crate::homeserver::detached(async move { this.create_room_now(req).await }).await
+    }
+
+    async fn create_room_now(&self, req: CreateRoom) -> Result<OwnedRoomId> {
         let version = req
             .room_version
             .clone()
@@ -70,7 +78,7 @@ impl Rooms {
             .await?;
 
         let slot = self.slot(&room_id);
-        let mut guard = slot.lock_owned().await;
+        let mut guard = slot.state.clone().lock_owned().await;
         *guard = Some(RoomState::new(room_id.clone(), version.clone(), rules));
         let room = guard.as_mut().expect("just set");
         let result = self.creation_events(room, &req, &version).await;

@@ -1,6 +1,8 @@
 //! Membership changes of local users: join, invite, leave, kick, ban, unban. Whether a change
 //! is allowed is decided by the room version's auth rules in `Rooms::append`.
 
+use std::sync::Arc;
+
 use ruma::{OwnedEventId, RoomId, UserId, events::TimelineEventType};
 use serde_json::{Map, Value, json};
 
@@ -21,6 +23,36 @@ impl Rooms {
     /// Applies a membership change by `sender` to `target`. Joining a room one is already in
     /// does not create an event.
     pub async fn change_membership(
+        self: &Arc<Self>,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        change: Change,
+        reason: Option<&str>,
+        profile: Map<String, Value>,
+    ) -> Result<Option<OwnedEventId>> {
+        let this = self.clone();
+        let (room_id, sender, target, reason) = (
+            room_id.to_owned(),
+            sender.to_owned(),
+            target.to_owned(),
+            reason.map(str::to_owned),
+        );
+        crate::homeserver::detached(async move {
+            this.change_membership_now(
+                &room_id,
+                &sender,
+                &target,
+                change,
+                reason.as_deref(),
+                profile,
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn change_membership_now(
         &self,
         room_id: &RoomId,
         sender: &UserId,

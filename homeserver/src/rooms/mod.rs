@@ -6,20 +6,18 @@ pub mod create;
 pub mod membership;
 pub mod pdu;
 mod read;
+mod write;
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicI64, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::AtomicI64},
 };
 
 pub use create::CreateRoom;
 pub use read::{Context, Page};
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, DeviceId, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, TransactionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
+    OwnedServerName, OwnedUserId, RoomId, RoomVersionId, UserId,
     events::{
         StateEventType, TimelineEventType,
         room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
@@ -32,12 +30,12 @@ use serde_json::Value;
 use self::pdu::Pdu;
 use crate::{
     error::{Error, Result},
-    store::{EventStore, NewEvent, NewStateGroup},
+    store::EventStore,
     sync::{notifier::Notifier, stream::StreamIds},
 };
 
 /// Longest chain of delta state groups before a full snapshot is written.
-const MAX_STATE_CHAIN: i64 = 32;
+pub(crate) const MAX_STATE_CHAIN: i64 = 32;
 
 pub type StateKey = (StateEventType, String);
 
@@ -143,7 +141,12 @@ impl NewContent {
     }
 }
 
-type RoomSlot = Arc<tokio::sync::Mutex<Option<RoomState>>>;
+/// A room's lock (its state under it) and its queue of messages waiting to be written.
+#[derive(Default)]
+struct RoomSlot {
+    state: Arc<tokio::sync::Mutex<Option<RoomState>>>,
+    queue: Mutex<Vec<write::Pending>>,
+}
 
 pub struct Rooms {
     server_name: OwnedServerName,
@@ -152,7 +155,7 @@ pub struct Rooms {
     stream: Arc<StreamIds<OwnedUserId>>,
     notifier: Arc<Notifier>,
     state_groups: AtomicI64,
-    rooms: Mutex<HashMap<OwnedRoomId, RoomSlot>>,
+    rooms: Mutex<HashMap<OwnedRoomId, Arc<RoomSlot>>>,
     pub default_version: RoomVersionId,
     pub supported_versions: Vec<RoomVersionId>,
 }
@@ -186,7 +189,7 @@ impl Rooms {
         &self.server_name
     }
 
-    fn slot(&self, room_id: &RoomId) -> RoomSlot {
+    fn slot(&self, room_id: &RoomId) -> Arc<RoomSlot> {
         self.rooms
             .lock()
             .expect("rooms lock")
@@ -201,7 +204,7 @@ impl Rooms {
         room_id: &RoomId,
     ) -> Result<Option<tokio::sync::OwnedMutexGuard<Option<RoomState>>>> {
         let slot = self.slot(room_id);
-        let mut guard = slot.lock_owned().await;
+        let mut guard = slot.state.clone().lock_owned().await;
         if guard.is_none() {
             let Some(loaded) = self.store.load_room(room_id.as_str()).await? else {
                 return Ok(None);
@@ -240,54 +243,6 @@ impl Rooms {
     ) -> Result<Option<T>> {
         let guard = self.lock(room_id).await?;
         Ok(guard.as_ref().and_then(|g| g.as_ref()).map(f))
-    }
-
-    /// Appends a local user's event to a room: idempotent per transaction id, built on the
-    /// forward extremities, hashed, signed, authorised against the current state, persisted
-    /// with its state change in one transaction, then announced to waiting syncs.
-    pub async fn append(
-        &self,
-        room_id: &RoomId,
-        sender: &UserId,
-        new: NewContent,
-        txn: Option<(&DeviceId, &TransactionId)>,
-    ) -> Result<OwnedEventId> {
-        let mut guard = self
-            .lock(room_id)
-            .await?
-            .ok_or_else(|| Error::not_found("room not found"))?;
-        let room = guard.as_mut().expect("locked room is loaded");
-        match self.append_locked(room, sender, new, txn).await {
-            // A repeated transaction id: the store's unique key refused it; answer as before.
-            Err(Error::Store(crate::store::StoreError::Conflict)) if txn.is_some() => {
-                let (device, txn_id) = txn.expect("checked");
-                let existing = self
-                    .store
-                    .txn_event(sender.as_str(), device.as_str(), txn_id.as_str())
-                    .await?;
-                existing
-                    .ok_or_else(|| Error::internal("event id conflict"))?
-                    .try_into()
-                    .map_err(Error::internal)
-            }
-            other => other,
-        }
-    }
-
-    /// `append` for callers that already hold the room lock (room creation).
-    pub async fn append_locked(
-        &self,
-        room: &mut RoomState,
-        sender: &UserId,
-        new: NewContent,
-        txn: Option<(&DeviceId, &TransactionId)>,
-    ) -> Result<OwnedEventId> {
-        let (pdu, object, auth) = self.build(room, sender, &new)?;
-        self.authorize(room, &pdu, &auth)?;
-        if let Some(redacts) = &pdu.redacts {
-            self.check_redaction(room, &pdu, redacts).await?;
-        }
-        self.persist(room, pdu, object, txn).await
     }
 
     fn build(
@@ -406,119 +361,6 @@ impl Rooms {
             return Err(Error::forbidden("you may not redact this event"));
         }
         Ok(())
-    }
-
-    async fn persist(
-        &self,
-        room: &mut RoomState,
-        pdu: Pdu,
-        object: CanonicalJsonObject,
-        txn: Option<(&DeviceId, &TransactionId)>,
-    ) -> Result<OwnedEventId> {
-        let json = serde_json::to_string(&object).map_err(Error::internal)?;
-        let state_key = pdu
-            .state_key
-            .clone()
-            .map(|k| (StateEventType::from(pdu.kind.to_string()), k));
-        let replaces_state = state_key
-            .as_ref()
-            .and_then(|k| room.state.get(k))
-            .map(|p| p.event_id.to_string());
-        let new_group = state_key.as_ref().map(|(kind, key)| {
-            let id = self.state_groups.fetch_add(1, Ordering::SeqCst) + 1;
-            if room.chain_len >= MAX_STATE_CHAIN || room.state_group == 0 {
-                let mut entries: Vec<(String, String, String)> = room
-                    .state
-                    .iter()
-                    .filter(|(k, _)| *k != &(kind.clone(), key.clone()))
-                    .map(|((k, s), p)| (k.to_string(), s.clone(), p.event_id.to_string()))
-                    .collect();
-                entries.push((kind.to_string(), key.clone(), pdu.event_id.to_string()));
-                NewStateGroup {
-                    id,
-                    prev_group: None,
-                    chain_len: 0,
-                    entries,
-                }
-            } else {
-                NewStateGroup {
-                    id,
-                    prev_group: Some(room.state_group),
-                    chain_len: room.chain_len + 1,
-                    entries: vec![(kind.to_string(), key.clone(), pdu.event_id.to_string())],
-                }
-            }
-        });
-        let content = pdu.content_value();
-        let membership = (pdu.kind == TimelineEventType::RoomMember)
-            .then(|| pdu.membership())
-            .flatten();
-        let relates_to = content.get("m.relates_to");
-        let rel = relates_to.and_then(|r| {
-            Some((
-                r.get("event_id")?.as_str()?,
-                r.get("rel_type")?.as_str()?,
-                r.get("key").and_then(Value::as_str),
-            ))
-        });
-        // A reply (`m.in_reply_to`) is a relation too, so `/relations` can list it.
-        let reply = relates_to.and_then(|r| r.get("m.in_reply_to")?.get("event_id")?.as_str());
-        let rel = rel.or(reply.map(|id| (id, "m.in_reply_to", None)));
-        let pruned = match &pdu.redacts {
-            Some(target) => Some((
-                target.to_string(),
-                self.pruned_json(target, &room.rules).await?,
-            )),
-            None => None,
-        };
-        let prev: Vec<String> = room.extremities.iter().map(|e| e.to_string()).collect();
-        let pos = self.stream.next();
-        let result = self
-            .store
-            .persist_event(NewEvent {
-                stream_pos: pos,
-                event_id: pdu.event_id.as_str(),
-                room_id: pdu.room_id.as_str(),
-                sender: pdu.sender.as_str(),
-                event_type: &pdu.kind.to_string(),
-                state_key: pdu.state_key.as_deref(),
-                membership: membership.as_deref(),
-                depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
-                origin_server_ts: u64::from(pdu.origin_server_ts.0) as i64,
-                json: &json,
-                state_group: room.state_group,
-                new_state_group: new_group.clone(),
-                replaces_state: replaces_state.as_deref(),
-                relates_to: rel,
-                txn: txn.map(|(d, t)| (d.as_str(), t.as_str())),
-                prev_events: &prev,
-                redacts: pruned.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
-            })
-            .await;
-        if let Err(e) = result {
-            self.stream.abandon(pos);
-            return Err(e.into());
-        }
-        // Committed: update the in-memory room, then wake syncs.
-        let event_id = pdu.event_id.clone();
-        let pdu = Arc::new(pdu);
-        room.extremities = vec![event_id.clone()];
-        room.max_depth = u64::from(pdu.depth);
-        let mut wake = room.interested_users();
-        if let Some((key, group)) = state_key.zip(new_group) {
-            if key.0 == StateEventType::RoomMember
-                && let Ok(user) = UserId::parse(key.1.as_str())
-            {
-                wake.push(user);
-            }
-            room.set_state(key, pdu);
-            room.state_group = group.id;
-            room.chain_len = group.chain_len;
-        }
-        let (woken, _) = self.stream.finish(pos, wake);
-        self.notifier.wake(woken.iter().map(|u| u.as_ref()));
-        metrics::counter!("tim_events_persisted_total", "server_name" => self.server_name.to_string()).increment(1);
-        Ok(event_id)
     }
 
     async fn pruned_json(

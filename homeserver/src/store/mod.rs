@@ -307,7 +307,8 @@ pub trait EventStore: Send + Sync {
         now: i64,
     ) -> StoreResult<()>;
     async fn room_version(&self, room_id: &str) -> StoreResult<Option<String>>;
-    async fn persist_event(&self, ev: NewEvent<'_>) -> StoreResult<()>;
+    /// Persists events of one room, in order, in one transaction (a batch of a room's queue).
+    async fn persist_events(&self, events: &[NewEvent<'_>]) -> StoreResult<()>;
 
     async fn get_event(&self, event_id: &str) -> StoreResult<Option<EventRow>>;
     async fn get_events(&self, event_ids: &[String]) -> StoreResult<Vec<EventRow>>;

@@ -476,88 +476,103 @@ impl EventStore for SqlStore {
         row.map(|r| Ok(r.try_get(0)?)).transpose()
     }
 
-    async fn persist_event(&self, ev: NewEvent<'_>) -> StoreResult<()> {
+    async fn persist_events(&self, events: &[NewEvent<'_>]) -> StoreResult<()> {
+        let Some(last) = events.last() else { return Ok(()) };
         let mut tx = self.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO events (stream_pos, event_id, room_id, sender, type, state_key, depth, origin_server_ts, json, state_group, \
-             replaces_state, relates_to, rel_type, rel_key, txn_device, txn_id, membership) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-        )
-        .bind(ev.stream_pos)
-        .bind(ev.event_id)
-        .bind(ev.room_id)
-        .bind(ev.sender)
-        .bind(ev.event_type)
-        .bind(ev.state_key)
-        .bind(ev.depth)
-        .bind(ev.origin_server_ts)
-        .bind(ev.json)
-        .bind(ev.state_group)
-        .bind(ev.replaces_state)
-        .bind(ev.relates_to.map(|r| r.0))
-        .bind(ev.relates_to.map(|r| r.1))
-        .bind(ev.relates_to.and_then(|r| r.2))
-        .bind(ev.txn.map(|t| t.0))
-        .bind(ev.txn.map(|t| t.1))
-        .bind(ev.membership)
-        .execute(&mut *tx)
-        .await
-        .map_err(unique)?;
-        if let Some((device, txn_id)) = ev.txn {
-            sqlx::query("INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)")
-                .bind(ev.sender)
-                .bind(device)
-                .bind(txn_id)
-                .bind(ev.event_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(unique)?;
-        }
-        for prev in ev.prev_events {
-            sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2").bind(ev.room_id).bind(prev).execute(&mut *tx).await?;
-        }
-        sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)").bind(ev.room_id).bind(ev.event_id).execute(&mut *tx).await?;
-        if let Some(group) = &ev.new_state_group {
-            sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES ($1, $2, $3, $4)")
-                .bind(group.id)
+        for ev in events {
+            sqlx::query(
+                "INSERT INTO events (stream_pos, event_id, room_id, sender, type, state_key, depth, origin_server_ts, json, state_group, \
+                 replaces_state, relates_to, rel_type, rel_key, txn_device, txn_id, membership) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            )
+            .bind(ev.stream_pos)
+            .bind(ev.event_id)
+            .bind(ev.room_id)
+            .bind(ev.sender)
+            .bind(ev.event_type)
+            .bind(ev.state_key)
+            .bind(ev.depth)
+            .bind(ev.origin_server_ts)
+            .bind(ev.json)
+            .bind(ev.state_group)
+            .bind(ev.replaces_state)
+            .bind(ev.relates_to.map(|r| r.0))
+            .bind(ev.relates_to.map(|r| r.1))
+            .bind(ev.relates_to.and_then(|r| r.2))
+            .bind(ev.txn.map(|t| t.0))
+            .bind(ev.txn.map(|t| t.1))
+            .bind(ev.membership)
+            .execute(&mut *tx)
+            .await
+            .map_err(unique)?;
+            if let Some(group) = &ev.new_state_group {
+                sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES ($1, $2, $3, $4)")
+                    .bind(group.id)
+                    .bind(ev.room_id)
+                    .bind(group.prev_group)
+                    .bind(group.chain_len)
+                    .execute(&mut *tx)
+                    .await?;
+                for (ty, key, id) in &group.entries {
+                    sqlx::query("INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES ($1, $2, $3, $4)")
+                        .bind(group.id)
+                        .bind(ty)
+                        .bind(key)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("UPDATE rooms SET current_state_group = $2 WHERE room_id = $1").bind(ev.room_id).bind(group.id).execute(&mut *tx).await?;
+                sqlx::query(
+                    "INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_pos) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id, membership = EXCLUDED.membership, \
+                     stream_pos = EXCLUDED.stream_pos",
+                )
                 .bind(ev.room_id)
-                .bind(group.prev_group)
-                .bind(group.chain_len)
+                .bind(ev.event_type)
+                .bind(ev.state_key.unwrap_or_default())
+                .bind(ev.event_id)
+                .bind(ev.membership)
+                .bind(ev.stream_pos)
                 .execute(&mut *tx)
                 .await?;
-            for (ty, key, id) in &group.entries {
-                sqlx::query("INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES ($1, $2, $3, $4)")
-                    .bind(group.id)
-                    .bind(ty)
-                    .bind(key)
-                    .bind(id)
+            }
+            if let Some((redacted, pruned)) = ev.redacts {
+                sqlx::query("UPDATE events SET json = $2, redacted_by = $3 WHERE event_id = $1 AND room_id = $4")
+                    .bind(redacted)
+                    .bind(pruned)
+                    .bind(ev.event_id)
+                    .bind(ev.room_id)
                     .execute(&mut *tx)
                     .await?;
             }
-            sqlx::query("UPDATE rooms SET current_state_group = $2 WHERE room_id = $1").bind(ev.room_id).bind(group.id).execute(&mut *tx).await?;
-            let state_key = ev.state_key.unwrap_or_default();
-            sqlx::query(
-                "INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_pos) VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id, membership = EXCLUDED.membership, \
-                 stream_pos = EXCLUDED.stream_pos",
-            )
-            .bind(ev.room_id)
-            .bind(ev.event_type)
-            .bind(state_key)
-            .bind(ev.event_id)
-            .bind(ev.membership)
-            .bind(ev.stream_pos)
-            .execute(&mut *tx)
-            .await?;
         }
-        if let Some((redacted, pruned)) = ev.redacts {
-            sqlx::query("UPDATE events SET json = $2, redacted_by = $3 WHERE event_id = $1 AND room_id = $4")
-                .bind(redacted)
-                .bind(pruned)
-                .bind(ev.event_id)
-                .bind(ev.room_id)
+        // Forward extremities: the batch's tips replace the earlier events it points to.
+        let in_batch: std::collections::HashSet<&str> = events.iter().map(|e| e.event_id).collect();
+        let referenced: std::collections::HashSet<&str> = events.iter().flat_map(|e| e.prev_events.iter().map(String::as_str)).collect();
+        let outside: Vec<&str> = referenced.iter().copied().filter(|p| !in_batch.contains(p)).collect();
+        let tips: Vec<&str> = events.iter().map(|e| e.event_id).filter(|id| !referenced.contains(id)).collect();
+        let room_id = last.room_id;
+        let replaced_in_place = if let ([prev], [tip]) = (outside.as_slice(), tips.as_slice()) {
+            // The common case, one statement: a linear chain on top of the single extremity.
+            sqlx::query("UPDATE forward_extremities SET event_id = $3 WHERE room_id = $1 AND event_id = $2")
+                .bind(room_id)
+                .bind(*prev)
+                .bind(*tip)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected()
+                == 1
+        } else {
+            false
+        };
+        if !replaced_in_place {
+            for prev in &outside {
+                sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2").bind(room_id).bind(*prev).execute(&mut *tx).await?;
+            }
+            for tip in &tips {
+                sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)").bind(room_id).bind(*tip).execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -585,7 +600,7 @@ impl EventStore for SqlStore {
     }
 
     async fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> StoreResult<Option<String>> {
-        let row = sqlx::query("SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
+        let row = sqlx::query("SELECT event_id FROM events WHERE sender = $1 AND txn_device = $2 AND txn_id = $3")
             .bind(user_id)
             .bind(device_id)
             .bind(txn_id)

@@ -2,7 +2,8 @@
 //! position from one in-process counter (a tenant is served by one process at a time). Writes
 //! to different rooms commit concurrently, so positions can commit out of order; readers only
 //! see up to `visible()`: the highest position below which every allocated position has
-//! finished. Finishing a position returns the wake-ups that became visible with it.
+//! finished. Finishing a position returns the wake-ups that became visible with it. A position
+//! dropped without `finish` (failed write) is abandoned, so it can never block readers.
 
 use std::{collections::BTreeMap, sync::Mutex};
 
@@ -17,6 +18,33 @@ struct Inner<W> {
     pending: BTreeMap<i64, Option<Vec<W>>>,
 }
 
+/// An allocated position; finish it when its write committed.
+pub struct Position<'a, W> {
+    ids: &'a StreamIds<W>,
+    pos: i64,
+    done: bool,
+}
+
+impl<W> Position<'_, W> {
+    pub fn pos(&self) -> i64 {
+        self.pos
+    }
+
+    /// The write committed: returns the wake-ups that became visible and the visible position.
+    pub fn finish(mut self, wakes: Vec<W>) -> (Vec<W>, i64) {
+        self.done = true;
+        self.ids.complete(self.pos, wakes)
+    }
+}
+
+impl<W> Drop for Position<'_, W> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.ids.complete(self.pos, Vec::new());
+        }
+    }
+}
+
 impl<W> StreamIds<W> {
     pub fn new(current: i64) -> Self {
         Self {
@@ -28,22 +56,24 @@ impl<W> StreamIds<W> {
         }
     }
 
-    /// Allocates the next position; the caller must `finish` (or `abandon`) it.
-    pub fn next(&self) -> i64 {
+    /// Allocates the next position.
+    pub fn next(&self) -> Position<'_, W> {
         let mut inner = self.inner.lock().expect("stream lock");
         inner.last_allocated += 1;
         let pos = inner.last_allocated;
         inner.pending.insert(pos, None);
-        pos
+        Position {
+            ids: self,
+            pos,
+            done: false,
+        }
     }
 
     pub fn visible(&self) -> i64 {
         self.inner.lock().expect("stream lock").visible
     }
 
-    /// Marks `pos` as persisted with its wake-ups; returns the wake-ups of all positions that
-    /// just became visible, and the new visible position.
-    pub fn finish(&self, pos: i64, wakes: Vec<W>) -> (Vec<W>, i64) {
+    fn complete(&self, pos: i64, wakes: Vec<W>) -> (Vec<W>, i64) {
         let mut inner = self.inner.lock().expect("stream lock");
         inner.pending.insert(pos, Some(wakes));
         let mut out = Vec::new();
@@ -57,11 +87,6 @@ impl<W> StreamIds<W> {
         }
         (out, inner.visible)
     }
-
-    /// The write failed: nothing was persisted at `pos`.
-    pub fn abandon(&self, pos: i64) -> (Vec<W>, i64) {
-        self.finish(pos, Vec::new())
-    }
 }
 
 #[cfg(test)]
@@ -73,22 +98,23 @@ mod tests {
         let ids = StreamIds::<&str>::new(10);
         let a = ids.next();
         let b = ids.next();
-        assert_eq!((a, b), (11, 12));
-        let (w, v) = ids.finish(b, vec!["b"]);
+        assert_eq!((a.pos(), b.pos()), (11, 12));
+        let (w, v) = b.finish(vec!["b"]);
         assert!(w.is_empty());
         assert_eq!(v, 10);
-        let (w, v) = ids.finish(a, vec!["a"]);
+        let (w, v) = a.finish(vec!["a"]);
         assert_eq!(w, vec!["a", "b"]);
         assert_eq!(v, 12);
         assert_eq!(ids.visible(), 12);
     }
 
     #[test]
-    fn abandoned_positions_do_not_block() {
+    fn dropped_positions_do_not_block() {
         let ids = StreamIds::<()>::new(0);
         let a = ids.next();
         let b = ids.next();
-        ids.finish(b, vec![]);
-        assert_eq!(ids.abandon(a).1, 2);
+        b.finish(vec![]);
+        drop(a);
+        assert_eq!(ids.visible(), 2);
     }
 }

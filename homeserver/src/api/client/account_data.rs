@@ -32,24 +32,9 @@ fn check_user(ctx: &Ctx, user: &ruma::UserId) -> Result<()> {
 }
 
 async fn store(ctx: &Ctx, room: &str, kind: &str, content: &str) -> Result<()> {
-    let user = &ctx.session().user_id;
-    let pos = ctx.hs.stream.next();
-    let result = ctx
-        .hs
-        .stores
-        .account_data
-        .set(user.as_str(), room, kind, content, pos)
-        .await;
-    match result {
-        Ok(()) => {
-            ctx.hs.publish(pos, vec![user.clone()]);
-            Ok(())
-        }
-        Err(e) => {
-            ctx.hs.stream.abandon(pos);
-            Err(e.into())
-        }
-    }
+    ctx.hs
+        .set_account_data(&ctx.session().user_id, room, kind, content)
+        .await
 }
 
 async fn load(ctx: &Ctx, room: &str, kind: &str) -> Result<Box<serde_json::value::RawValue>> {
