@@ -479,32 +479,42 @@ impl EventStore for SqlStore {
     async fn persist_events(&self, events: &[NewEvent<'_>]) -> StoreResult<()> {
         let Some(last) = events.last() else { return Ok(()) };
         let mut tx = self.write.begin().await?;
-        for ev in events {
-            sqlx::query(
+        // One multi-row INSERT per chunk of the batch (17 binds per row).
+        for chunk in events.chunks(32) {
+            let mut sql = String::from(
                 "INSERT INTO events (stream_pos, event_id, room_id, sender, type, state_key, depth, origin_server_ts, json, state_group, \
-                 replaces_state, relates_to, rel_type, rel_key, txn_device, txn_id, membership) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-            )
-            .bind(ev.stream_pos)
-            .bind(ev.event_id)
-            .bind(ev.room_id)
-            .bind(ev.sender)
-            .bind(ev.event_type)
-            .bind(ev.state_key)
-            .bind(ev.depth)
-            .bind(ev.origin_server_ts)
-            .bind(ev.json)
-            .bind(ev.state_group)
-            .bind(ev.replaces_state)
-            .bind(ev.relates_to.map(|r| r.0))
-            .bind(ev.relates_to.map(|r| r.1))
-            .bind(ev.relates_to.and_then(|r| r.2))
-            .bind(ev.txn.map(|t| t.0))
-            .bind(ev.txn.map(|t| t.1))
-            .bind(ev.membership)
-            .execute(&mut *tx)
-            .await
-            .map_err(unique)?;
+                 replaces_state, relates_to, rel_type, rel_key, txn_device, txn_id, membership) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 17;
+                sql.push_str(if i == 0 { "(" } else { ", (" });
+                sql.push_str(&(1..=17).map(|n| format!("${}", b + n)).collect::<Vec<_>>().join(", "));
+                sql.push(')');
+            }
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for ev in chunk {
+                q = q
+                    .bind(ev.stream_pos)
+                    .bind(ev.event_id)
+                    .bind(ev.room_id)
+                    .bind(ev.sender)
+                    .bind(ev.event_type)
+                    .bind(ev.state_key)
+                    .bind(ev.depth)
+                    .bind(ev.origin_server_ts)
+                    .bind(ev.json)
+                    .bind(ev.state_group)
+                    .bind(ev.replaces_state)
+                    .bind(ev.relates_to.map(|r| r.0))
+                    .bind(ev.relates_to.map(|r| r.1))
+                    .bind(ev.relates_to.and_then(|r| r.2))
+                    .bind(ev.txn.map(|t| t.0))
+                    .bind(ev.txn.map(|t| t.1))
+                    .bind(ev.membership);
+            }
+            q.execute(&mut *tx).await.map_err(unique)?;
+        }
+        for ev in events {
             if let Some(group) = &ev.new_state_group {
                 sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES ($1, $2, $3, $4)")
                     .bind(group.id)
