@@ -157,12 +157,8 @@ impl Accounts {
     }
 
     /// A new account. `localpart` must satisfy the spec's user id grammar (lower-case).
-    pub async fn create_user(
-        &self,
-        localpart: &str,
-        password: Option<&str>,
-        is_admin: bool,
-    ) -> Result<OwnedUserId> {
+    /// The user id a new account with this localpart would get, if the localpart is allowed.
+    pub fn new_user_id(&self, localpart: &str) -> Result<OwnedUserId> {
         if localpart.is_empty()
             || !localpart
                 .chars()
@@ -177,6 +173,16 @@ impl Accounts {
         if user_id.as_str().len() > 255 {
             return Err(Error::InvalidUsername("user id too long".into()));
         }
+        Ok(user_id)
+    }
+
+    pub async fn create_user(
+        &self,
+        localpart: &str,
+        password: Option<&str>,
+        is_admin: bool,
+    ) -> Result<OwnedUserId> {
+        let user_id = self.new_user_id(localpart)?;
         let hash = match password {
             Some(p) => Some(self.hash_password(p).await?),
             None => None,

@@ -475,3 +475,138 @@ async fn concurrent_sends_are_batched_correctly_on_both_stores() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn sync_respects_history_visibility_and_membership_on_both_stores() {
+    for store in STORES {
+        let server = TestServer::start(store).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let eve = server.register("eve").await;
+        let room = alice.create_room(json!({"initial_state": [{"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}}]})).await;
+        alice
+            .send(&room, "secret", "before anyone else joined")
+            .await;
+
+        // Eve, never a member, is banned: she learns of the ban, not of the conversation.
+        let since = eve.sync(None, 0).await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        alice.send(&room, "s2", "still private").await;
+        alice
+            .ok(
+                Method::POST,
+                &format!("/_matrix/client/v3/rooms/{room}/ban"),
+                Some(json!({"user_id": eve.user_id})),
+            )
+            .await;
+        let eve_sync = eve.sync(Some(&since), 0).await;
+        let events = eve_sync["rooms"]["leave"][&room]["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["content"]["membership"], "ban");
+
+        // Bob, invited: the invite shows who invited him, and nobody else's invite.
+        let carol = server.register("carol").await;
+        alice
+            .ok(
+                Method::POST,
+                &format!("/_matrix/client/v3/rooms/{room}/invite"),
+                Some(json!({"user_id": carol.user_id})),
+            )
+            .await;
+        alice
+            .ok(
+                Method::POST,
+                &format!("/_matrix/client/v3/rooms/{room}/invite"),
+                Some(json!({"user_id": bob.user_id})),
+            )
+            .await;
+        let invite = bob.sync(None, 0).await["rooms"]["invite"][&room]["invite_state"]["events"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let members: Vec<&str> = invite
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| e["state_key"].as_str().unwrap())
+            .collect();
+        assert!(
+            members.contains(&bob.user_id.as_str()) && members.contains(&alice.user_id.as_str()),
+            "{members:?}"
+        );
+        assert!(
+            !members.contains(&carol.user_id.as_str()),
+            "another user's invite leaked: {members:?}"
+        );
+
+        // With "joined" visibility, Bob's first sync after joining shows nothing from before.
+        bob.ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{room}"),
+            Some(json!({})),
+        )
+        .await;
+        let joined = bob.sync(None, 0).await;
+        let texts = bodies(&joined, &room);
+        assert!(
+            texts.is_empty(),
+            "history before the join leaked: {texts:?}"
+        );
+        // The room has no name: the summary names its members.
+        let summary = &joined["rooms"]["join"][&room]["summary"];
+        assert_eq!(summary["m.joined_member_count"], 2);
+        assert!(
+            summary["m.heroes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h == alice.user_id.as_str())
+        );
+        let page = bob
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"),
+                None,
+            )
+            .await;
+        assert!(
+            page["chunk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["content"]["body"].is_null())
+        );
+
+        // Leave and forget, then a new invite still reaches Bob.
+        bob.ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(json!({})),
+        )
+        .await;
+        bob.ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/forget"),
+            Some(json!({})),
+        )
+        .await;
+        let before = bob.sync(None, 0).await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        alice
+            .ok(
+                Method::POST,
+                &format!("/_matrix/client/v3/rooms/{room}/invite"),
+                Some(json!({"user_id": bob.user_id})),
+            )
+            .await;
+        let again = bob.sync(Some(&before), 0).await;
+        assert!(again["rooms"]["invite"].get(&room).is_some(), "{again}");
+        server.stop().await;
+    }
+}

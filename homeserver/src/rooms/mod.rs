@@ -14,7 +14,7 @@ use std::{
 };
 
 pub use create::CreateRoom;
-pub use read::{Context, Page};
+pub use read::{Context, Page, Visibility};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
     OwnedServerName, OwnedUserId, RoomId, RoomVersionId, UserId,
@@ -207,6 +207,8 @@ impl Rooms {
         let mut guard = slot.state.clone().lock_owned().await;
         if guard.is_none() {
             let Some(loaded) = self.store.load_room(room_id.as_str()).await? else {
+                // Unknown rooms leave nothing behind in memory.
+                self.rooms.lock().expect("rooms lock").remove(room_id);
                 return Ok(None);
             };
             let version =
@@ -228,8 +230,7 @@ impl Rooms {
                 .collect();
             room.max_depth = loaded.max_depth as u64;
             room.state_group = loaded.state_group;
-            // Unknown chain length after a restart: the next state group is a full snapshot.
-            room.chain_len = MAX_STATE_CHAIN;
+            room.chain_len = loaded.chain_len;
             *guard = Some(room);
         }
         Ok(Some(guard))

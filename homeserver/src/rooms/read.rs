@@ -25,22 +25,34 @@ pub struct Page {
     pub state: Vec<Value>,
 }
 
-/// What a user may see of a room's history: the room's history visibility and the user's
-/// membership changes, by stream position.
+/// What a user may see of a room's history: the room's history visibility settings and the
+/// user's membership changes, by stream position.
 pub struct Visibility {
-    /// The current setting.
-    history_visibility: String,
     /// Each setting with the position it took effect at, oldest first.
     settings: Vec<(i64, String)>,
     memberships: Vec<(i64, String)>,
 }
 
 impl Visibility {
+    pub fn new(settings: Vec<(i64, String)>, memberships: Vec<(i64, String)>) -> Self {
+        Self {
+            settings,
+            memberships,
+        }
+    }
+
     fn setting_at(&self, pos: i64) -> &str {
         self.settings
             .iter()
             .rev()
             .find(|(p, _)| *p <= pos)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("shared")
+    }
+
+    fn current_setting(&self) -> &str {
+        self.settings
+            .last()
             .map(|(_, v)| v.as_str())
             .unwrap_or("shared")
     }
@@ -57,9 +69,13 @@ impl Visibility {
         self.memberships.last().map(|(_, m)| m.as_str())
     }
 
+    /// Whether the user may see the event at `pos`, by the setting in force at the event.
     pub fn can_see(&self, pos: i64) -> bool {
+        // Users always see their own membership changes (an invite, a kick, a ban).
+        if self.memberships.iter().any(|(p, _)| *p == pos) {
+            return true;
+        }
         let at = self.membership_at(pos);
-        // The rules of the setting in force at the event (spec: history visibility).
         match self.setting_at(pos) {
             "world_readable" => true,
             "shared" => at == Some("join") || self.current() == Some("join"),
@@ -71,7 +87,7 @@ impl Visibility {
     /// Whether the user may read the room at all (members, state).
     pub fn is_or_was_member(&self) -> bool {
         self.memberships.iter().any(|(_, m)| m == "join")
-            || self.history_visibility == "world_readable"
+            || self.current_setting() == "world_readable"
     }
 
     /// The last position the user may see, if they are no longer joined.
@@ -90,55 +106,18 @@ impl Visibility {
 
 impl Rooms {
     pub async fn visibility(&self, room_id: &RoomId, user: &UserId) -> Result<Visibility> {
-        let history_visibility = self
-            .with_state(room_id, |s| {
-                s.get(ruma::events::StateEventType::RoomHistoryVisibility, "")
-                    .and_then(|p| {
-                        p.content_value()
-                            .get("history_visibility")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                    })
-            })
-            .await?
-            .ok_or_else(|| Error::forbidden("you are not in this room"))?
-            .unwrap_or_else(|| "shared".into());
         let memberships = self
             .store
             .membership_history(user.as_str(), room_id.as_str())
             .await?;
-        let filter = EventFilter {
-            types: Some(vec!["m.room.history_visibility".into()]),
-            ..Default::default()
-        };
-        let rows = self
+        let settings = self
             .store
-            .room_events(
-                room_id.as_str(),
-                0,
-                i64::MAX,
-                Direction::Forward,
-                10_000,
-                &filter,
-            )
-            .await?;
-        let settings = rows
-            .iter()
-            .filter_map(|r| {
-                Some((
-                    r.stream_pos,
-                    content_of(r)?
-                        .get("history_visibility")?
-                        .as_str()?
-                        .to_owned(),
-                ))
-            })
+            .history_visibility_changes(&[room_id.to_string()])
+            .await?
+            .into_iter()
+            .map(|(_, pos, setting)| (pos, setting))
             .collect();
-        Ok(Visibility {
-            history_visibility,
-            settings,
-            memberships,
-        })
+        Ok(Visibility::new(settings, memberships))
     }
 
     /// Client form of stored events, in the given order.
@@ -284,8 +263,6 @@ impl Rooms {
         room_id: &str,
         rows: &[EventRow],
     ) -> Result<Vec<EventRow>> {
-        let room_id = RoomId::parse(room_id).map_err(Error::internal)?;
-        let room_id = room_id.as_ref();
         let senders: std::collections::BTreeSet<String> = rows
             .iter()
             .filter_map(|r| {
@@ -296,19 +273,11 @@ impl Rooms {
                     .map(str::to_owned)
             })
             .collect();
-        let ids: Vec<String> = self
-            .with_state(room_id, |s| {
-                senders
-                    .iter()
-                    .filter_map(|u| {
-                        s.state
-                            .get(&(ruma::events::StateEventType::RoomMember, u.clone()))
-                            .map(|p| p.event_id.to_string())
-                    })
-                    .collect()
-            })
-            .await?
-            .unwrap_or_default();
+        let state = self.store.current_state_ids(room_id).await?;
+        let ids: Vec<String> = senders
+            .into_iter()
+            .filter_map(|u| state.get(&("m.room.member".to_owned(), u)).cloned())
+            .collect();
         Ok(self.store.get_events(&ids).await?)
     }
 
@@ -483,7 +452,7 @@ impl Rooms {
             None if vis.current() == Some("join") => {
                 self.store.current_state_ids(room_id.as_str()).await?
             }
-            _ if vis.history_visibility == "world_readable" => {
+            _ if vis.current_setting() == "world_readable" => {
                 self.store.current_state_ids(room_id.as_str()).await?
             }
             Some(pos) if vis.is_or_was_member() => {

@@ -364,13 +364,20 @@ pub trait EventStore: Send + Sync {
         limit: i64,
         filter: &EventFilter,
     ) -> StoreResult<Vec<EventRow>>;
-    /// For each room, its newest `limit` events at or below `upto` (newest first) — one query.
+    /// For each room, its newest `limit` events at or below `upto` passing `filter` (newest
+    /// first) — one query per 100 rooms, each room read through its index.
     async fn latest_events(
         &self,
         room_ids: &[String],
         upto: i64,
         limit: i64,
+        filter: &EventFilter,
     ) -> StoreResult<Vec<EventRow>>;
+    /// `m.room.history_visibility` settings of rooms: `(room id, position, setting)`, oldest first.
+    async fn history_visibility_changes(
+        &self,
+        room_ids: &[String],
+    ) -> StoreResult<Vec<(String, i64, String)>>;
     /// Rooms among `room_ids` with events in `(since, upto]`.
     async fn rooms_with_events(
         &self,
@@ -414,4 +421,6 @@ pub struct LoadedRoom {
     pub extremities: Vec<String>,
     pub max_depth: i64,
     pub state_group: i64,
+    /// Length of the delta chain behind `state_group`.
+    pub chain_len: i64,
 }

@@ -25,19 +25,22 @@ mod imp {
 /// Schema names are derived from the server name: lower-case ASCII letters, digits and `_`.
 pub fn schema_name(server_name: &str) -> String {
     let mut s = String::from("tim_");
-    for c in server_name.chars() {
+    for c in server_name.chars().take(46) {
         s.push(if c.is_ascii_alphanumeric() {
             c.to_ascii_lowercase()
         } else {
             '_'
         });
     }
-    // Different server names may map to the same text; a short hash keeps them apart.
+    // Different server names may map to the same text (or be cut short); the hash of the full
+    // name keeps them apart. 4 + 46 + 1 + 12 = 63 characters at most, PostgreSQL's limit.
     let hash = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
         server_name.as_bytes(),
     ));
-    s.push_str(&format!("_{:02x}{:02x}{:02x}", hash[0], hash[1], hash[2]));
-    s.truncate(63);
+    s.push('_');
+    for b in &hash[..6] {
+        s.push_str(&format!("{b:02x}"));
+    }
     s
 }
 
@@ -86,4 +89,15 @@ pub async fn drop_tenant_schema(url: &str, server_name: &str) -> StoreResult<()>
     admin.execute(sqlx::AssertSqlSafe(sql)).await?;
     sqlx::Connection::close(admin).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_names_keep_distinct_schemas() {
+        let a = super::schema_name(&format!("{}.example.com", "x".repeat(60)));
+        let b = super::schema_name(&format!("{}.example.net", "x".repeat(60)));
+        assert_ne!(a, b);
+        assert!(a.len() <= 63 && b.len() <= 63);
+    }
 }

@@ -523,14 +523,14 @@ impl EventStore for SqlStore {
                     .bind(group.chain_len)
                     .execute(&mut *tx)
                     .await?;
-                for (ty, key, id) in &group.entries {
-                    sqlx::query("INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES ($1, $2, $3, $4)")
-                        .bind(group.id)
-                        .bind(ty)
-                        .bind(key)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
+                for chunk in group.entries.chunks(200) {
+                    let values: Vec<String> = (0..chunk.len()).map(|i| format!("($1, ${}, ${}, ${})", 2 + i * 3, 3 + i * 3, 4 + i * 3)).collect();
+                    let sql = format!("INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES {}", values.join(", "));
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(group.id);
+                    for (ty, key, id) in chunk {
+                        q = q.bind(ty).bind(key).bind(id);
+                    }
+                    q.execute(&mut *tx).await?;
                 }
                 sqlx::query("UPDATE rooms SET current_state_group = $2 WHERE room_id = $1").bind(ev.room_id).bind(group.id).execute(&mut *tx).await?;
                 sqlx::query(
@@ -644,9 +644,16 @@ impl EventStore for SqlStore {
             .fetch_all(&self.read)
             .await?;
         let max_depth: i64 = sqlx::query("SELECT COALESCE(MAX(depth), 0) FROM events WHERE room_id = $1").bind(room_id).fetch_one(&self.read).await?.try_get(0)?;
+        let state_group: i64 = room.try_get(1)?;
+        let chain_len: i64 = sqlx::query("SELECT COALESCE(MAX(chain_len), 0) FROM state_groups WHERE id = $1")
+            .bind(state_group)
+            .fetch_one(&self.read)
+            .await?
+            .try_get(0)?;
         Ok(Some(LoadedRoom {
             version: room.try_get(0)?,
-            state_group: room.try_get(1)?,
+            state_group,
+            chain_len,
             state,
             state_types,
             extremities: hashes(extremities)?,
@@ -721,7 +728,8 @@ impl EventStore for SqlStore {
         let rows = sqlx::query(
             "SELECT c.room_id, c.membership, c.stream_pos, c.event_id FROM current_state c \
              WHERE c.type = 'm.room.member' AND c.state_key = $1 \
-             AND NOT EXISTS (SELECT 1 FROM forgotten_rooms f WHERE f.user_id = $1 AND f.room_id = c.room_id) ORDER BY c.room_id",
+             AND NOT (c.membership IN ('leave', 'ban') AND EXISTS (SELECT 1 FROM forgotten_rooms f WHERE f.user_id = $1 AND f.room_id = c.room_id)) \
+             ORDER BY c.room_id",
         )
         .bind(user_id)
         .fetch_all(&self.read)
@@ -781,20 +789,52 @@ impl EventStore for SqlStore {
         event_rows(q.fetch_all(&self.read).await?)
     }
 
-    async fn latest_events(&self, room_ids: &[String], upto: i64, limit: i64) -> StoreResult<Vec<EventRow>> {
+    async fn latest_events(&self, room_ids: &[String], upto: i64, limit: i64, filter: &EventFilter) -> StoreResult<Vec<EventRow>> {
+        let mut out = Vec::new();
+        for chunk in room_ids.chunks(100) {
+            // A UNION ALL of per-room "newest N" reads: each uses the (room_id, stream_pos) index
+            // and stops after N rows, where a window function would read every room's history.
+            let mut binds: Vec<String> = Vec::new();
+            let mut next = 3;
+            let mut parts = Vec::with_capacity(chunk.len());
+            for room in chunk {
+                let mut part = format!("SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = ${next} AND e.stream_pos <= $1");
+                next += 1;
+                binds.push(room.clone());
+                filter_sql(filter, &mut next, &mut part, &mut binds);
+                part.push_str(" ORDER BY e.stream_pos DESC LIMIT $2) t");
+                parts.push(part);
+            }
+            let sql = parts.join(" UNION ALL ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(upto).bind(limit);
+            for b in &binds {
+                q = q.bind(b);
+            }
+            out.extend(event_rows(q.fetch_all(&self.read).await?)?);
+        }
+        out.sort_by(|a, b| b.stream_pos.cmp(&a.stream_pos));
+        Ok(out)
+    }
+
+    async fn history_visibility_changes(&self, room_ids: &[String]) -> StoreResult<Vec<(String, i64, String)>> {
         let mut out = Vec::new();
         for chunk in room_ids.chunks(500) {
             let sql = format!(
-                "SELECT stream_pos, event_id, room_id, json, state_group, replaces_state, redacted_by, txn_device, txn_id FROM ( \
-                   SELECT {EVENT_COLUMNS}, ROW_NUMBER() OVER (PARTITION BY e.room_id ORDER BY e.stream_pos DESC) AS rn \
-                   FROM events e WHERE e.stream_pos <= $1 AND e.room_id IN ({})) t WHERE rn <= $2 ORDER BY stream_pos DESC",
-                in_list(3, chunk.len())
+                "SELECT room_id, stream_pos, json FROM events WHERE type = 'm.room.history_visibility' AND room_id IN ({}) ORDER BY stream_pos",
+                in_list(1, chunk.len())
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(upto).bind(limit);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 q = q.bind(id);
             }
-            out.extend(event_rows(q.fetch_all(&self.read).await?)?);
+            for r in q.fetch_all(&self.read).await? {
+                let json: String = r.try_get(2)?;
+                let setting = serde_json::from_str::<serde_json::Value>(&json)
+                    .ok()
+                    .and_then(|v| v.pointer("/content/history_visibility").and_then(|s| s.as_str()).map(str::to_owned))
+                    .unwrap_or_else(|| "shared".into());
+                out.push((r.try_get(0)?, r.try_get(1)?, setting));
+            }
         }
         Ok(out)
     }

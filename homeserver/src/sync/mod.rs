@@ -5,7 +5,7 @@ pub mod notifier;
 pub mod stream;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     time::Duration,
 };
 
@@ -14,7 +14,7 @@ use ruma::{
     api::client::{
         filter::FilterDefinition,
         sync::sync_events::v3::{
-            InvitedRoom, JoinedRoom, LeftRoom, Response, State, StateEvents, Timeline,
+            InvitedRoom, JoinedRoom, LeftRoom, Response, RoomSummary, State, StateEvents, Timeline,
         },
     },
     serde::Raw,
@@ -25,7 +25,10 @@ use crate::{
     accounts::Session,
     error::{Error, Result},
     homeserver::Homeserver,
-    rooms::pdu::stripped_event,
+    rooms::{
+        Visibility,
+        pdu::{content_of, stripped_event},
+    },
     store::{Direction, EventFilter, EventRow},
 };
 
@@ -126,8 +129,8 @@ async fn compute(
 ) -> Result<Response> {
     let user = session.user_id.as_str();
     let device = session.device_id.as_str();
-    let since = if req.full_state { None } else { req.since };
-    let since_pos = req.since.unwrap_or(0);
+    let since = req.since;
+    let since_pos = since.unwrap_or(0);
     let filter = &req.filter;
     let limit = filter
         .room
@@ -141,61 +144,75 @@ async fn compute(
     let tl_filter = event_filter(&filter.room.timeline);
     let mut resp = Response::new(token(upto));
 
-    let memberships = hs.stores.events.rooms_for_user(user).await?;
-    let changes = match req.since {
-        Some(s) => hs.stores.events.membership_changes(user, s, upto).await?,
-        None => vec![],
-    };
-    let changed_rooms: HashMap<&str, &str> = changes
-        .iter()
-        .map(|c| (c.room_id.as_str(), c.membership.as_str()))
+    // The user's membership history up to this sync's position: membership as of `upto`
+    // (later changes belong to the next sync), what changed since `since`, and visibility.
+    let mut history: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for m in hs.stores.events.membership_changes(user, 0, upto).await? {
+        history
+            .entry(m.room_id)
+            .or_default()
+            .push((m.stream_pos, m.membership));
+    }
+    // Rooms the user forgot after leaving are not listed any more.
+    let listed: HashSet<String> = hs
+        .stores
+        .events
+        .rooms_for_user(user)
+        .await?
+        .into_iter()
+        .map(|m| m.room_id)
         .collect();
+    history.retain(|room, _| listed.contains(room) && room_allowed(filter, room));
+    let rooms: Vec<String> = history.keys().cloned().collect();
+    let mut settings: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+    for (room, pos, setting) in hs.stores.events.history_visibility_changes(&rooms).await? {
+        settings.entry(room).or_default().push((pos, setting));
+    }
+    let visibility = |room: &str| {
+        Visibility::new(
+            settings.get(room).cloned().unwrap_or_default(),
+            history.get(room).cloned().unwrap_or_default(),
+        )
+    };
 
-    // Rooms to render fully (initial sync, newly joined) or incrementally.
     let mut full_rooms = Vec::new();
     let mut incr_rooms = Vec::new();
-    for m in memberships
-        .iter()
-        .filter(|m| room_allowed(filter, &m.room_id))
-    {
-        if m.stream_pos > upto {
-            continue;
-        }
-        match m.membership.as_str() {
-            "join" => match since {
-                None => full_rooms.push(m.room_id.clone()),
-                Some(_) if changed_rooms.get(m.room_id.as_str()) == Some(&"join") => {
-                    full_rooms.push(m.room_id.clone())
-                }
-                Some(_) => incr_rooms.push(m.room_id.clone()),
-            },
-            "invite" if since.is_none() || changed_rooms.contains_key(m.room_id.as_str()) => {
-                let state = invite_state(hs, &m.room_id).await?;
+    for (room, changes) in &history {
+        let (last_pos, membership) = changes.last().expect("history entries are non-empty");
+        let changed = since.is_some_and(|s| *last_pos > s);
+        match membership.as_str() {
+            "join" if since.is_none() || changed || req.full_state => full_rooms.push(room.clone()),
+            "join" => incr_rooms.push(room.clone()),
+            "invite" if since.is_none() || changed => {
                 let mut invited = InvitedRoom::new();
-                invited.invite_state.events = state.iter().map(raw).collect::<Result<_>>()?;
-                resp.rooms.invite.insert(room_id(&m.room_id)?, invited);
+                invited.invite_state.events = invite_state(hs, room, user)
+                    .await?
+                    .iter()
+                    .map(raw)
+                    .collect::<Result<_>>()?;
+                resp.rooms.invite.insert(room_id(room)?, invited);
             }
-            "leave" | "ban"
-                if (since.is_some() && changed_rooms.contains_key(m.room_id.as_str()))
-                    || (since.is_none() && include_leave) =>
-            {
-                let from = if since.is_some() { since_pos } else { 0 };
+            "leave" | "ban" if changed || (since.is_none() && include_leave) => {
                 let rows = hs
                     .stores
                     .events
                     .room_events(
-                        &m.room_id,
-                        m.stream_pos,
-                        from,
+                        room,
+                        *last_pos,
+                        since_pos,
                         Direction::Backward,
                         limit + 1,
                         &tl_filter,
                     )
                     .await?;
+                let vis = visibility(room);
+                let rows: Vec<EventRow> = rows
+                    .into_iter()
+                    .filter(|r| vis.can_see(r.stream_pos))
+                    .collect();
                 let mut left = LeftRoom::new();
-                let (timeline, _) = timeline(hs, &rows, limit, device).await?;
-                left.timeline = timeline;
-                resp.rooms.leave.insert(room_id(&m.room_id)?, left);
+                left.timeline = timeline(hs, &rows, limit, device).await?.0;
+                resp.rooms.leave.insert(room_id(room)?, left);
             }
             _ => {}
         }
@@ -206,25 +223,39 @@ async fn compute(
         let latest = hs
             .stores
             .events
-            .latest_events(&full_rooms, upto, limit + 1)
+            .latest_events(&full_rooms, upto, limit + 1, &tl_filter)
             .await?;
         let mut by_room: HashMap<String, Vec<EventRow>> = HashMap::new();
         for row in latest {
             by_room.entry(row.room_id.clone()).or_default().push(row);
         }
-        let state_rows = hs.stores.events.current_state_events(&full_rooms).await?;
         let mut state_by_room: HashMap<String, BTreeMap<(String, String), EventRow>> =
             HashMap::new();
-        for (room, kind, key, row) in state_rows {
+        for (room, kind, key, row) in hs.stores.events.current_state_events(&full_rooms).await? {
             state_by_room
                 .entry(room)
                 .or_default()
                 .insert((kind, key), row);
         }
         for room in &full_rooms {
-            let rows = by_room.remove(room).unwrap_or_default();
+            let rows = match (since, req.full_state) {
+                // full_state on an incremental sync: the timeline still starts at `since`.
+                (Some(s), true) if history[room].last().is_some_and(|(p, _)| *p <= s) => {
+                    hs.stores
+                        .events
+                        .room_events(room, upto, s, Direction::Backward, limit + 1, &tl_filter)
+                        .await?
+                }
+                _ => by_room.remove(room).unwrap_or_default(),
+            };
+            let vis = visibility(room);
+            let rows: Vec<EventRow> = rows
+                .into_iter()
+                .filter(|r| vis.can_see(r.stream_pos))
+                .collect();
             let mut state = state_by_room.remove(room).unwrap_or_default();
             rewind_past(hs, &mut state, upto).await?;
+            let summary = summary(&state, user);
             let (timeline, shown) = timeline(hs, &rows, limit, device).await?;
             if !req.use_state_after {
                 // State before the timeline: undo the timeline's state events, newest first.
@@ -247,6 +278,7 @@ async fn compute(
                 lazy_filter(state.into_values().collect(), &shown, user, lazy);
             let mut joined = JoinedRoom::new();
             joined.timeline = timeline;
+            joined.summary = summary;
             joined.state = state_section(hs, &state, req.use_state_after).await?;
             resp.rooms.join.insert(room_id(room)?, joined);
         }
@@ -272,6 +304,11 @@ async fn compute(
                     &tl_filter,
                 )
                 .await?;
+            let vis = visibility(&room);
+            let rows: Vec<EventRow> = rows
+                .into_iter()
+                .filter(|r| vis.can_see(r.stream_pos))
+                .collect();
             let (timeline, shown) = timeline(hs, &rows, limit, device).await?;
             let state_end = if req.use_state_after {
                 upto
@@ -279,7 +316,12 @@ async fn compute(
                 shown.first().map(|r| r.stream_pos - 1).unwrap_or(upto)
             };
             let mut changed: BTreeMap<(String, String), EventRow> = BTreeMap::new();
-            if req.use_state_after || timeline.limited {
+            // With a filtered timeline, state changes may be missing from it: send them as state.
+            let filtered = tl_filter.types.is_some()
+                || !tl_filter.not_types.is_empty()
+                || tl_filter.senders.is_some()
+                || !tl_filter.not_senders.is_empty();
+            if req.use_state_after || timeline.limited || filtered {
                 for row in hs
                     .stores
                     .events
@@ -291,6 +333,7 @@ async fn compute(
                     }
                 }
             }
+            let members_changed = changed.keys().any(|(kind, _)| kind == "m.room.member");
             let mut state: Vec<EventRow> = changed.into_values().collect();
             if lazy {
                 state.extend(hs.rooms.member_events_rows(&room, &shown).await?);
@@ -298,9 +341,29 @@ async fn compute(
                 state.dedup_by(|a, b| a.event_id == b.event_id);
             }
             let mut joined = JoinedRoom::new();
+            if members_changed {
+                let ids: Vec<String> = hs
+                    .stores
+                    .events
+                    .current_state_ids(&room)
+                    .await?
+                    .into_values()
+                    .collect();
+                let current: BTreeMap<(String, String), EventRow> = hs
+                    .stores
+                    .events
+                    .get_events(&ids)
+                    .await?
+                    .into_iter()
+                    .filter_map(|r| Some((row_key(&r)?, r)))
+                    .collect();
+                joined.summary = summary(&current, user);
+            }
             joined.timeline = timeline;
             joined.state = state_section(hs, &state, req.use_state_after).await?;
-            resp.rooms.join.insert(room_id(&room)?, joined);
+            if !joined.is_empty() {
+                resp.rooms.join.insert(room_id(&room)?, joined);
+            }
         }
     }
 
@@ -308,7 +371,7 @@ async fn compute(
     for row in hs
         .stores
         .account_data
-        .changed(user, since.unwrap_or(0), upto)
+        .changed(user, if req.full_state { 0 } else { since_pos }, upto)
         .await?
     {
         let Ok(content) = serde_json::from_str::<Value>(&row.content) else {
@@ -319,9 +382,10 @@ async fn compute(
             resp.account_data.events.push(raw(&event)?);
         } else if let Some(joined) = resp.rooms.join.get_mut(&room_id(&row.room_id)?) {
             joined.account_data.events.push(raw(&event)?);
-        } else if memberships
-            .iter()
-            .any(|m| m.room_id == row.room_id && m.membership == "join")
+        } else if history
+            .get(&row.room_id)
+            .and_then(|h| h.last())
+            .is_some_and(|(_, m)| m == "join")
         {
             let mut joined = JoinedRoom::new();
             joined.account_data.events.push(raw(&event)?);
@@ -329,6 +393,43 @@ async fn compute(
         }
     }
     Ok(resp)
+}
+
+/// The room summary clients use to name rooms without a name (heroes) and count members.
+fn summary(state: &BTreeMap<(String, String), EventRow>, user: &str) -> RoomSummary {
+    let mut joined = 0u64;
+    let mut invited = 0u64;
+    let mut heroes = Vec::new();
+    for ((kind, key), row) in state {
+        if kind != "m.room.member" {
+            continue;
+        }
+        let membership = content_of(row).and_then(|c| {
+            c.get("membership")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        match membership.as_deref() {
+            Some("join") => joined += 1,
+            Some("invite") => invited += 1,
+            _ => continue,
+        }
+        if key != user
+            && heroes.len() < 5
+            && let Ok(id) = ruma::UserId::parse(key.as_str())
+        {
+            heroes.push(id);
+        }
+    }
+    let mut summary = RoomSummary::new();
+    let named = state.contains_key(&("m.room.name".to_owned(), String::new()))
+        || state.contains_key(&("m.room.canonical_alias".to_owned(), String::new()));
+    if !named {
+        summary.heroes = heroes;
+    }
+    summary.joined_member_count = Some(ruma::UInt::new_saturating(joined));
+    summary.invited_member_count = Some(ruma::UInt::new_saturating(invited));
+    summary
 }
 
 fn room_id(s: &str) -> Result<OwnedRoomId> {
@@ -416,8 +517,9 @@ async fn state_section(hs: &Homeserver, rows: &[EventRow], after: bool) -> Resul
     })
 }
 
-/// Stripped state shown with an invite.
-async fn invite_state(hs: &Homeserver, room: &str) -> Result<Vec<Value>> {
+/// Stripped state shown with an invite: the room's identity, the invite itself and the
+/// inviter's member event (for their name and avatar) — not other people's invites.
+async fn invite_state(hs: &Homeserver, room: &str, user: &str) -> Result<Vec<Value>> {
     let ids = hs.stores.events.current_state_ids(room).await?;
     let wanted = [
         "m.room.create",
@@ -428,34 +530,23 @@ async fn invite_state(hs: &Homeserver, room: &str) -> Result<Vec<Value>> {
         "m.room.encryption",
         "m.room.topic",
     ];
-    let pick: Vec<String> = ids
+    let mut pick: Vec<String> = ids
         .iter()
         .filter(|((kind, _), _)| wanted.contains(&kind.as_str()))
         .map(|(_, id)| id.clone())
         .collect();
+    let invite = ids
+        .get(&("m.room.member".to_owned(), user.to_owned()))
+        .cloned();
+    pick.extend(invite.clone());
     let mut rows = hs.stores.events.get_events(&pick).await?;
-    // The invite itself and the inviter's member event.
-    let members: Vec<String> = ids
+    let inviter = rows
         .iter()
-        .filter(|((kind, _), _)| kind == "m.room.member")
-        .map(|(_, id)| id.clone())
-        .collect();
-    rows.extend(
-        hs.stores
-            .events
-            .get_events(&members)
-            .await?
-            .into_iter()
-            .filter(|r| {
-                serde_json::from_str::<Value>(&r.json)
-                    .ok()
-                    .and_then(|v| {
-                        v.pointer("/content/membership")
-                            .and_then(Value::as_str)
-                            .map(|m| m == "invite")
-                    })
-                    .unwrap_or(false)
-            }),
-    );
+        .find(|r| Some(&r.event_id) == invite.as_ref())
+        .and_then(row_sender)
+        .and_then(|sender| ids.get(&("m.room.member".to_owned(), sender)).cloned());
+    if let Some(inviter) = inviter {
+        rows.extend(hs.stores.events.get_events(&[inviter]).await?);
+    }
     Ok(rows.iter().map(stripped_event).collect())
 }

@@ -11,11 +11,16 @@ pub struct StreamIds<W> {
     inner: Mutex<Inner<W>>,
 }
 
+enum Done<W> {
+    Committed(Vec<W>),
+    Abandoned,
+}
+
 struct Inner<W> {
     last_allocated: i64,
     visible: i64,
-    /// Allocated positions not yet visible: `None` while in flight, `Some(wakes)` when done.
-    pending: BTreeMap<i64, Option<Vec<W>>>,
+    /// Allocated positions not yet visible: `None` while in flight, `Some(Done)` when done.
+    pending: BTreeMap<i64, Option<Done<W>>>,
 }
 
 /// An allocated position; finish it when its write committed.
@@ -33,14 +38,14 @@ impl<W> Position<'_, W> {
     /// The write committed: returns the wake-ups that became visible and the visible position.
     pub fn finish(mut self, wakes: Vec<W>) -> (Vec<W>, i64) {
         self.done = true;
-        self.ids.complete(self.pos, wakes)
+        self.ids.complete(self.pos, Done::Committed(wakes))
     }
 }
 
 impl<W> Drop for Position<'_, W> {
     fn drop(&mut self) {
         if !self.done {
-            self.ids.complete(self.pos, Vec::new());
+            self.ids.complete(self.pos, Done::Abandoned);
         }
     }
 }
@@ -73,17 +78,21 @@ impl<W> StreamIds<W> {
         self.inner.lock().expect("stream lock").visible
     }
 
-    fn complete(&self, pos: i64, wakes: Vec<W>) -> (Vec<W>, i64) {
+    /// Readers (and sync tokens) advance only to committed positions: a token never names a
+    /// position that holds nothing, which after a restart could be handed out again.
+    fn complete(&self, pos: i64, done: Done<W>) -> (Vec<W>, i64) {
         let mut inner = self.inner.lock().expect("stream lock");
-        inner.pending.insert(pos, Some(wakes));
+        inner.pending.insert(pos, Some(done));
         let mut out = Vec::new();
         while let Some(entry) = inner.pending.first_entry() {
             if entry.get().is_none() {
                 break;
             }
-            let (p, wakes) = entry.remove_entry();
-            out.extend(wakes.unwrap_or_default());
-            inner.visible = p;
+            let (p, done) = entry.remove_entry();
+            if let Some(Done::Committed(wakes)) = done {
+                out.extend(wakes);
+                inner.visible = p;
+            }
         }
         (out, inner.visible)
     }
@@ -116,5 +125,15 @@ mod tests {
         b.finish(vec![]);
         drop(a);
         assert_eq!(ids.visible(), 2);
+    }
+
+    #[test]
+    fn tokens_never_name_an_abandoned_position() {
+        let ids = StreamIds::<()>::new(5);
+        ids.next().finish(vec![]);
+        drop(ids.next());
+        assert_eq!(ids.visible(), 6);
+        ids.next().finish(vec![]);
+        assert_eq!(ids.visible(), 8);
     }
 }

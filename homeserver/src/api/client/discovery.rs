@@ -37,10 +37,7 @@ async fn versions(
     ];
     let mut resp =
         get_supported_versions::Response::new(versions.iter().map(|v| v.to_string()).collect());
-    resp.unstable_features = BTreeMap::from([
-        ("org.matrix.msc2285.stable".to_owned(), true),
-        ("org.matrix.msc4222".to_owned(), true),
-    ]);
+    resp.unstable_features = BTreeMap::from([("org.matrix.msc2285.stable".to_owned(), true)]);
     Ok(resp)
 }
 

@@ -118,7 +118,9 @@ async fn register(ctx: Ctx, req: register::v3::Request) -> Result<register::v3::
         Some(name) => name.to_lowercase(),
         None => crate::accounts::random_string(12).to_lowercase(),
     };
-    // Check the name before asking for auth, so clients learn early that it is taken.
+    // Check the name before asking for auth (and before a registration token is spent), so
+    // clients learn early that it is invalid or taken.
+    hs.accounts.new_user_id(&localpart)?;
     if !hs.accounts.username_available(&localpart).await? {
         return Err(Error::UserInUse);
     }

@@ -67,12 +67,20 @@ async fn create_filter(
         return Err(Error::forbidden("you can only create filters for yourself"));
     }
     let json = serde_json::to_string(&req.filter).map_err(Error::internal)?;
-    let id = ctx
-        .hs
-        .stores
-        .filters
-        .create_filter(req.user_id.as_str(), &json)
-        .await?;
+    // Two concurrent creations may pick the same next id; the loser takes the one after.
+    let mut attempt = 0;
+    let id = loop {
+        match ctx
+            .hs
+            .stores
+            .filters
+            .create_filter(req.user_id.as_str(), &json)
+            .await
+        {
+            Err(crate::store::StoreError::Conflict) if attempt < 5 => attempt += 1,
+            other => break other?,
+        }
+    };
     Ok(create_filter::v3::Response::new(id.to_string()))
 }
 
