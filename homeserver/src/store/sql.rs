@@ -812,7 +812,7 @@ impl EventStore for SqlStore {
             }
             out.extend(event_rows(q.fetch_all(&self.read).await?)?);
         }
-        out.sort_by(|a, b| b.stream_pos.cmp(&a.stream_pos));
+        out.sort_by_key(|r| std::cmp::Reverse(r.stream_pos));
         Ok(out)
     }
 
