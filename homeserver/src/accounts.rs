@@ -326,7 +326,7 @@ impl Accounts {
             )
             .await?
             .ok_or(Error::UnknownToken { soft_logout: false })?;
-        self.forget_tokens(&[old]);
+        self.forget_tokens(&old);
         Ok(Tokens {
             access_token,
             refresh_token: Some(new_refresh),
@@ -358,6 +358,10 @@ impl Accounts {
                     .ok_or(Error::UnknownToken { soft_logout: false })?;
                 if user.deactivated {
                     return Err(Error::UnknownToken { soft_logout: false });
+                }
+                if row.unconfirmed {
+                    // First use of a refreshed session: the refresh token it came from expires.
+                    self.sessions.confirm_refresh(&hash).await?;
                 }
                 let session = Session {
                     user_id: UserId::parse(&row.user_id).map_err(Error::internal)?,

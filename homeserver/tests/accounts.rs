@@ -22,14 +22,34 @@ async fn devices_and_sessions_on_both_stores() {
             .await;
         assert!(login["refresh_token"].is_string() && login["expires_in_ms"].is_number());
         phone.adopt(&login);
+        // A lost refresh response: the old refresh token still works until the new session is used.
+        let refresh = |t: &serde_json::Value| Some(json!({"refresh_token": t}));
+        let lost = phone
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/refresh",
+                refresh(&login["refresh_token"]),
+            )
+            .await;
         let refreshed = phone
             .ok(
                 Method::POST,
                 "/_matrix/client/v3/refresh",
-                Some(json!({"refresh_token": login["refresh_token"]})),
+                refresh(&login["refresh_token"]),
             )
             .await;
         let old = phone.clone();
+        let mut unused = phone.clone();
+        unused.token = Some(lost["access_token"].as_str().unwrap().to_owned());
+        unused
+            .err(
+                Method::GET,
+                "/_matrix/client/v3/account/whoami",
+                None,
+                401,
+                "M_UNKNOWN_TOKEN",
+            )
+            .await;
         phone.token = Some(refreshed["access_token"].as_str().unwrap().to_owned());
         old.err(
             Method::GET,
@@ -39,6 +59,27 @@ async fn devices_and_sessions_on_both_stores() {
             "M_UNKNOWN_TOKEN",
         )
         .await;
+        phone
+            .ok(Method::GET, "/_matrix/client/v3/account/whoami", None)
+            .await;
+        // Used once, the new session revokes the old refresh token.
+        phone
+            .err(
+                Method::POST,
+                "/_matrix/client/v3/refresh",
+                refresh(&login["refresh_token"]),
+                401,
+                "M_UNKNOWN_TOKEN",
+            )
+            .await;
+        let next = phone
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/refresh",
+                refresh(&refreshed["refresh_token"]),
+            )
+            .await;
+        phone.token = Some(next["access_token"].as_str().unwrap().to_owned());
         phone
             .ok(Method::GET, "/_matrix/client/v3/account/whoami", None)
             .await;

@@ -120,6 +120,8 @@ pub struct TokenRow {
     pub user_id: String,
     pub device_id: String,
     pub expires_ts: Option<i64>,
+    /// Made by a refresh whose old refresh token is still valid until this session is used.
+    pub unconfirmed: bool,
 }
 
 pub struct NewSession<'a> {
@@ -141,6 +143,10 @@ pub trait SessionStore: Send + Sync {
     async fn lookup_token(&self, token_hash: &str) -> StoreResult<Option<TokenRow>>;
     /// Swaps the session behind `refresh_hash` to new tokens. Returns the old access-token hash
     /// and the session, or None if the refresh token is unknown.
+    /// Issues new tokens for the session behind `refresh_hash`. The old access token stops
+    /// working; the old refresh token keeps working until the new session is used (a client
+    /// whose refresh response got lost can retry). Returns the token hashes that stopped
+    /// working and the session, or None if the refresh token is unknown.
     async fn refresh(
         &self,
         refresh_hash: &str,
@@ -148,7 +154,9 @@ pub trait SessionStore: Send + Sync {
         new_refresh_hash: &str,
         expires_ts: Option<i64>,
         now: i64,
-    ) -> StoreResult<Option<(String, TokenRow)>>;
+    ) -> StoreResult<Option<(Vec<String>, TokenRow)>>;
+    /// The first use of a refreshed session: the refresh token it came from is revoked.
+    async fn confirm_refresh(&self, token_hash: &str) -> StoreResult<()>;
     /// Deletes one access token (logout). The device stays until deleted.
     async fn delete_token(&self, token_hash: &str) -> StoreResult<()>;
     /// Deletes devices and their tokens; returns the token hashes removed.

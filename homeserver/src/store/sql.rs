@@ -213,23 +213,38 @@ impl SessionStore for SqlStore {
     }
 
     async fn lookup_token(&self, token_hash: &str) -> StoreResult<Option<TokenRow>> {
-        let row = sqlx::query("SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_optional(&self.read)
-            .await?;
-        row.map(|r| Ok(TokenRow { user_id: r.try_get(0)?, device_id: r.try_get(1)?, expires_ts: r.try_get(2)? })).transpose()
+        let row = sqlx::query(
+            "SELECT user_id, device_id, expires_ts, prev_refresh_hash FROM access_tokens WHERE token_hash = $1 AND access_revoked = FALSE",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| {
+            let prev: Option<String> = r.try_get(3)?;
+            Ok(TokenRow { user_id: r.try_get(0)?, device_id: r.try_get(1)?, expires_ts: r.try_get(2)?, unconfirmed: prev.is_some() })
+        })
+        .transpose()
     }
 
-    async fn refresh(&self, refresh_hash: &str, new_token_hash: &str, new_refresh_hash: &str, expires_ts: Option<i64>, now: i64) -> StoreResult<Option<(String, TokenRow)>> {
+    async fn refresh(&self, refresh_hash: &str, new_token_hash: &str, new_refresh_hash: &str, expires_ts: Option<i64>, now: i64) -> StoreResult<Option<(Vec<String>, TokenRow)>> {
         let mut tx = self.write.begin().await?;
-        let row = sqlx::query("DELETE FROM access_tokens WHERE refresh_token_hash = $1 RETURNING token_hash, user_id, device_id")
+        let row = sqlx::query("SELECT token_hash, user_id, device_id, prev_refresh_hash FROM access_tokens WHERE refresh_token_hash = $1")
             .bind(refresh_hash)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let (old, user_id, device_id): (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let (old, user_id, device_id, prev): (String, String, String, Option<String>) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        let mut revoked = vec![old];
+        // Using this refresh token confirms its session: the one it came from goes.
+        if let Some(prev) = prev {
+            revoked.extend(hashes(sqlx::query("DELETE FROM access_tokens WHERE refresh_token_hash = $1 RETURNING token_hash").bind(prev).fetch_all(&mut *tx).await?)?);
+            sqlx::query("UPDATE access_tokens SET prev_refresh_hash = NULL WHERE refresh_token_hash = $1").bind(refresh_hash).execute(&mut *tx).await?;
+        }
+        // A retried refresh replaces the unused result of the previous one.
+        revoked.extend(hashes(sqlx::query("DELETE FROM access_tokens WHERE prev_refresh_hash = $1 RETURNING token_hash").bind(refresh_hash).fetch_all(&mut *tx).await?)?);
+        sqlx::query("UPDATE access_tokens SET access_revoked = TRUE WHERE refresh_token_hash = $1").bind(refresh_hash).execute(&mut *tx).await?;
         sqlx::query(
-            "INSERT INTO access_tokens (token_hash, user_id, device_id, expires_ts, refresh_token_hash, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO access_tokens (token_hash, user_id, device_id, expires_ts, refresh_token_hash, created_ts, prev_refresh_hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(new_token_hash)
         .bind(&user_id)
@@ -237,11 +252,23 @@ impl SessionStore for SqlStore {
         .bind(expires_ts)
         .bind(new_refresh_hash)
         .bind(now)
+        .bind(refresh_hash)
         .execute(&mut *tx)
         .await
         .map_err(unique)?;
         tx.commit().await?;
-        Ok(Some((old, TokenRow { user_id, device_id, expires_ts })))
+        Ok(Some((revoked, TokenRow { user_id, device_id, expires_ts, unconfirmed: true })))
+    }
+
+    async fn confirm_refresh(&self, token_hash: &str) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        let prev = sqlx::query("SELECT prev_refresh_hash FROM access_tokens WHERE token_hash = $1").bind(token_hash).fetch_optional(&mut *tx).await?;
+        if let Some(prev) = prev.map(|r| r.try_get::<Option<String>, _>(0)).transpose()?.flatten() {
+            sqlx::query("DELETE FROM access_tokens WHERE refresh_token_hash = $1").bind(prev).execute(&mut *tx).await?;
+            sqlx::query("UPDATE access_tokens SET prev_refresh_hash = NULL WHERE token_hash = $1").bind(token_hash).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn delete_token(&self, token_hash: &str) -> StoreResult<()> {
