@@ -50,6 +50,8 @@ pub struct Accounts {
     /// Hashes run at most this many at a time: each takes `m_cost` of memory, and a burst of
     /// logins must neither exhaust memory nor starve other blocking work.
     hashing: tokio::sync::Semaphore,
+    /// A hash to verify against when the account does not exist (constant-time login failure).
+    dummy_hash: tokio::sync::OnceCell<String>,
     /// UIA sessions: id → (user, completed stages, created).
     uia: Mutex<HashMap<String, (OwnedUserId, Instant)>>,
 }
@@ -94,6 +96,7 @@ impl Accounts {
                     .map(|n| n.get())
                     .unwrap_or(2),
             ),
+            dummy_hash: tokio::sync::OnceCell::new(),
             token_cache: Mutex::default(),
             uia: Mutex::default(),
         }
@@ -257,15 +260,21 @@ impl Accounts {
 
     /// Checks a user's password. Unknown user and wrong password are the same error.
     pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<()> {
-        let user = self
-            .accounts
-            .get_user(user_id.as_str())
-            .await?
-            .ok_or(Error::WrongCredentials)?;
-        if user.deactivated {
-            return Err(Error::UserDeactivated);
-        }
-        let hash = user.password_hash.ok_or(Error::WrongCredentials)?;
+        let user = self.accounts.get_user(user_id.as_str()).await?;
+        let Some(hash) = user.as_ref().and_then(|u| u.password_hash.clone()) else {
+            // Unknown users (and users without a password) cost a hash too, so response times
+            // do not tell which accounts exist.
+            let dummy = self
+                .dummy_hash
+                .get_or_try_init(|| self.hash_password("no account has this password"))
+                .await?;
+            self.verify_password(dummy, password).await?;
+            return Err(if user.is_some_and(|u| u.deactivated) {
+                Error::UserDeactivated
+            } else {
+                Error::WrongCredentials
+            });
+        };
         if !self.verify_password(&hash, password).await? {
             return Err(Error::WrongCredentials);
         }
