@@ -90,7 +90,7 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn run(store: Store, seconds: u64) {
+async fn run(store: Store, seconds: u64, only: Option<&str>) {
     println!("== {store:?}");
     // Production password cost: registration is measured as users would see it.
     let server = Server::start_with(
@@ -112,201 +112,204 @@ async fn run(store: Store, seconds: u64) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!("RSS idle (one tenant): {} KiB", rss_kib(pid));
 
-    // 100 idle tenants.
-    let before = rss_kib(pid);
-    let started = Instant::now();
-    let http = reqwest::Client::new();
-    for t in 0..100 {
-        let name = format!("idle{t}.{}", server.server_name);
-        let resp = http
-            .put(format!(
-                "{}/_tim/operator/v1/tenants/{name}",
-                server.base_url()
-            ))
-            .bearer_auth(server.operator_token())
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        assert!(
-            status.is_success(),
-            "adding tenant {name}: {status} {}",
-            resp.text().await.unwrap_or_default()
+    if only.is_none_or(|o| o == "tenants") {
+        // 100 idle tenants.
+        let before = rss_kib(pid);
+        let started = Instant::now();
+        let http = reqwest::Client::new();
+        for t in 0..100 {
+            let name = format!("idle{t}.{}", server.server_name);
+            let resp = http
+                .put(format!(
+                    "{}/_tim/operator/v1/tenants/{name}",
+                    server.base_url()
+                ))
+                .bearer_auth(server.operator_token())
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            assert!(
+                status.is_success(),
+                "adding tenant {name}: {status} {}",
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        let add_secs = started.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = rss_kib(pid);
+        println!(
+            "100 idle tenants: +{} KiB RSS ({:.0} KiB per tenant), added in {add_secs:.1} s",
+            after.saturating_sub(before),
+            after.saturating_sub(before) as f64 / 100.0
         );
     }
-    let add_secs = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = rss_kib(pid);
-    println!(
-        "100 idle tenants: +{} KiB RSS ({:.0} KiB per tenant), added in {add_secs:.1} s",
-        after.saturating_sub(before),
-        after.saturating_sub(before) as f64 / 100.0
-    );
+    if only.is_none_or(|o| o == "send") {
+        // Registrations: 50 users, 4 at a time.
+        let started = Instant::now();
+        let users: Vec<(String, String)> = futures::future::join_all((0..50).map(|i| {
+            let api = api.clone();
+            async move { api.register(&format!("user{i}")).await }
+        }))
+        .await;
+        let reg_secs = started.elapsed().as_secs_f64();
+        println!(
+            "register: {:.1} users/s (50 users, argon2id 19 MiB / t=2)",
+            50.0 / reg_secs
+        );
 
-    // Registrations: 50 users, 4 at a time.
-    let started = Instant::now();
-    let users: Vec<(String, String)> = futures::future::join_all((0..50).map(|i| {
-        let api = api.clone();
-        async move { api.register(&format!("user{i}")).await }
-    }))
-    .await;
-    let reg_secs = started.elapsed().as_secs_f64();
-    println!(
-        "register: {:.1} users/s (50 users, argon2id 19 MiB / t=2)",
-        50.0 / reg_secs
-    );
-
-    // 10 rooms of 5 users.
-    let mut rooms = Vec::new();
-    for r in 0..10 {
-        let members = &users[r * 5..r * 5 + 5];
-        let invite: Vec<&str> = members[1..].iter().map(|(u, _)| u.as_str()).collect();
-        let room = api
-            .call(
-                reqwest::Method::POST,
-                "/_matrix/client/v3/createRoom",
-                Some(&members[0].1),
-                Some(json!({"invite": invite})),
-            )
-            .await["room_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        for (_, token) in &members[1..] {
-            api.call(
-                reqwest::Method::POST,
-                &format!("/_matrix/client/v3/join/{room}"),
-                Some(token),
-                Some(json!({})),
-            )
-            .await;
-        }
-        rooms.push(room);
-    }
-
-    // 32 concurrent senders for `seconds`.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for s in 0..32 {
-        let (api, stop) = (api.clone(), stop.clone());
-        let room_idx = s % 10;
-        let (_, token) = users[room_idx * 5 + (s / 10) % 5].clone();
-        let room = rooms[room_idx].clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                api.send(
-                    &token,
-                    &room,
-                    &format!("b{s}-{i}"),
-                    "Blutdruck 120/80, Puls 64",
+        // 10 rooms of 5 users.
+        let mut rooms = Vec::new();
+        for r in 0..10 {
+            let members = &users[r * 5..r * 5 + 5];
+            let invite: Vec<&str> = members[1..].iter().map(|(u, _)| u.as_str()).collect();
+            let room = api
+                .call(
+                    reqwest::Method::POST,
+                    "/_matrix/client/v3/createRoom",
+                    Some(&members[0].1),
+                    Some(json!({"invite": invite})),
+                )
+                .await["room_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            for (_, token) in &members[1..] {
+                api.call(
+                    reqwest::Method::POST,
+                    &format!("/_matrix/client/v3/join/{room}"),
+                    Some(token),
+                    Some(json!({})),
                 )
                 .await;
-                lat.push(t.elapsed());
-                i += 1;
             }
-            lat
-        }));
-    }
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut lat: Vec<Duration> = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    lat.sort();
-    println!(
-        "send: {:.0} messages/s with 32 concurrent senders ({} messages in {elapsed:.1} s), latency p50 {} p99 {}",
-        lat.len() as f64 / elapsed,
-        lat.len(),
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.99))
-    );
-    println!("RSS after load: {} KiB", rss_kib(pid));
+            rooms.push(room);
+        }
 
-    // Send→sync delivery under a long-polling receiver.
-    let (sender_token, receiver_token) = (users[0].1.clone(), users[1].1.clone());
-    let room = rooms[0].clone();
-    let mut since = api.call(reqwest::Method::GET, "/_matrix/client/v3/sync?timeout=0&filter=%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A1%7D%7D%7D", Some(&receiver_token), None).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut delivery = Vec::new();
-    for i in 0..200 {
-        let api2 = api.clone();
-        let token = receiver_token.clone();
-        let since2 = since.clone();
-        let poll = tokio::spawn(async move {
-            api2.call(
-                reqwest::Method::GET,
-                &format!("/_matrix/client/v3/sync?timeout=30000&since={since2}"),
-                Some(&token),
-                None,
-            )
-            .await
-        });
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let t = Instant::now();
-        api.send(&sender_token, &room, &format!("d{i}"), "ping")
-            .await;
-        let resp = poll.await.unwrap();
-        delivery.push(t.elapsed());
-        since = resp["next_batch"].as_str().unwrap().to_owned();
-    }
-    delivery.sort();
-    println!(
-        "send→sync delivery: p50 {} p99 {} (200 messages, long-poll receiver)",
-        ms(percentile(&delivery, 0.5)),
-        ms(percentile(&delivery, 0.99))
-    );
+        // 32 concurrent senders for `seconds`.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for s in 0..32 {
+            let (api, stop) = (api.clone(), stop.clone());
+            let room_idx = s % 10;
+            let (_, token) = users[room_idx * 5 + (s / 10) % 5].clone();
+            let room = rooms[room_idx].clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    api.send(
+                        &token,
+                        &room,
+                        &format!("b{s}-{i}"),
+                        "Blutdruck 120/80, Puls 64",
+                    )
+                    .await;
+                    lat.push(t.elapsed());
+                    i += 1;
+                }
+                lat
+            }));
+        }
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut lat: Vec<Duration> = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        lat.sort();
+        println!(
+            "send: {:.0} messages/s with 32 concurrent senders ({} messages in {elapsed:.1} s), latency p50 {} p99 {}",
+            lat.len() as f64 / elapsed,
+            lat.len(),
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99))
+        );
+        println!("RSS after load: {} KiB", rss_kib(pid));
 
-    // Initial sync of a user in 200 rooms × 20 events, timeline limit 10.
-    let (_, heavy) = api.register("heavy").await;
-    for r in 0..200 {
-        let room = api
-            .call(
-                reqwest::Method::POST,
-                "/_matrix/client/v3/createRoom",
-                Some(&heavy),
-                Some(json!({"name": format!("Raum {r}")})),
-            )
-            .await["room_id"]
+        // Send→sync delivery under a long-polling receiver.
+        let (sender_token, receiver_token) = (users[0].1.clone(), users[1].1.clone());
+        let room = rooms[0].clone();
+        let mut since = api.call(reqwest::Method::GET, "/_matrix/client/v3/sync?timeout=0&filter=%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A1%7D%7D%7D", Some(&receiver_token), None).await["next_batch"]
             .as_str()
             .unwrap()
             .to_owned();
-        // createRoom wrote 6 events; 14 messages make 20.
-        for m in 0..14 {
-            api.send(&heavy, &room, &format!("h{r}-{m}"), "Laborwerte")
+        let mut delivery = Vec::new();
+        for i in 0..200 {
+            let api2 = api.clone();
+            let token = receiver_token.clone();
+            let since2 = since.clone();
+            let poll = tokio::spawn(async move {
+                api2.call(
+                    reqwest::Method::GET,
+                    &format!("/_matrix/client/v3/sync?timeout=30000&since={since2}"),
+                    Some(&token),
+                    None,
+                )
+                .await
+            });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let t = Instant::now();
+            api.send(&sender_token, &room, &format!("d{i}"), "ping")
                 .await;
+            let resp = poll.await.unwrap();
+            delivery.push(t.elapsed());
+            since = resp["next_batch"].as_str().unwrap().to_owned();
         }
+        delivery.sort();
+        println!(
+            "send→sync delivery: p50 {} p99 {} (200 messages, long-poll receiver)",
+            ms(percentile(&delivery, 0.5)),
+            ms(percentile(&delivery, 0.99))
+        );
     }
-    let filter = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A10%7D%7D%7D";
-    let mut times = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        let v = api
-            .call(
-                reqwest::Method::GET,
-                &format!("/_matrix/client/v3/sync?filter={filter}"),
-                Some(&heavy),
-                None,
-            )
-            .await;
-        times.push(t.elapsed());
-        assert_eq!(v["rooms"]["join"].as_object().map(|o| o.len()), Some(200));
+    if only.is_none_or(|o| o == "initial-sync") {
+        // Initial sync of a user in 200 rooms × 20 events, timeline limit 10.
+        let (_, heavy) = api.register("heavy").await;
+        for r in 0..200 {
+            let room = api
+                .call(
+                    reqwest::Method::POST,
+                    "/_matrix/client/v3/createRoom",
+                    Some(&heavy),
+                    Some(json!({"name": format!("Raum {r}")})),
+                )
+                .await["room_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            // createRoom wrote 6 events; 14 messages make 20.
+            for m in 0..14 {
+                api.send(&heavy, &room, &format!("h{r}-{m}"), "Laborwerte")
+                    .await;
+            }
+        }
+        let filter = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A10%7D%7D%7D";
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let v = api
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/_matrix/client/v3/sync?filter={filter}"),
+                    Some(&heavy),
+                    None,
+                )
+                .await;
+            times.push(t.elapsed());
+            assert_eq!(v["rooms"]["join"].as_object().map(|o| o.len()), Some(200));
+        }
+        times.sort();
+        println!(
+            "initial sync, 200 rooms × 20 events, timeline limit 10: median {} best {}",
+            ms(times[2]),
+            ms(times[0])
+        );
     }
-    times.sort();
-    println!(
-        "initial sync, 200 rooms × 20 events, timeline limit 10: median {} best {}",
-        ms(times[2]),
-        ms(times[0])
-    );
-
     if store == Store::Postgres {
         for t in 0..100 {
             let _ = tim_homeserver_drop(&format!("idle{t}.{}", server.server_name)).await;
@@ -345,9 +348,16 @@ async fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
+    // `--only tenants|send|initial-sync` runs one scenario ("send" includes registrations and
+    // delivery latency, which use its users and rooms).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
     let which = args
         .iter()
-        .find(|a| !a.starts_with("--") && a.parse::<u64>().is_err())
+        .find(|a| matches!(a.as_str(), "sqlite" | "postgres" | "both"))
         .map(String::as_str)
         .unwrap_or("both");
     println!(
@@ -357,9 +367,9 @@ async fn main() {
             .unwrap_or(0)
     );
     if matches!(which, "sqlite" | "both") {
-        run(Store::Sqlite, seconds).await;
+        run(Store::Sqlite, seconds, only).await;
     }
     if matches!(which, "postgres" | "both") {
-        run(Store::Postgres, seconds).await;
+        run(Store::Postgres, seconds, only).await;
     }
 }

@@ -20,6 +20,35 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 mod imp {
     use super::{Db, DbPool, is_unique_violation};
     include!("sql.rs");
+
+    impl SqlStore {
+        /// One statement for all rooms: a LATERAL "newest N" read per room through the
+        /// (room_id, stream_pos) index, with the room ids bound as one array.
+        async fn newest_per_room(
+            &self,
+            room_ids: &[String],
+            upto: i64,
+            limit: i64,
+            filter: &EventFilter,
+        ) -> StoreResult<Vec<EventRow>> {
+            let mut sql = String::from(
+                "SELECT e.stream_pos, e.event_id, e.room_id, e.json, e.state_group, e.replaces_state, e.redacted_by, e.txn_device, e.txn_id \
+                FROM unnest($1::text[]) AS r(room_id) CROSS JOIN LATERAL (SELECT e.* FROM events e WHERE e.room_id = r.room_id AND e.stream_pos <= $2",
+            );
+            let mut binds: Vec<String> = Vec::new();
+            let mut next = 4;
+            filter_sql(filter, &mut next, &mut sql, &mut binds);
+            sql.push_str(" ORDER BY e.stream_pos DESC LIMIT $3) e");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(room_ids.to_vec())
+                .bind(upto)
+                .bind(limit);
+            for b in &binds {
+                q = q.bind(b);
+            }
+            event_rows(q.fetch_all(&self.read).await?)
+        }
+    }
 }
 
 /// Schema names are derived from the server name: lower-case ASCII letters, digits and `_`.

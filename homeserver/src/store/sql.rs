@@ -817,28 +817,8 @@ impl EventStore for SqlStore {
     }
 
     async fn latest_events(&self, room_ids: &[String], upto: i64, limit: i64, filter: &EventFilter) -> StoreResult<Vec<EventRow>> {
-        let mut out = Vec::new();
-        for chunk in room_ids.chunks(100) {
-            // A UNION ALL of per-room "newest N" reads: each uses the (room_id, stream_pos) index
-            // and stops after N rows, where a window function would read every room's history.
-            let mut binds: Vec<String> = Vec::new();
-            let mut next = 3;
-            let mut parts = Vec::with_capacity(chunk.len());
-            for room in chunk {
-                let mut part = format!("SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = ${next} AND e.stream_pos <= $1");
-                next += 1;
-                binds.push(room.clone());
-                filter_sql(filter, &mut next, &mut part, &mut binds);
-                part.push_str(" ORDER BY e.stream_pos DESC LIMIT $2) t");
-                parts.push(part);
-            }
-            let sql = parts.join(" UNION ALL ");
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(upto).bind(limit);
-            for b in &binds {
-                q = q.bind(b);
-            }
-            out.extend(event_rows(q.fetch_all(&self.read).await?)?);
-        }
+        // Per backend (sqlite.rs, postgres.rs): each room read through its index, N rows each.
+        let mut out = self.newest_per_room(room_ids, upto, limit, filter).await?;
         out.sort_by_key(|r| std::cmp::Reverse(r.stream_pos));
         Ok(out)
     }

@@ -16,6 +16,43 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 mod imp {
     use super::{Db, DbPool, is_unique_violation};
     include!("sql.rs");
+
+    impl SqlStore {
+        /// A UNION ALL of per-room "newest N" reads: each uses the (room_id, stream_pos) index
+        /// and stops after N rows, where a window function would read every room's history.
+        async fn newest_per_room(
+            &self,
+            room_ids: &[String],
+            upto: i64,
+            limit: i64,
+            filter: &EventFilter,
+        ) -> StoreResult<Vec<EventRow>> {
+            let mut out = Vec::new();
+            for chunk in room_ids.chunks(100) {
+                let mut binds: Vec<String> = Vec::new();
+                let mut next = 3;
+                let mut parts = Vec::with_capacity(chunk.len());
+                for room in chunk {
+                    let mut part = format!(
+                        "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = ${next} AND e.stream_pos <= $1"
+                    );
+                    next += 1;
+                    binds.push(room.clone());
+                    filter_sql(filter, &mut next, &mut part, &mut binds);
+                    part.push_str(" ORDER BY e.stream_pos DESC LIMIT $2) t");
+                    parts.push(part);
+                }
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(parts.join(" UNION ALL ")))
+                    .bind(upto)
+                    .bind(limit);
+                for b in &binds {
+                    q = q.bind(b);
+                }
+                out.extend(event_rows(q.fetch_all(&self.read).await?)?);
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// Opens (creating if needed) the tenant database at `path` and migrates it.
