@@ -610,3 +610,71 @@ async fn sync_respects_history_visibility_and_membership_on_both_stores() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn lazy_loading_sends_the_members_a_timeline_needs_on_both_stores() {
+    for store in STORES {
+        let server = TestServer::start(store).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let carol = server.register("carol").await;
+        let room = alice.create_room(json!({"preset": "public_chat"})).await;
+        bob.ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{room}"),
+            Some(json!({})),
+        )
+        .await;
+        let lazy = |limit: u32| {
+            urlencode(&json!({"room": {"timeline": {"limit": limit}, "state": {"lazy_load_members": true}}}).to_string())
+        };
+        let first = bob
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/sync?filter={}", lazy(10)),
+                None,
+            )
+            .await;
+        let since = first["next_batch"].as_str().unwrap().to_owned();
+        carol
+            .ok(
+                Method::POST,
+                &format!("/_matrix/client/v3/join/{room}"),
+                Some(json!({})),
+            )
+            .await;
+        for i in 0..3 {
+            carol.send(&room, &format!("c{i}"), "hallo").await;
+        }
+        // Limited timeline: Carol's join is not in it, so her member event comes as state.
+        let next = bob
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/sync?since={since}&filter={}", lazy(2)),
+                None,
+            )
+            .await;
+        let joined = &next["rooms"]["join"][&room];
+        assert_eq!(joined["timeline"]["limited"], true);
+        let state = joined["state"]["events"].as_array().unwrap();
+        let members: Vec<&str> = state
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| e["state_key"].as_str().unwrap())
+            .collect();
+        assert!(members.contains(&carol.user_id.as_str()), "{members:?}");
+        // Nothing in the state section repeats a timeline event.
+        let timeline_ids: Vec<&str> = joined["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap())
+            .collect();
+        assert!(
+            state
+                .iter()
+                .all(|e| !timeline_ids.contains(&e["event_id"].as_str().unwrap()))
+        );
+        server.stop().await;
+    }
+}

@@ -336,7 +336,29 @@ async fn compute(
             let members_changed = changed.keys().any(|(kind, _)| kind == "m.room.member");
             let mut state: Vec<EventRow> = changed.into_values().collect();
             if lazy {
-                state.extend(hs.rooms.member_events_rows(&room, &shown).await?);
+                // Member events of the timeline's senders as of where the state applies: the
+                // start of the timeline (`state`) or its end (`state_after`).
+                let members = match shown.first() {
+                    Some(first) if !req.use_state_after => {
+                        let at_start = hs.stores.events.state_at_group(first.state_group).await?;
+                        let ids: Vec<String> = shown
+                            .iter()
+                            .filter_map(row_sender)
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .filter_map(|u| at_start.get(&("m.room.member".to_owned(), u)).cloned())
+                            .collect();
+                        hs.stores.events.get_events(&ids).await?
+                    }
+                    _ => hs.rooms.member_events_rows(&room, &shown).await?,
+                };
+                let in_timeline: HashSet<&str> =
+                    shown.iter().map(|r| r.event_id.as_str()).collect();
+                state.extend(
+                    members
+                        .into_iter()
+                        .filter(|r| !in_timeline.contains(r.event_id.as_str())),
+                );
                 state.sort_by_key(|r| r.stream_pos);
                 state.dedup_by(|a, b| a.event_id == b.event_id);
             }
