@@ -198,6 +198,31 @@ async fn chat_flow(server: &TestServer) {
     );
     assert_eq!(only["chunk"].as_array().unwrap().len(), 1);
 
+    // A wildcard type filter: everything of m.room.*, no reactions.
+    let filter =
+        urlencode(&json!({"types": ["m.room.*"], "not_types": ["m.room.mem*"]}).to_string());
+    let wild = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100&filter={filter}"),
+            None,
+        )
+        .await;
+    let types: std::collections::BTreeSet<&str> = wild["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains("m.room.message") && types.contains("m.room.create"),
+        "{types:?}"
+    );
+    assert!(
+        !types.contains("m.reaction") && !types.contains("m.room.member"),
+        "{types:?}"
+    );
+
     // Context around a message.
     let ctx = bob
         .ok(

@@ -442,6 +442,8 @@ fn membership_row(r: &DbRow) -> StoreResult<MembershipRow> {
 }
 
 /// Appends `AND col IN (...)`/`NOT IN` clauses for an event filter, numbering binds from `next`.
+/// Appends the SQL of an event filter (`AND ...`), numbering binds from `next`. Event types may
+/// use `*` as a wildcard (spec: filters), matched with LIKE.
 fn filter_sql(filter: &EventFilter, next: &mut usize, sql: &mut String, binds: &mut Vec<String>) {
     let mut list = |col: &str, values: &[String], negate: bool, sql: &mut String, binds: &mut Vec<String>| {
         if values.is_empty() {
@@ -450,13 +452,25 @@ fn filter_sql(filter: &EventFilter, next: &mut usize, sql: &mut String, binds: &
             }
             return;
         }
-        let mut placeholders = Vec::new();
+        let mut terms = Vec::new();
+        let mut exact = Vec::new();
         for v in values {
-            placeholders.push(format!("${next}"));
+            let p = format!("${next}");
             *next += 1;
-            binds.push(v.clone());
+            if v.contains('*') {
+                let pattern = v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_").replace('*', "%");
+                binds.push(pattern);
+                terms.push(format!("{col} {}LIKE {p} ESCAPE '\\'", if negate { "NOT " } else { "" }));
+            } else {
+                binds.push(v.clone());
+                exact.push(p);
+            }
         }
-        sql.push_str(&format!(" AND {col} {}IN ({})", if negate { "NOT " } else { "" }, placeholders.join(", ")));
+        if !exact.is_empty() {
+            terms.push(format!("{col} {}IN ({})", if negate { "NOT " } else { "" }, exact.join(", ")));
+        }
+        let joiner = if negate { " AND " } else { " OR " };
+        sql.push_str(&format!(" AND ({})", terms.join(joiner)));
     };
     if let Some(types) = &filter.types {
         list("e.type", types, false, sql, binds);
