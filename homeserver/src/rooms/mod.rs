@@ -37,6 +37,9 @@ use crate::{
 /// Longest chain of delta state groups before a full snapshot is written.
 pub(crate) const MAX_STATE_CHAIN: i64 = 32;
 
+/// Rooms whose state a tenant keeps in memory before idle ones are dropped.
+const MAX_LOADED_ROOMS: usize = 2_000;
+
 pub type StateKey = (StateEventType, String);
 
 /// What is needed to authorise and build the next event of a room; lives under the room lock.
@@ -190,12 +193,16 @@ impl Rooms {
     }
 
     fn slot(&self, room_id: &RoomId) -> Arc<RoomSlot> {
-        self.rooms
-            .lock()
-            .expect("rooms lock")
-            .entry(room_id.to_owned())
-            .or_default()
-            .clone()
+        let mut rooms = self.rooms.lock().expect("rooms lock");
+        if let Some(slot) = rooms.get(room_id) {
+            return slot.clone();
+        }
+        if rooms.len() >= MAX_LOADED_ROOMS {
+            // Forget rooms nobody is using (they load again on next use), so memory stays
+            // bounded however many rooms a tenant has.
+            rooms.retain(|_, slot| Arc::strong_count(slot) > 1 || slot.state.try_lock().is_err());
+        }
+        rooms.entry(room_id.to_owned()).or_default().clone()
     }
 
     /// Locks the room, loading its state on first use. `None` if the room does not exist here.
