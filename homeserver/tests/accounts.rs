@@ -627,3 +627,57 @@ async fn org_admins_create_users_and_tokens() {
         .await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn discovery_endpoints() {
+    let server = TestServer::start(common::Store::Sqlite).await;
+    let anon = server.client();
+    let versions = anon.ok(Method::GET, "/_matrix/client/versions", None).await;
+    assert!(
+        versions["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "v1.11")
+    );
+    let client = anon
+        .ok(Method::GET, "/.well-known/matrix/client", None)
+        .await;
+    assert!(
+        client["m.homeserver"]["base_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http")
+    );
+    let fed = anon
+        .ok(Method::GET, "/.well-known/matrix/server", None)
+        .await;
+    assert!(
+        fed["m.server"]
+            .as_str()
+            .unwrap()
+            .starts_with(&server.server_name)
+    );
+    anon.err(
+        Method::GET,
+        "/_matrix/client/v3/capabilities",
+        None,
+        401,
+        "M_MISSING_TOKEN",
+    )
+    .await;
+    let alice = server.register("alice").await;
+    let caps = alice
+        .ok(Method::GET, "/_matrix/client/v3/capabilities", None)
+        .await;
+    assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "10");
+    let available = caps["capabilities"]["m.room_versions"]["available"]
+        .as_object()
+        .unwrap();
+    assert_eq!(available.keys().collect::<Vec<_>>(), vec!["10", "9"]);
+    let health = reqwest::get(format!("http://{}/health", server.addr))
+        .await
+        .unwrap();
+    assert_eq!(health.text().await.unwrap(), "OK");
+    server.stop().await;
+}
