@@ -287,6 +287,15 @@ async fn chat_flow(server: &TestServer) {
     .await;
     let left = bob.sync(Some(&before), 0).await;
     assert!(left["rooms"]["leave"].get(&room).is_some(), "{left}");
+    // A retry of a send that succeeded before Bob left gets its answer, not a 403.
+    let retried = bob
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/r1"),
+            Some(json!({"msgtype": "m.text", "body": "yes", "m.relates_to": {"m.in_reply_to": {"event_id": e1}}})),
+        )
+        .await;
+    assert_eq!(retried["event_id"], reply.as_str());
     bob.err(
         Method::PUT,
         &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/x"),

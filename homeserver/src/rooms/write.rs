@@ -162,7 +162,7 @@ impl Rooms {
                     prepared.push(event);
                     waiting.push(p);
                 }
-                Err(e) => drop(p.reply.send(Err(e))),
+                Err(e) => drop(p.reply.send(self.earlier_send(&p.sender, txn, e).await)),
             }
         }
         (room.extremities, room.max_depth) = saved;
@@ -201,7 +201,10 @@ impl Rooms {
         new: NewContent,
         txn: Option<(&DeviceId, &TransactionId)>,
     ) -> Result<OwnedEventId> {
-        let prepared = self.prepare(room, sender, &new, txn).await?;
+        let prepared = match self.prepare(room, sender, &new, txn).await {
+            Ok(p) => p,
+            Err(e) => return self.earlier_send(sender, txn, e).await,
+        };
         match self.commit(room, vec![prepared]).await {
             Ok(mut ids) => Ok(ids.remove(0)),
             // A repeated transaction id: the store's unique key refused it; answer as before.
@@ -218,6 +221,25 @@ impl Rooms {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A request that fails may be the retry of one that succeeded (the client lost the
+    /// answer, and since then lost the right to send): the earlier event id is the answer.
+    async fn earlier_send(
+        &self,
+        sender: &UserId,
+        txn: Option<(&DeviceId, &TransactionId)>,
+        error: Error,
+    ) -> Result<OwnedEventId> {
+        if let Some((device, txn_id)) = txn
+            && let Some(existing) = self
+                .store
+                .txn_event(sender.as_str(), device.as_str(), txn_id.as_str())
+                .await?
+        {
+            return existing.try_into().map_err(Error::internal);
+        }
+        Err(error)
     }
 
     /// Builds, signs and authorises an event on top of the room as it is in memory.
