@@ -24,6 +24,9 @@ use crate::{
     store::{AccountStore, NewSession, SessionStore, StoreError},
 };
 
+/// How often a device's last-seen time and address are written.
+const LAST_SEEN_INTERVAL_MS: i64 = 5 * 60 * 1000;
+
 /// An authenticated request's identity.
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -45,8 +48,8 @@ pub struct Accounts {
     sessions: Arc<dyn SessionStore>,
     argon2: Argon2Config,
     refresh_lifetime: Duration,
-    /// token hash → session; cleared on logout and device deletion.
-    token_cache: Mutex<HashMap<String, (Session, Option<i64>)>>,
+    /// token hash → (session, expiry, last-seen write); cleared on logout and device deletion.
+    token_cache: Mutex<HashMap<String, (Session, Option<i64>, i64)>>,
     /// Hashes run at most this many at a time: each takes `m_cost` of memory, and a burst of
     /// logins must neither exhaust memory nor starve other blocking work.
     hashing: tokio::sync::Semaphore,
@@ -344,7 +347,9 @@ impl Accounts {
     }
 
     /// The session behind an access token.
-    pub async fn authenticate(&self, token: &str) -> Result<Session> {
+    /// The session behind an access token. `ip` is recorded as the device's last-seen address
+    /// (at most every five minutes per device).
+    pub async fn authenticate(&self, token: &str, ip: Option<&str>) -> Result<Session> {
         let hash = hash_token(token);
         let cached = self
             .token_cache
@@ -352,7 +357,7 @@ impl Accounts {
             .expect("token cache")
             .get(&hash)
             .cloned();
-        let (session, expires) = match cached {
+        let (session, expires, last_seen) = match cached {
             Some(c) => c,
             None => {
                 let row = self
@@ -382,12 +387,38 @@ impl Accounts {
                 if cache.len() > 100_000 {
                     cache.clear();
                 }
-                cache.insert(hash, (session.clone(), row.expires_ts));
-                (session, row.expires_ts)
+                cache.insert(hash, (session.clone(), row.expires_ts, 0));
+                (session, row.expires_ts, 0)
             }
         };
-        if expires.is_some_and(|e| e <= now_ms()) {
+        let now = now_ms();
+        if expires.is_some_and(|e| e <= now) {
             return Err(Error::UnknownToken { soft_logout: true });
+        }
+        if now - last_seen > LAST_SEEN_INTERVAL_MS {
+            if let Some(entry) = self
+                .token_cache
+                .lock()
+                .expect("token cache")
+                .get_mut(&session.token_hash)
+            {
+                entry.2 = now;
+            }
+            // Off the request path: a lost last-seen update costs nothing.
+            let (sessions, user, device, ip) = (
+                self.sessions.clone(),
+                session.user_id.to_string(),
+                session.device_id.to_string(),
+                ip.map(str::to_owned),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = sessions
+                    .touch_device(&user, &device, ip.as_deref(), now)
+                    .await
+                {
+                    tracing::debug!(error = %e, "last-seen update failed");
+                }
+            });
         }
         Ok(session)
     }

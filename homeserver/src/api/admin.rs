@@ -24,7 +24,7 @@ async fn admin(
 ) -> Result<(std::sync::Arc<Homeserver>, Session)> {
     let hs = tenant_for(tenants, headers)?;
     let token = bearer(headers, None).ok_or(Error::MissingToken)?;
-    let session = hs.accounts.authenticate(&token).await?;
+    let session = hs.accounts.authenticate(&token, None).await?;
     if !session.is_admin {
         return Err(Error::forbidden("only organisation admins may do this"));
     }

@@ -167,7 +167,11 @@ where
             if auth == TypeId::of::<AccessToken>()
                 || auth == TypeId::of::<AccessTokenOptional>() =>
         {
-            Some(hs.accounts.authenticate(&t).await?)
+            Some(
+                hs.accounts
+                    .authenticate(&t, ip.map(|a| a.ip().to_string()).as_deref())
+                    .await?,
+            )
         }
         None if auth == TypeId::of::<AccessToken>() => return Err(Error::MissingToken),
         _ => None,

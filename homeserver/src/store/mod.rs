@@ -157,8 +157,6 @@ pub trait SessionStore: Send + Sync {
     ) -> StoreResult<Option<(Vec<String>, TokenRow)>>;
     /// The first use of a refreshed session: the refresh token it came from is revoked.
     async fn confirm_refresh(&self, token_hash: &str) -> StoreResult<()>;
-    /// Deletes one access token (logout). The device stays until deleted.
-    async fn delete_token(&self, token_hash: &str) -> StoreResult<()>;
     /// Deletes devices and their tokens; returns the token hashes removed.
     async fn delete_devices(
         &self,

@@ -271,11 +271,6 @@ impl SessionStore for SqlStore {
         Ok(())
     }
 
-    async fn delete_token(&self, token_hash: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM access_tokens WHERE token_hash = $1").bind(token_hash).execute(&self.write).await?;
-        Ok(())
-    }
-
     async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> StoreResult<Vec<String>> {
         let mut tx = self.write.begin().await?;
         let mut removed = Vec::new();
