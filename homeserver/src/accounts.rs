@@ -27,6 +27,14 @@ use crate::{
 /// How often a device's last-seen time and address are written.
 const LAST_SEEN_INTERVAL_MS: i64 = 5 * 60 * 1000;
 
+#[derive(Clone)]
+struct CachedSession {
+    session: Session,
+    expires_ts: Option<i64>,
+    /// When last-seen was last written (ms); 0: not yet by this process.
+    last_seen: i64,
+}
+
 /// An authenticated request's identity.
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -49,7 +57,7 @@ pub struct Accounts {
     argon2: Argon2Config,
     refresh_lifetime: Duration,
     /// token hash → (session, expiry, last-seen write); cleared on logout and device deletion.
-    token_cache: Mutex<HashMap<String, (Session, Option<i64>, i64)>>,
+    token_cache: Mutex<HashMap<String, CachedSession>>,
     /// Hashes run at most this many at a time: each takes `m_cost` of memory, and a burst of
     /// logins must neither exhaust memory nor starve other blocking work.
     hashing: tokio::sync::Semaphore,
@@ -357,7 +365,11 @@ impl Accounts {
             .expect("token cache")
             .get(&hash)
             .cloned();
-        let (session, expires, last_seen) = match cached {
+        let CachedSession {
+            session,
+            expires_ts: expires,
+            last_seen,
+        } = match cached {
             Some(c) => c,
             None => {
                 let row = self
@@ -387,8 +399,13 @@ impl Accounts {
                 if cache.len() > 100_000 {
                     cache.clear();
                 }
-                cache.insert(hash, (session.clone(), row.expires_ts, 0));
-                (session, row.expires_ts, 0)
+                let entry = CachedSession {
+                    session,
+                    expires_ts: row.expires_ts,
+                    last_seen: 0,
+                };
+                cache.insert(hash, entry.clone());
+                entry
             }
         };
         let now = now_ms();
@@ -402,7 +419,7 @@ impl Accounts {
                 .expect("token cache")
                 .get_mut(&session.token_hash)
             {
-                entry.2 = now;
+                entry.last_seen = now;
             }
             // Off the request path: a lost last-seen update costs nothing.
             let (sessions, user, device, ip) = (
