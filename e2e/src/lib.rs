@@ -160,13 +160,17 @@ impl Server {
             .to_owned()
     }
 
-    /// A single-use registration token made through the operator API.
+    /// A single-use registration token of the default tenant, made through the operator API.
     pub async fn registration_token(&self) -> String {
+        self.registration_token_for(&self.server_name).await
+    }
+
+    /// A single-use registration token of `tenant`, made through the operator API.
+    pub async fn registration_token_for(&self, tenant: &str) -> String {
         let v: serde_json::Value = reqwest::Client::new()
             .post(format!(
-                "{}/_tim/operator/v1/tenants/{}/registration_tokens",
-                self.base_url(),
-                self.server_name
+                "{}/_tim/operator/v1/tenants/{tenant}/registration_tokens",
+                self.base_url()
             ))
             .bearer_auth(self.operator_token())
             .json(&serde_json::json!({}))

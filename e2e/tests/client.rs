@@ -294,22 +294,7 @@ async fn doctors_chat(server: &Server) {
     )
     .await;
     let carol = client(server, Some(&other)).await;
-    let token = {
-        let v: serde_json::Value = reqwest::Client::new()
-            .post(format!(
-                "{}/_tim/operator/v1/tenants/{other}/registration_tokens",
-                server.base_url()
-            ))
-            .bearer_auth(server.operator_token())
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["token"].as_str().unwrap().to_owned()
-    };
+    let token = server.registration_token_for(&other).await;
     register_with_token(&carol, "alice", &token).await;
     assert_eq!(carol.user_id().unwrap().server_name().as_str(), other);
     carol.sync_once(SyncSettings::default()).await.unwrap();
