@@ -249,10 +249,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let app = server::router(tenants.clone(), token, metrics);
-    server::serve(listener, app, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    server::serve(listener, app, shutdown_signal()).await?;
+    tracing::info!("shutting down");
     tenants.close().await;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what service managers send) ends serving gracefully.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
