@@ -21,7 +21,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where tenant data lives. `sqlite://DIR` (the default `sqlite://./data`) keeps one SQLite
     /// file per tenant under DIR; `postgres://user@host:port/db` keeps one schema per tenant in
-    /// that database.
+    /// that database (on a loopback host without TLS unless the URL sets `sslmode`).
     pub database_url: String,
     /// Folder for files that are not in the database (operator token, later media).
     pub data_dir: PathBuf,
