@@ -61,6 +61,8 @@ pub struct Accounts {
     /// Hashes run at most this many at a time: each takes `m_cost` of memory, and a burst of
     /// logins must neither exhaust memory nor starve other blocking work.
     hashing: tokio::sync::Semaphore,
+    /// Bumped whenever tokens are revoked, so a lookup that raced a revocation is not cached.
+    revocations: std::sync::atomic::AtomicU64,
     /// A hash to verify against when the account does not exist (constant-time login failure).
     dummy_hash: tokio::sync::OnceCell<String>,
     /// UIA sessions: id → (user, completed stages, created).
@@ -107,6 +109,7 @@ impl Accounts {
                     .map(|n| n.get())
                     .unwrap_or(2),
             ),
+            revocations: Default::default(),
             dummy_hash: tokio::sync::OnceCell::new(),
             token_cache: Mutex::default(),
             uia: Mutex::default(),
@@ -354,7 +357,6 @@ impl Accounts {
         })
     }
 
-    /// The session behind an access token.
     /// The session behind an access token. `ip` is recorded as the device's last-seen address
     /// (at most every five minutes per device).
     pub async fn authenticate(&self, token: &str, ip: Option<&str>) -> Result<Session> {
@@ -371,42 +373,7 @@ impl Accounts {
             last_seen,
         } = match cached {
             Some(c) => c,
-            None => {
-                let row = self
-                    .sessions
-                    .lookup_token(&hash)
-                    .await?
-                    .ok_or(Error::UnknownToken { soft_logout: false })?;
-                let user = self
-                    .accounts
-                    .get_user(&row.user_id)
-                    .await?
-                    .ok_or(Error::UnknownToken { soft_logout: false })?;
-                if user.deactivated {
-                    return Err(Error::UnknownToken { soft_logout: false });
-                }
-                if row.unconfirmed {
-                    // First use of a refreshed session: the refresh token it came from expires.
-                    self.sessions.confirm_refresh(&hash).await?;
-                }
-                let session = Session {
-                    user_id: UserId::parse(&row.user_id).map_err(Error::internal)?,
-                    device_id: row.device_id.into(),
-                    is_admin: user.is_admin,
-                    token_hash: hash.clone(),
-                };
-                let mut cache = self.token_cache.lock().expect("token cache");
-                if cache.len() > 100_000 {
-                    cache.clear();
-                }
-                let entry = CachedSession {
-                    session,
-                    expires_ts: row.expires_ts,
-                    last_seen: 0,
-                };
-                cache.insert(hash, entry.clone());
-                entry
-            }
+            None => self.load_session(&hash).await?,
         };
         let now = now_ms();
         if expires.is_some_and(|e| e <= now) {
@@ -440,7 +407,55 @@ impl Accounts {
         Ok(session)
     }
 
+    /// A session from the database, cached unless a revocation happened while it was read.
+    async fn load_session(&self, hash: &str) -> Result<CachedSession> {
+        use std::sync::atomic::Ordering;
+        loop {
+            let generation = self.revocations.load(Ordering::SeqCst);
+            let row = self
+                .sessions
+                .lookup_token(hash)
+                .await?
+                .ok_or(Error::UnknownToken { soft_logout: false })?;
+            let user = self
+                .accounts
+                .get_user(&row.user_id)
+                .await?
+                .ok_or(Error::UnknownToken { soft_logout: false })?;
+            if user.deactivated {
+                return Err(Error::UnknownToken { soft_logout: false });
+            }
+            if row.unconfirmed {
+                // First use of a refreshed session: the refresh token it came from expires.
+                self.sessions.confirm_refresh(hash).await?;
+            }
+            let session = Session {
+                user_id: UserId::parse(&row.user_id).map_err(Error::internal)?,
+                device_id: row.device_id.into(),
+                is_admin: user.is_admin,
+                token_hash: hash.to_owned(),
+            };
+            let entry = CachedSession {
+                session,
+                expires_ts: row.expires_ts,
+                last_seen: 0,
+            };
+            let mut cache = self.token_cache.lock().expect("token cache");
+            if self.revocations.load(Ordering::SeqCst) != generation {
+                // Revoked meanwhile, perhaps this very token: read it again.
+                continue;
+            }
+            if cache.len() > 100_000 {
+                cache.clear();
+            }
+            cache.insert(hash.to_owned(), entry.clone());
+            return Ok(entry);
+        }
+    }
+
     fn forget_tokens(&self, hashes: &[String]) {
+        self.revocations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut cache = self.token_cache.lock().expect("token cache");
         for h in hashes {
             cache.remove(h);

@@ -712,3 +712,51 @@ async fn lazy_loading_sends_the_members_a_timeline_needs_on_both_stores() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn filtered_timelines_still_deliver_state_changes_on_both_stores() {
+    for store in STORES {
+        let server = TestServer::start(store).await;
+        let alice = server.register("alice").await;
+        let room = alice.create_room(json!({"name": "old"})).await;
+        let filter =
+            urlencode(&json!({"room": {"timeline": {"types": ["m.room.message"]}}}).to_string());
+        let since = alice
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/sync?filter={filter}"),
+                None,
+            )
+            .await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        alice.send(&room, "a", "A").await;
+        alice
+            .ok(
+                Method::PUT,
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"),
+                Some(json!({"name": "new"})),
+            )
+            .await;
+        alice.send(&room, "b", "B").await;
+        let next = alice
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/sync?since={since}&filter={filter}"),
+                None,
+            )
+            .await;
+        assert_eq!(bodies(&next, &room), vec!["A", "B"]);
+        let state = next["rooms"]["join"][&room]["state"]["events"]
+            .as_array()
+            .unwrap();
+        assert!(
+            state
+                .iter()
+                .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "new"),
+            "{state:?}"
+        );
+        server.stop().await;
+    }
+}

@@ -228,10 +228,14 @@ impl SessionStore for SqlStore {
 
     async fn refresh(&self, refresh_hash: &str, new_token_hash: &str, new_refresh_hash: &str, expires_ts: Option<i64>, now: i64) -> StoreResult<Option<(Vec<String>, TokenRow)>> {
         let mut tx = self.write.begin().await?;
-        let row = sqlx::query("SELECT token_hash, user_id, device_id, prev_refresh_hash FROM access_tokens WHERE refresh_token_hash = $1")
-            .bind(refresh_hash)
-            .fetch_optional(&mut *tx)
-            .await?;
+        // The UPDATE comes first: it locks the row, so concurrent refreshes with one token run
+        // one after the other (the later one replaces the earlier one's unused result).
+        let row = sqlx::query(
+            "UPDATE access_tokens SET access_revoked = TRUE WHERE refresh_token_hash = $1 RETURNING token_hash, user_id, device_id, prev_refresh_hash",
+        )
+        .bind(refresh_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(row) = row else { return Ok(None) };
         let (old, user_id, device_id, prev): (String, String, String, Option<String>) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
         let mut revoked = vec![old];
@@ -242,7 +246,6 @@ impl SessionStore for SqlStore {
         }
         // A retried refresh replaces the unused result of the previous one.
         revoked.extend(hashes(sqlx::query("DELETE FROM access_tokens WHERE prev_refresh_hash = $1 RETURNING token_hash").bind(refresh_hash).fetch_all(&mut *tx).await?)?);
-        sqlx::query("UPDATE access_tokens SET access_revoked = TRUE WHERE refresh_token_hash = $1").bind(refresh_hash).execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO access_tokens (token_hash, user_id, device_id, expires_ts, refresh_token_hash, created_ts, prev_refresh_hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )

@@ -180,8 +180,16 @@ async fn compute(
     for (room, changes) in &history {
         let (last_pos, membership) = changes.last().expect("history entries are non-empty");
         let changed = since.is_some_and(|s| *last_pos > s);
+        // Newly joined: not joined at `since` (a profile change is a join→join and not new).
+        let joined_at_since = since.is_some_and(|s| {
+            changes
+                .iter()
+                .rev()
+                .find(|(p, _)| *p <= s)
+                .is_some_and(|(_, m)| m == "join")
+        });
         match membership.as_str() {
-            "join" if since.is_none() || changed || req.full_state => full_rooms.push(room.clone()),
+            "join" if !joined_at_since || req.full_state => full_rooms.push(room.clone()),
             "join" => incr_rooms.push(room.clone()),
             "invite" if since.is_none() || changed => {
                 let mut invited = InvitedRoom::new();
@@ -321,19 +329,27 @@ async fn compute(
                 || !tl_filter.not_types.is_empty()
                 || tl_filter.senders.is_some()
                 || !tl_filter.not_senders.is_empty();
+            // A filtered timeline may leave out state changes after its start too: send them all.
+            let state_end = if filtered { upto } else { state_end };
+            let shown_ids: HashSet<&str> = shown.iter().map(|r| r.event_id.as_str()).collect();
             if req.use_state_after || timeline.limited || filtered {
                 for row in hs
                     .stores
                     .events
                     .state_events_between(&room, since_pos, state_end)
                     .await?
+                    .into_iter()
+                    .filter(|r| req.use_state_after || !shown_ids.contains(r.event_id.as_str()))
                 {
                     if let Some(key) = row_key(&row) {
                         changed.insert(key, row);
                     }
                 }
             }
-            let members_changed = changed.keys().any(|(kind, _)| kind == "m.room.member");
+            let members_changed = changed.keys().any(|(kind, _)| kind == "m.room.member")
+                || shown
+                    .iter()
+                    .any(|r| row_key(r).is_some_and(|(kind, _)| kind == "m.room.member"));
             let mut state: Vec<EventRow> = changed.into_values().collect();
             if lazy {
                 // Member events of the timeline's senders as of where the state applies: the
@@ -350,7 +366,17 @@ async fn compute(
                             .collect();
                         hs.stores.events.get_events(&ids).await?
                     }
-                    _ => hs.rooms.member_events_rows(&room, &shown).await?,
+                    _ => {
+                        let mut at_end: BTreeMap<(String, String), EventRow> = hs
+                            .rooms
+                            .member_events_rows(&room, &shown)
+                            .await?
+                            .into_iter()
+                            .filter_map(|r| Some((row_key(&r)?, r)))
+                            .collect();
+                        rewind_past(hs, &mut at_end, upto).await?;
+                        at_end.into_values().collect()
+                    }
                 };
                 let in_timeline: HashSet<&str> =
                     shown.iter().map(|r| r.event_id.as_str()).collect();
@@ -371,7 +397,7 @@ async fn compute(
                     .await?
                     .into_values()
                     .collect();
-                let current: BTreeMap<(String, String), EventRow> = hs
+                let mut current: BTreeMap<(String, String), EventRow> = hs
                     .stores
                     .events
                     .get_events(&ids)
@@ -379,6 +405,7 @@ async fn compute(
                     .into_iter()
                     .filter_map(|r| Some((row_key(&r)?, r)))
                     .collect();
+                rewind_past(hs, &mut current, upto).await?;
                 joined.summary = summary(&current, user);
             }
             joined.timeline = timeline;
