@@ -2,9 +2,12 @@
 //! admin flag): create users and registration tokens. The org-admin backend builds on it.
 
 use axum::{Json, Router, extract::State, http::HeaderMap, routing::post};
-use serde::Deserialize;
 
-use super::{bearer, tenant_for};
+use super::{
+    bearer,
+    operator::{NewToken, NewUser},
+    tenant_for,
+};
 use crate::{
     accounts::Session,
     error::{Error, Result},
@@ -31,37 +34,15 @@ async fn admin(
     Ok((hs, session))
 }
 
-#[derive(Deserialize)]
-struct NewUser {
-    localpart: String,
-    password: Option<String>,
-    #[serde(default)]
-    admin: bool,
-}
-
 async fn create_user(
     State(tenants): State<Tenants>,
     headers: HeaderMap,
     body: Json<NewUser>,
 ) -> Result<Json<serde_json::Value>> {
     let (hs, session) = admin(&tenants, &headers).await?;
-    let user_id = hs
-        .accounts
-        .create_user(
-            &body.localpart.to_lowercase(),
-            body.password.as_deref(),
-            body.admin,
-        )
-        .await?;
+    let user_id = body.create(&hs).await?;
     tracing::info!(admin = %session.user_id, user = %user_id, "admin created user");
     Ok(Json(serde_json::json!({ "user_id": user_id })))
-}
-
-#[derive(Deserialize)]
-struct NewToken {
-    token: Option<String>,
-    uses_allowed: Option<i64>,
-    expiry_time: Option<i64>,
 }
 
 async fn create_token(
@@ -70,13 +51,6 @@ async fn create_token(
     body: Json<NewToken>,
 ) -> Result<Json<serde_json::Value>> {
     let (hs, _) = admin(&tenants, &headers).await?;
-    let token = hs
-        .accounts
-        .create_registration_token(
-            body.token.clone(),
-            body.uses_allowed.or(Some(1)),
-            body.expiry_time,
-        )
-        .await?;
+    let token = body.create(&hs).await?;
     Ok(Json(serde_json::json!({ "token": token })))
 }

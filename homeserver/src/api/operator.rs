@@ -73,14 +73,7 @@ pub fn router(token: String) -> Router<Tenants> {
                       body: Json<NewUser>| async move {
                     c3(&h)?;
                     let hs = tenant(&t, &name)?;
-                    let user_id = hs
-                        .accounts
-                        .create_user(
-                            &body.localpart.to_lowercase(),
-                            body.password.as_deref(),
-                            body.admin,
-                        )
-                        .await?;
+                    let user_id = body.create(&hs).await?;
                     Ok::<_, Error>(Json(serde_json::json!({ "user_id": user_id })))
                 },
             ),
@@ -94,14 +87,7 @@ pub fn router(token: String) -> Router<Tenants> {
                       body: Json<NewToken>| async move {
                     c4(&h)?;
                     let hs = tenant(&t, &name)?;
-                    let token = hs
-                        .accounts
-                        .create_registration_token(
-                            body.token.clone(),
-                            body.uses_allowed.or(Some(1)),
-                            body.expiry_time,
-                        )
-                        .await?;
+                    let token = body.create(&hs).await?;
                     Ok::<_, Error>(Json(serde_json::json!({ "token": token })))
                 },
             ),
@@ -147,4 +133,29 @@ pub struct NewToken {
     pub uses_allowed: Option<i64>,
     /// Milliseconds since the epoch.
     pub expiry_time: Option<i64>,
+}
+
+/// Request bodies shared by the operator API and the per-tenant admin API.
+impl NewUser {
+    pub async fn create(&self, hs: &Homeserver) -> Result<ruma::OwnedUserId> {
+        hs.accounts
+            .create_user(
+                &self.localpart.to_lowercase(),
+                self.password.as_deref(),
+                self.admin,
+            )
+            .await
+    }
+}
+
+impl NewToken {
+    pub async fn create(&self, hs: &Homeserver) -> Result<String> {
+        hs.accounts
+            .create_registration_token(
+                self.token.clone(),
+                self.uses_allowed.or(Some(1)),
+                self.expiry_time,
+            )
+            .await
+    }
 }
