@@ -53,6 +53,10 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// Connections per tenant database pool.
     pub db_pool_size: u32,
+    /// Only organisation admins may change display names (TI-M B-ADM-02: names follow the
+    /// rule `[Name], [Vorname]` and are changed through the admin client). On by default, as TI-M
+    /// requires; users keep control of their avatar and other profile fields.
+    pub displayname_admin_only: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -114,6 +118,7 @@ impl Default for Config {
             argon2: Argon2Config::default(),
             rate_limit: RateLimitConfig::default(),
             db_pool_size: 8,
+            displayname_admin_only: true,
         }
     }
 }

@@ -8,6 +8,11 @@ use ruma::{OwnedServerName, OwnedUserId, RoomVersionId, UserId, signatures::Ed25
 use crate::{
     accounts::Accounts,
     config::{Config, DatabaseLocation},
+    ephemeral::{
+        Serial,
+        presence::{self, Presence},
+        typing::Typing,
+    },
     error::{Error, Result},
     ratelimit::RateLimiter,
     rooms::Rooms,
@@ -25,6 +30,12 @@ pub struct Homeserver {
     pub rooms: Arc<Rooms>,
     pub accounts: Accounts,
     pub rate_limiter: RateLimiter,
+    /// Serial of ephemeral changes (typing, presence), carried in sync tokens.
+    pub ephemeral: Arc<Serial>,
+    pub typing: Typing,
+    pub presence: Presence,
+    /// Serialises edits of `m.tag` (a read-modify-write of account data).
+    pub(crate) tag_edits: tokio::sync::Mutex<()>,
 }
 
 impl Homeserver {
@@ -88,7 +99,9 @@ impl Homeserver {
         );
         let rate_limiter = RateLimiter::new(config.rate_limit.clone());
         stores.closer.release_idle().await;
-        Ok(Arc::new(Self {
+        let ephemeral = Arc::new(Serial::default());
+        let (presence, presence_timers) = Presence::new(ephemeral.clone());
+        let hs = Arc::new(Self {
             server_name,
             config,
             key,
@@ -98,7 +111,13 @@ impl Homeserver {
             rooms,
             accounts,
             rate_limiter,
-        }))
+            typing: Typing::new(ephemeral.clone()),
+            ephemeral,
+            presence,
+            tag_edits: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(presence::run_timers(Arc::downgrade(&hs), presence_timers));
+        Ok(hs)
     }
 
     /// Stores account data (global when `room_id` is empty) at a new stream position and wakes
@@ -124,8 +143,11 @@ impl Homeserver {
                 .account_data
                 .set(user.as_str(), &room_id, &kind, &content, pos.pos())
                 .await?;
-            let (woken, _) = pos.finish(vec![user]);
+            let (woken, _) = pos.finish(vec![user.clone()]);
             hs.notifier.wake(woken.iter().map(|u| u.as_ref()));
+            if room_id.is_empty() && kind == presence::VISIBILITY_SETTING {
+                hs.presence_visibility_changed(&user, &content).await;
+            }
             Ok(())
         })
         .await

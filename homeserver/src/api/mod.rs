@@ -72,6 +72,28 @@ where
     F: Fn(Ctx, R) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
 {
+    route_with(router, false, handler)
+}
+
+/// Like `route`, but requires an access token even where the spec leaves the endpoint open
+/// (TI-M A-ROOM-13: profile look-ups need authentication).
+pub fn route_authenticated<R, F, Fut>(router: Router<Tenants>, handler: F) -> Router<Tenants>
+where
+    R: IncomingRequest + Send + 'static,
+    R::OutgoingResponse: Send,
+    F: Fn(Ctx, R) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
+{
+    route_with(router, true, handler)
+}
+
+fn route_with<R, F, Fut>(router: Router<Tenants>, force_auth: bool, handler: F) -> Router<Tenants>
+where
+    R: IncomingRequest + Send + 'static,
+    R::OutgoingResponse: Send,
+    F: Fn(Ctx, R) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
+{
     let filter = MethodFilter::try_from(R::METHOD).expect("standard method");
     let mut router = router;
     let mut paths: Vec<(String, bool)> = Vec::new();
@@ -93,9 +115,12 @@ where
                 move |State(tenants): State<Tenants>, req: Request<Body>| {
                     let handler = handler.clone();
                     async move {
-                        match serve::<R, F, Fut>(tenants, req, handler, empty_last, metric_path)
-                            .await
-                        {
+                        let how = How {
+                            empty_last,
+                            force_auth,
+                            metric_path,
+                        };
+                        match serve::<R, F, Fut>(tenants, req, handler, how).await {
                             Ok(resp) => resp,
                             Err(e) => e.into_response(),
                         }
@@ -107,12 +132,21 @@ where
     router
 }
 
+/// How a route serves its endpoint.
+#[derive(Clone, Copy)]
+struct How {
+    /// The path ends in an empty state key.
+    empty_last: bool,
+    /// Authenticate although the endpoint's metadata does not ask for it.
+    force_auth: bool,
+    metric_path: &'static str,
+}
+
 async fn serve<R, F, Fut>(
     tenants: Tenants,
     req: Request<Body>,
     handler: F,
-    empty_last: bool,
-    metric_path: &'static str,
+    how: How,
 ) -> Result<Response, Error>
 where
     R: IncomingRequest + Send + 'static,
@@ -122,13 +156,13 @@ where
     let hs = tenant_for(&tenants, req.headers())?;
     let started = std::time::Instant::now();
     let server_name = hs.server_name.to_string();
-    let response = match serve_tenant::<R, F, Fut>(hs, req, handler, empty_last).await {
+    let response = match serve_tenant::<R, F, Fut>(hs, req, handler, how).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
     let labels = [
         ("server_name", server_name),
-        ("endpoint", metric_path.to_owned()),
+        ("endpoint", how.metric_path.to_owned()),
         ("status", response.status().as_u16().to_string()),
     ];
     metrics::histogram!("tim_http_request_duration_seconds", &labels)
@@ -140,7 +174,7 @@ async fn serve_tenant<R, F, Fut>(
     hs: Arc<Homeserver>,
     req: Request<Body>,
     handler: F,
-    empty_last: bool,
+    how: How,
 ) -> Result<Response, Error>
 where
     R: IncomingRequest + Send + 'static,
@@ -156,24 +190,20 @@ where
         .await
         .map_err(|e| Error::invalid_param(e.to_string()))?;
     let mut params: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
-    if empty_last {
+    if how.empty_last {
         params.push(String::new());
     }
 
     let auth = TypeId::of::<R::Authentication>();
+    let required = how.force_auth || auth == TypeId::of::<AccessToken>();
     let token = bearer(&parts.headers, parts.uri.query());
     let session = match token {
-        Some(t)
-            if auth == TypeId::of::<AccessToken>()
-                || auth == TypeId::of::<AccessTokenOptional>() =>
-        {
-            Some(
-                hs.accounts
-                    .authenticate(&t, ip.map(|a| a.ip().to_string()).as_deref())
-                    .await?,
-            )
-        }
-        None if auth == TypeId::of::<AccessToken>() => return Err(Error::MissingToken),
+        Some(t) if required || auth == TypeId::of::<AccessTokenOptional>() => Some(
+            hs.accounts
+                .authenticate(&t, ip.map(|a| a.ip().to_string()).as_deref())
+                .await?,
+        ),
+        None if required => return Err(Error::MissingToken),
         _ => None,
     };
     if R::RATE_LIMITED {

@@ -1,6 +1,8 @@
 //! The operator API (`/_tim/operator/v1`): tenants, users and registration tokens, for the
 //! CLI and the registration service. Authenticated with the operator bearer token.
 
+use std::sync::Arc;
+
 use axum::{
     Json, Router,
     extract::{Path, State},
@@ -124,6 +126,8 @@ pub struct NewUser {
     pub password: Option<String>,
     #[serde(default)]
     pub admin: bool,
+    /// Set by the organisation's admin (TI-M B-ADM-02: `[Name], [Vorname]`).
+    pub displayname: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -137,14 +141,28 @@ pub struct NewToken {
 
 /// Request bodies shared by the operator API and the per-tenant admin API.
 impl NewUser {
-    pub async fn create(&self, hs: &Homeserver) -> Result<ruma::OwnedUserId> {
-        hs.accounts
+    pub async fn create(&self, hs: &Arc<Homeserver>) -> Result<ruma::OwnedUserId> {
+        if let Some(name) = &self.displayname {
+            crate::profiles::check_displayname(name)?;
+        }
+        let user = hs
+            .accounts
             .create_user(
                 &self.localpart.to_lowercase(),
                 self.password.as_deref(),
                 self.admin,
             )
-            .await
+            .await?;
+        if let Some(name) = &self.displayname {
+            hs.set_profile_field(
+                crate::profiles::Editor::OrgAdmin,
+                &user,
+                crate::profiles::DISPLAYNAME,
+                Some(serde_json::Value::String(name.clone())),
+            )
+            .await?;
+        }
+        Ok(user)
     }
 }
 

@@ -96,7 +96,7 @@ impl Rooms {
                 "leave"
             }
         };
-        let mut content = if membership == "join" {
+        let mut content = if matches!(membership, "join" | "invite") {
             profile
         } else {
             Map::new()
@@ -114,5 +114,50 @@ impl Rooms {
             Value::Object(content),
         );
         self.append_locked(room, sender, new, None).await.map(Some)
+    }
+}
+
+impl Rooms {
+    /// Writes the user's new display name and avatar into their member event, if they are
+    /// joined. The rest of the member content (e.g. `is_direct`) stays as it was.
+    pub async fn update_member_profile(
+        self: &Arc<Self>,
+        room_id: &RoomId,
+        user: &UserId,
+        profile: &Map<String, Value>,
+    ) -> Result<Option<OwnedEventId>> {
+        let this = self.clone();
+        let (room_id, user, profile) = (room_id.to_owned(), user.to_owned(), profile.clone());
+        crate::homeserver::detached(async move {
+            let Some(mut guard) = this.lock(&room_id).await? else {
+                return Ok(None);
+            };
+            let room = guard.as_mut().expect("locked room is loaded");
+            let Some(current) = room
+                .get(ruma::events::StateEventType::RoomMember, user.as_str())
+                .filter(|p| p.membership().as_deref() == Some("join"))
+            else {
+                return Ok(None);
+            };
+            let mut content: Map<String, Value> =
+                serde_json::from_str(current.content.get()).unwrap_or_default();
+            let before = content.clone();
+            for key in [crate::profiles::DISPLAYNAME, crate::profiles::AVATAR_URL] {
+                match profile.get(key) {
+                    Some(v) => content.insert(key.to_owned(), v.clone()),
+                    None => content.remove(key),
+                };
+            }
+            if content == before {
+                return Ok(None);
+            }
+            let new = NewContent::state(
+                TimelineEventType::RoomMember,
+                user.as_str(),
+                Value::Object(content),
+            );
+            this.append_locked(room, &user, new, None).await.map(Some)
+        })
+        .await
     }
 }

@@ -38,6 +38,8 @@ pub struct Stores {
     pub filters: Arc<dyn FilterStore>,
     pub account_data: Arc<dyn AccountDataStore>,
     pub events: Arc<dyn EventStore>,
+    pub profiles: Arc<dyn ProfileStore>,
+    pub receipts: Arc<dyn ReceiptStore>,
     /// Closes the pools (tenant removal, shutdown).
     pub closer: Arc<dyn Closer>,
 }
@@ -226,6 +228,57 @@ pub trait AccountDataStore: Send + Sync {
     ) -> StoreResult<Vec<AccountDataRow>>;
 }
 
+#[async_trait]
+pub trait ProfileStore: Send + Sync {
+    /// All fields of a user's profile: `(field, JSON value)`.
+    async fn profile(&self, user_id: &str) -> StoreResult<Vec<(String, String)>>;
+    /// Sets (`Some`) or removes (`None`) one field.
+    async fn set_profile_field(
+        &self,
+        user_id: &str,
+        field: &str,
+        value: Option<&str>,
+    ) -> StoreResult<()>;
+    /// Presence the user set explicitly: `(state, status message)`.
+    async fn presence(&self, user_id: &str) -> StoreResult<Option<(String, Option<String>)>>;
+    async fn set_presence(
+        &self,
+        user_id: &str,
+        state: &str,
+        status_msg: Option<&str>,
+        now: i64,
+    ) -> StoreResult<()>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptRow {
+    pub room_id: String,
+    pub user_id: String,
+    pub receipt_type: String,
+    /// Empty for an unthreaded receipt, `main` or a thread root's event id.
+    pub thread_id: String,
+    pub event_id: String,
+    pub ts: i64,
+    pub stream_pos: i64,
+}
+
+#[async_trait]
+pub trait ReceiptStore: Send + Sync {
+    /// Stores the receipt unless the user's receipt of that type and thread points at the same
+    /// or a later event (`event_pos` orders them). Returns whether it was stored.
+    async fn set_receipt(&self, receipt: &ReceiptRow, event_pos: i64) -> StoreResult<bool>;
+    /// Receipts of the rooms changed in `(since, upto]`; `since = 0` gives all.
+    async fn receipts_changed(
+        &self,
+        room_ids: &[String],
+        since: i64,
+        upto: i64,
+    ) -> StoreResult<Vec<ReceiptRow>>;
+    /// The position of the event the user's newest main-timeline read receipt (public or
+    /// private, unthreaded or `main`) in the room points at; 0 if none.
+    async fn read_up_to(&self, room_id: &str, user_id: &str) -> StoreResult<i64>;
+}
+
 /// An event as stored.
 #[derive(Clone, Debug)]
 pub struct EventRow {
@@ -301,7 +354,7 @@ pub struct EventFilter {
 #[async_trait]
 #[allow(clippy::too_many_arguments)]
 pub trait EventStore: Send + Sync {
-    /// The highest stream position used by any stream (events, account data).
+    /// The highest stream position used by any stream (events, account data, receipts).
     async fn max_stream_pos(&self) -> StoreResult<i64>;
     async fn max_state_group(&self) -> StoreResult<i64>;
 
@@ -352,6 +405,8 @@ pub trait EventStore: Send + Sync {
         user_id: &str,
         room_id: &str,
     ) -> StoreResult<Vec<(i64, String)>>;
+    /// Users joined to at least one room the user is joined to (the user included).
+    async fn users_sharing_rooms(&self, user_id: &str) -> StoreResult<Vec<String>>;
     /// Current joined (or `membership`) members of a room.
     async fn members(
         &self,

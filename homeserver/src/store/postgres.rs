@@ -20,6 +20,8 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 mod imp {
     use super::{Db, DbPool, is_unique_violation};
     include!("sql.rs");
+    include!("sql/profiles.rs");
+    include!("sql/receipts.rs");
 
     impl SqlStore {
         /// One statement for all rooms: a LATERAL "newest N" read per room through the

@@ -33,6 +33,8 @@ impl SqlStore {
             filters: store.clone(),
             account_data: store.clone(),
             events: store.clone(),
+            profiles: store.clone(),
+            receipts: store.clone(),
             closer: store,
         }
     }
@@ -487,11 +489,11 @@ fn in_list(start: usize, n: usize) -> String {
 #[async_trait]
 impl EventStore for SqlStore {
     async fn max_stream_pos(&self) -> StoreResult<i64> {
-        let row = sqlx::query("SELECT COALESCE((SELECT MAX(stream_pos) FROM events), 0), COALESCE((SELECT MAX(stream_pos) FROM account_data), 0)")
+        let row = sqlx::query("SELECT COALESCE((SELECT MAX(stream_pos) FROM events), 0), COALESCE((SELECT MAX(stream_pos) FROM account_data), 0), COALESCE((SELECT MAX(stream_pos) FROM receipts), 0)")
             .fetch_one(&self.read)
             .await?;
-        let (a, b): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-        Ok(a.max(b))
+        let (a, b, c): (i64, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        Ok(a.max(b).max(c))
     }
 
     async fn max_state_group(&self) -> StoreResult<i64> {
@@ -798,6 +800,17 @@ impl EventStore for SqlStore {
         .fetch_all(&self.read)
         .await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    async fn users_sharing_rooms(&self, user_id: &str) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT b.state_key FROM current_state a JOIN current_state b ON b.room_id = a.room_id AND b.type = 'm.room.member' AND b.membership = 'join' \
+             WHERE a.type = 'm.room.member' AND a.state_key = $1 AND a.membership = 'join'",
+        )
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
     async fn members(&self, room_id: &str, membership: Option<&str>) -> StoreResult<Vec<(String, String)>> {

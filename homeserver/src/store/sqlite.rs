@@ -16,6 +16,8 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 mod imp {
     use super::{Db, DbPool, is_unique_violation};
     include!("sql.rs");
+    include!("sql/profiles.rs");
+    include!("sql/receipts.rs");
 
     impl SqlStore {
         /// A UNION ALL of per-room "newest N" reads: each uses the (room_id, stream_pos) index

@@ -6,6 +6,7 @@ pub mod stream;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
@@ -19,10 +20,11 @@ use ruma::{
     },
     serde::Raw,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     accounts::Session,
+    ephemeral::presence::SyncPresence,
     error::{Error, Result},
     homeserver::Homeserver,
     rooms::{
@@ -45,8 +47,23 @@ pub fn token(pos: i64) -> String {
     format!("s{pos}")
 }
 
+/// A sync token: the stream position and the ephemeral serial (`s{pos}_{serial}`; tokens
+/// without a serial, e.g. from before typing existed, see all current ephemeral state).
+pub fn parse_sync_token(token: &str) -> Result<(i64, Option<i64>)> {
+    let pos = parse_token(token)?;
+    let serial = token.split('_').nth(1).and_then(|t| t.parse::<i64>().ok());
+    Ok((pos, serial))
+}
+
+fn sync_token(pos: i64, serial: i64) -> String {
+    format!("s{pos}_{serial}")
+}
+
 pub struct SyncRequest {
     pub since: Option<i64>,
+    /// The ephemeral serial of the `since` token.
+    pub since_serial: Option<i64>,
+    pub set_presence: SyncPresence,
     pub full_state: bool,
     pub timeout: Duration,
     pub filter: FilterDefinition,
@@ -92,14 +109,20 @@ fn room_allowed(filter: &FilterDefinition, room_id: &str) -> bool {
         && !rf.not_rooms.iter().any(|x| x.as_str() == room_id)
 }
 
-pub async fn sync(hs: &Homeserver, session: &Session, req: SyncRequest) -> Result<Response> {
+pub async fn sync(hs: &Arc<Homeserver>, session: &Session, req: SyncRequest) -> Result<Response> {
     let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(300));
     let mut sub = hs.notifier.subscribe(&session.user_id);
+    // The user counts as online while this request lasts.
+    let _online = hs.sync_started(&session.user_id, req.set_presence).await?;
     loop {
         let upto = hs.stream.visible();
+        // Read before computing: a change during the computation comes again next time.
+        let serial = hs.ephemeral.current();
         let fresh = req.since.is_none() || req.full_state;
-        if fresh || req.since.is_some_and(|s| upto > s) {
-            let resp = compute(hs, session, &req, upto).await?;
+        let news =
+            req.since.is_some_and(|s| upto > s) || req.since_serial.is_none_or(|s| serial > s);
+        if fresh || news {
+            let resp = compute(hs, session, &req, upto, serial).await?;
             if fresh || !is_empty(&resp) || tokio::time::Instant::now() >= deadline {
                 return Ok(resp);
             }
@@ -108,7 +131,8 @@ pub async fn sync(hs: &Homeserver, session: &Session, req: SyncRequest) -> Resul
             _ = sub.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {
                 let pos = hs.stream.visible().max(req.since.unwrap_or(0));
-                return Ok(Response::new(token(req.since.map_or(pos, |s| s.max(upto.min(pos))))));
+                let pos = req.since.map_or(pos, |s| s.max(upto.min(pos)));
+                return Ok(Response::new(sync_token(pos, req.since_serial.unwrap_or(0))));
             }
         }
     }
@@ -116,6 +140,7 @@ pub async fn sync(hs: &Homeserver, session: &Session, req: SyncRequest) -> Resul
 
 fn is_empty(r: &Response) -> bool {
     r.rooms.is_empty()
+        && r.presence.is_empty()
         && r.account_data.is_empty()
         && r.to_device.is_empty()
         && r.device_lists.is_empty()
@@ -126,6 +151,7 @@ async fn compute(
     session: &Session,
     req: &SyncRequest,
     upto: i64,
+    serial: i64,
 ) -> Result<Response> {
     let user = session.user_id.as_str();
     let device = session.device_id.as_str();
@@ -142,7 +168,7 @@ async fn compute(
     let lazy = !filter.room.state.lazy_load_options.is_disabled();
     let include_leave = filter.room.include_leave;
     let tl_filter = event_filter(&filter.room.timeline);
-    let mut resp = Response::new(token(upto));
+    let mut resp = Response::new(sync_token(upto, serial));
 
     // The user's membership history up to this sync's position: membership as of `upto`
     // (later changes belong to the next sync), what changed since `since`, and visibility.
@@ -416,6 +442,8 @@ async fn compute(
         }
     }
 
+    ephemeral(hs, user, req, &history, &mut resp, since_pos, upto).await?;
+
     // Account data, global and per room.
     for row in hs
         .stores
@@ -442,6 +470,107 @@ async fn compute(
         }
     }
     Ok(resp)
+}
+
+/// Typing and receipts of joined rooms, and the presence of users sharing a room.
+async fn ephemeral(
+    hs: &Homeserver,
+    user: &str,
+    req: &SyncRequest,
+    history: &BTreeMap<String, Vec<(i64, String)>>,
+    resp: &mut Response,
+    since_pos: i64,
+    upto: i64,
+) -> Result<()> {
+    let filter = &req.filter;
+    let joined: Vec<String> = history
+        .iter()
+        .filter(|(_, h)| h.last().is_some_and(|(_, m)| m == "join"))
+        .map(|(r, _)| r.clone())
+        .collect();
+    let since_serial = req.since.and(req.since_serial).filter(|_| !req.full_state);
+    let wanted = |kind: &str| type_allowed(&filter.room.ephemeral, kind);
+    let mut per_room: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    if wanted("m.typing") {
+        for room in &joined {
+            // Changes after this sync's serial come with the next sync.
+            if let Some(users) = hs.typing.changed_since(room, since_serial) {
+                let event = json!({ "type": "m.typing", "content": { "user_ids": users } });
+                per_room.entry(room.clone()).or_default().push(event);
+            }
+        }
+    }
+    if wanted("m.receipt") {
+        let since = if req.full_state { 0 } else { since_pos };
+        let mut receipts: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
+        for r in hs
+            .stores
+            .receipts
+            .receipts_changed(&joined, since, upto)
+            .await?
+        {
+            if r.receipt_type == crate::receipts::READ_PRIVATE && r.user_id != user {
+                continue;
+            }
+            let mut entry = json!({ "ts": r.ts });
+            if !r.thread_id.is_empty() {
+                entry["thread_id"] = json!(r.thread_id);
+            }
+            let content = receipts.entry(r.room_id).or_default();
+            let by_type = content
+                .entry(r.event_id)
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .expect("object");
+            by_type.entry(r.receipt_type).or_insert_with(|| json!({}))[r.user_id.as_str()] = entry;
+        }
+        for (room, content) in receipts {
+            let event = json!({ "type": "m.receipt", "content": content });
+            per_room.entry(room).or_default().push(event);
+        }
+    }
+    for (room, events) in per_room {
+        let id = room_id(&room)?;
+        let joined = resp.rooms.join.entry(id).or_default();
+        for event in &events {
+            joined.ephemeral.events.push(raw(event)?);
+        }
+    }
+    if type_allowed(&filter.presence, "m.presence") {
+        let user = ruma::UserId::parse(user).map_err(Error::internal)?;
+        for event in hs.presence_events(&user, since_serial).await? {
+            resp.presence.events.push(raw(&event)?);
+        }
+    }
+    Ok(())
+}
+
+/// The `types`/`not_types`/`limit` part of an event filter (with `*` wildcards).
+fn type_allowed(filter: &impl TypeFilter, kind: &str) -> bool {
+    let (types, not_types, limit) = filter.parts();
+    let matches = |pattern: &String| match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    };
+    types.is_none_or(|t| t.iter().any(matches))
+        && !not_types.iter().any(matches)
+        && limit.is_none_or(|l| l > ruma::UInt::MIN)
+}
+
+trait TypeFilter {
+    fn parts(&self) -> (Option<&Vec<String>>, &[String], Option<ruma::UInt>);
+}
+
+impl TypeFilter for ruma::api::client::filter::RoomEventFilter {
+    fn parts(&self) -> (Option<&Vec<String>>, &[String], Option<ruma::UInt>) {
+        (self.types.as_ref(), &self.not_types, self.limit)
+    }
+}
+
+impl TypeFilter for ruma::api::client::filter::Filter {
+    fn parts(&self) -> (Option<&Vec<String>>, &[String], Option<ruma::UInt>) {
+        (self.types.as_ref(), &self.not_types, self.limit)
+    }
 }
 
 /// The room summary clients use to name rooms without a name (heroes) and count members.

@@ -37,7 +37,11 @@ async fn versions(
     ];
     let mut resp =
         get_supported_versions::Response::new(versions.iter().map(|v| v.to_string()).collect());
-    resp.unstable_features = BTreeMap::from([("org.matrix.msc2285.stable".to_owned(), true)]);
+    resp.unstable_features = BTreeMap::from([
+        ("org.matrix.msc2285.stable".to_owned(), true),
+        // Custom profile fields (TI-M client capabilities, E-06).
+        ("uk.tcpip.msc4133".to_owned(), true),
+    ]);
     Ok(resp)
 }
 

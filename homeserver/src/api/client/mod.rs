@@ -3,9 +3,14 @@
 mod account;
 mod account_data;
 mod discovery;
+mod presence;
+mod profile;
+mod receipt;
 mod room;
 mod session;
 mod sync;
+mod tag;
+mod typing;
 
 use axum::Router;
 
@@ -17,5 +22,10 @@ pub fn router(r: Router<Tenants>) -> Router<Tenants> {
     let r = account::routes(r);
     let r = account_data::routes(r);
     let r = room::routes(r);
+    let r = profile::routes(r);
+    let r = presence::routes(r);
+    let r = receipt::routes(r);
+    let r = typing::routes(r);
+    let r = tag::routes(r);
     sync::routes(r)
 }

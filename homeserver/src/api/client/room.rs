@@ -165,7 +165,7 @@ async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<create_r
             is_direct: req.is_direct,
             power_level_content_override,
             alias,
-            creator_profile: Map::new(),
+            creator_profile: hs.member_profile(&ctx.session().user_id).await?,
         })
         .await?;
     Ok(create_room::v3::Response::new(room_id))
@@ -309,9 +309,14 @@ async fn change(
             .unforget_room(s.user_id.as_str(), room.as_str())
             .await?;
     }
+    // Joins and invites carry the user's display name and avatar.
+    let profile = match change {
+        Change::Join | Change::Invite { .. } => ctx.hs.member_profile(target).await?,
+        _ => Map::new(),
+    };
     ctx.hs
         .rooms
-        .change_membership(room, &s.user_id, target, change, reason, Map::new())
+        .change_membership(room, &s.user_id, target, change, reason, profile)
         .await?;
     Ok(())
 }
@@ -537,6 +542,7 @@ async fn send_message(
     if matches!(kind, TimelineEventType::RoomRedaction) {
         return Err(Error::bad_json("use the redact endpoint to redact events"));
     }
+    ctx.hs.presence.active(&ctx.hs, &s.user_id);
     let event_id = ctx
         .hs
         .rooms

@@ -1,15 +1,19 @@
 //! `/sync` and filters.
 
 use axum::Router;
-use ruma::api::client::{
-    filter::{FilterDefinition, create_filter, get_filter},
-    sync::sync_events::{self, v3::Filter},
+use ruma::{
+    api::client::{
+        filter::{FilterDefinition, create_filter, get_filter},
+        sync::sync_events::{self, v3::Filter},
+    },
+    presence::PresenceState,
 };
 
 use crate::{
     api::{Ctx, route},
+    ephemeral::presence::SyncPresence,
     error::{Error, Result},
-    sync::{SyncRequest, parse_token, sync},
+    sync::{SyncRequest, parse_sync_token, sync},
     tenants::Tenants,
 };
 
@@ -43,13 +47,20 @@ async fn sync_handler(
         Some(Filter::FilterId(id)) => load_filter(&ctx, id).await?,
         Some(_) => FilterDefinition::default(),
     };
-    let since = req.since.as_deref().map(parse_token).transpose()?;
+    let since = req.since.as_deref().map(parse_sync_token).transpose()?;
+    let set_presence = match req.set_presence {
+        PresenceState::Offline => SyncPresence::Offline,
+        PresenceState::Unavailable => SyncPresence::Unavailable,
+        _ => SyncPresence::Online,
+    };
     let timeout = req.timeout.unwrap_or_default();
     sync(
         &ctx.hs,
         ctx.session(),
         SyncRequest {
-            since,
+            since: since.map(|(pos, _)| pos),
+            since_serial: since.and_then(|(_, serial)| serial),
+            set_presence,
             full_state: req.full_state,
             timeout,
             filter,
