@@ -57,6 +57,40 @@ pub struct Config {
     /// rule `[Name], [Vorname]` and are changed through the admin client). On by default, as TI-M
     /// requires; users keep control of their avatar and other profile fields.
     pub displayname_admin_only: bool,
+    /// Media repository.
+    pub media: MediaConfig,
+}
+
+/// Uploads, downloads and thumbnails. Files live under `{data_dir}/media/{server_name}/`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Largest upload in bytes (413 `M_TOO_LARGE` beyond). Default 110 MiB, the TI-Messenger's
+    /// attachment limit.
+    pub max_upload_bytes: u64,
+    /// Serve the deprecated unauthenticated `/_matrix/media/v3/{download,thumbnail}` endpoints.
+    /// On by default: TI-M's test suite expects them to answer (A-ROOM-15, A_26263), and TI-M
+    /// attachments are end-to-end encrypted, so a guessed media id yields only ciphertext.
+    /// Switch off to serve media to authenticated clients only (Matrix 1.11 "freeze").
+    pub legacy_unauthenticated_media: bool,
+    /// Media ids reserved with `/create` but not uploaded yet, per user.
+    pub max_pending_uploads: usize,
+    /// How long a reserved media id waits for its upload, in seconds.
+    pub pending_upload_secs: u64,
+    /// Images larger than this (bytes) get no server-side thumbnails.
+    pub max_thumbnail_source_bytes: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 110 * 1024 * 1024,
+            legacy_unauthenticated_media: true,
+            max_pending_uploads: 10,
+            pending_upload_secs: 24 * 3600,
+            max_thumbnail_source_bytes: 30 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -119,6 +153,7 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             db_pool_size: 8,
             displayname_admin_only: true,
+            media: MediaConfig::default(),
         }
     }
 }

@@ -51,6 +51,12 @@ pub enum Error {
     InvalidRoomState(String),
     #[error("guest access forbidden")]
     GuestAccessForbidden,
+    #[error("the media has already been uploaded")]
+    CannotOverwriteMedia,
+    #[error("the media has not been uploaded yet")]
+    NotYetUploaded,
+    #[error("{0}")]
+    Unknown(String),
     #[error("storage error: {0}")]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]

@@ -14,6 +14,7 @@ use crate::{
         typing::Typing,
     },
     error::{Error, Result},
+    media::{Media, storage::FsStorage},
     ratelimit::RateLimiter,
     rooms::Rooms,
     store::{self, Stores},
@@ -34,6 +35,7 @@ pub struct Homeserver {
     pub ephemeral: Arc<Serial>,
     pub typing: Typing,
     pub presence: Presence,
+    pub media: Media,
     /// Serialises edits of `m.tag` (a read-modify-write of account data).
     pub(crate) tag_edits: tokio::sync::Mutex<()>,
 }
@@ -101,6 +103,12 @@ impl Homeserver {
         stores.closer.release_idle().await;
         let ephemeral = Arc::new(Serial::default());
         let (presence, presence_timers) = Presence::new(ephemeral.clone());
+        let media = Media::new(
+            server_name.clone(),
+            config.media.clone(),
+            stores.media.clone(),
+            Arc::new(FsStorage::new(media_dir(&config, &server_name))),
+        );
         let hs = Arc::new(Self {
             server_name,
             config,
@@ -114,6 +122,7 @@ impl Homeserver {
             typing: Typing::new(ephemeral.clone()),
             ephemeral,
             presence,
+            media,
             tag_edits: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(presence::run_timers(Arc::downgrade(&hs), presence_timers));
@@ -156,6 +165,11 @@ impl Homeserver {
     pub async fn close(&self) {
         self.stores.closer.close().await;
     }
+}
+
+/// The tenant's media folder.
+pub fn media_dir(config: &Config, server_name: &ruma::ServerName) -> std::path::PathBuf {
+    config.data_dir.join("media").join(server_name.as_str())
 }
 
 /// Runs a write to completion even if the request that started it goes away.

@@ -7,6 +7,7 @@ pub mod config;
 pub mod ephemeral;
 pub mod error;
 pub mod homeserver;
+pub mod media;
 pub mod policy;
 pub mod profiles;
 pub mod ratelimit;

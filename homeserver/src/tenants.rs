@@ -169,6 +169,12 @@ impl Tenants {
                     crate::store::drop_tenant_schema(&url, name.as_str()).await?
                 }
             }
+            let media = crate::homeserver::media_dir(&self.0.config, name);
+            if let Err(e) = std::fs::remove_dir_all(&media)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(tenant = %name, error = %e, "media folder not removed");
+            }
         }
         tracing::info!(tenant = %name, delete_data, "tenant removed");
         Ok(true)

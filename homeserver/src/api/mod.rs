@@ -94,6 +94,64 @@ where
     F: Fn(Ctx, R) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
 {
+    let serve: Serve = Arc::new(move |hs, req, how| {
+        let handler = handler.clone();
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            let (ctx, params) = admit::<R>(hs, &mut parts, how).await?;
+            let limit = ctx.hs.config.max_request_bytes;
+            let bytes = axum::body::to_bytes(body, limit)
+                .await
+                .map_err(|_| Error::TooLarge)?;
+            let request = parse::<R>(parts, &bytes, &params)?;
+            let response = handler(ctx, request).await?;
+            let http = response
+                .try_into_http_response::<BytesMut>()
+                .map_err(Error::internal)?;
+            Ok(http.map(|b| Body::from(b.freeze())))
+        })
+    });
+    register::<R>(router, force_auth, serve)
+}
+
+/// Registers a handler that gets the request body as a stream and makes its own response
+/// (media up- and downloads). `R` parses the path, query and headers (its body is left empty)
+/// and decides authentication and rate limiting, as for `route`.
+pub fn route_streaming<R, F, Fut>(router: Router<Tenants>, handler: F) -> Router<Tenants>
+where
+    R: IncomingRequest + Send + 'static,
+    F: Fn(Ctx, R, HeaderMap, Body) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response, Error>> + Send + 'static,
+{
+    let serve: Serve = Arc::new(move |hs, req, how| {
+        let handler = handler.clone();
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            let (ctx, params) = admit::<R>(hs, &mut parts, how).await?;
+            let headers = parts.headers.clone();
+            let request = parse::<R>(parts, &[], &params)?;
+            handler(ctx, request, headers, body).await
+        })
+    });
+    register::<R>(router, false, serve)
+}
+
+type Serve = Arc<
+    dyn Fn(
+            Arc<Homeserver>,
+            Request<Body>,
+            How,
+        ) -> futures::future::BoxFuture<'static, Result<Response, Error>>
+        + Send
+        + Sync,
+>;
+
+/// Registers `serve` for all paths and the method of Ruma endpoint `R`.
+fn register<R: IncomingRequest + 'static>(
+    router: Router<Tenants>,
+    force_auth: bool,
+    serve: Serve,
+) -> Router<Tenants> {
     let filter = MethodFilter::try_from(R::METHOD).expect("standard method");
     let mut router = router;
     let mut paths: Vec<(String, bool)> = Vec::new();
@@ -105,26 +163,21 @@ where
             paths.push((prefix.to_owned(), true));
         }
     }
+    let metric_path: &'static str = R::PATH_BUILDER.all_paths().last().unwrap_or("unknown");
     for (path, empty_last) in paths {
-        let handler = handler.clone();
-        let metric_path: &'static str = R::PATH_BUILDER.all_paths().last().unwrap_or("unknown");
+        let serve = serve.clone();
+        let how = How {
+            empty_last,
+            force_auth,
+            metric_path,
+        };
         router = router.route(
             &path,
             on(
                 filter,
                 move |State(tenants): State<Tenants>, req: Request<Body>| {
-                    let handler = handler.clone();
-                    async move {
-                        let how = How {
-                            empty_last,
-                            force_auth,
-                            metric_path,
-                        };
-                        match serve::<R, F, Fut>(tenants, req, handler, how).await {
-                            Ok(resp) => resp,
-                            Err(e) => e.into_response(),
-                        }
-                    }
+                    let serve = serve.clone();
+                    async move { measured(tenants, req, serve, how).await }
                 },
             ),
         );
@@ -142,21 +195,15 @@ struct How {
     metric_path: &'static str,
 }
 
-async fn serve<R, F, Fut>(
-    tenants: Tenants,
-    req: Request<Body>,
-    handler: F,
-    how: How,
-) -> Result<Response, Error>
-where
-    R: IncomingRequest + Send + 'static,
-    F: Fn(Ctx, R) -> Fut,
-    Fut: Future<Output = Result<R::OutgoingResponse, Error>>,
-{
-    let hs = tenant_for(&tenants, req.headers())?;
+/// Finds the tenant, serves, and records the request's duration per tenant and endpoint.
+async fn measured(tenants: Tenants, req: Request<Body>, serve: Serve, how: How) -> Response {
+    let hs = match tenant_for(&tenants, req.headers()) {
+        Ok(hs) => hs,
+        Err(e) => return e.into_response(),
+    };
     let started = std::time::Instant::now();
     let server_name = hs.server_name.to_string();
-    let response = match serve_tenant::<R, F, Fut>(hs, req, handler, how).await {
+    let response = match serve(hs, req, how).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -167,26 +214,21 @@ where
     ];
     metrics::histogram!("tim_http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
-    Ok(response)
+    response
 }
 
-async fn serve_tenant<R, F, Fut>(
+/// Authenticates and rate-limits as endpoint `R` demands; the handler's context and the path
+/// parameters.
+async fn admit<R: IncomingRequest + 'static>(
     hs: Arc<Homeserver>,
-    req: Request<Body>,
-    handler: F,
+    parts: &mut http::request::Parts,
     how: How,
-) -> Result<Response, Error>
-where
-    R: IncomingRequest + Send + 'static,
-    F: Fn(Ctx, R) -> Fut,
-    Fut: Future<Output = Result<R::OutgoingResponse, Error>>,
-{
-    let (mut parts, body) = req.into_parts();
-    let ip = ConnectInfo::<SocketAddr>::from_request_parts(&mut parts, &())
+) -> Result<(Ctx, Vec<String>), Error> {
+    let ip = ConnectInfo::<SocketAddr>::from_request_parts(parts, &())
         .await
         .ok()
         .map(|c| c.0);
-    let params = RawPathParams::from_request_parts(&mut parts, &())
+    let params = RawPathParams::from_request_parts(parts, &())
         .await
         .map_err(|e| Error::invalid_param(e.to_string()))?;
     let mut params: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
@@ -216,15 +258,19 @@ where
             .check(&key)
             .map_err(|retry_after_ms| Error::LimitExceeded { retry_after_ms })?;
     }
+    Ok((Ctx { hs, session, ip }, params))
+}
 
-    let limit = hs.config.max_request_bytes;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Error::TooLarge)?;
+/// Parses the typed request, telling broken JSON, wrong JSON and wrong parameters apart.
+fn parse<R: IncomingRequest>(
+    parts: http::request::Parts,
+    bytes: &[u8],
+    params: &[String],
+) -> Result<R, Error> {
     let refs: Vec<&str> = params.iter().map(String::as_str).collect();
-    let http_req = Request::from_parts(parts, bytes.as_ref());
-    let request = R::try_from_http_request(http_req, &refs).map_err(|e| {
-        if !bytes.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+    let http_req = Request::from_parts(parts, bytes);
+    R::try_from_http_request(http_req, &refs).map_err(|e| {
+        if !bytes.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() {
             Error::NotJson("the request body is not valid JSON".into())
         } else if bytes.is_empty() {
             // Without a body, only the path or query string can be wrong.
@@ -232,10 +278,5 @@ where
         } else {
             Error::bad_json(e.to_string())
         }
-    })?;
-    let response = handler(Ctx { hs, session, ip }, request).await?;
-    let http = response
-        .try_into_http_response::<BytesMut>()
-        .map_err(Error::internal)?;
-    Ok(http.map(|b| Body::from(b.freeze())))
+    })
 }

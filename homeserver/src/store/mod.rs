@@ -40,6 +40,7 @@ pub struct Stores {
     pub events: Arc<dyn EventStore>,
     pub profiles: Arc<dyn ProfileStore>,
     pub receipts: Arc<dyn ReceiptStore>,
+    pub media: Arc<dyn MediaStore>,
     /// Closes the pools (tenant removal, shutdown).
     pub closer: Arc<dyn Closer>,
 }
@@ -277,6 +278,49 @@ pub trait ReceiptStore: Send + Sync {
     /// The position of the event the user's newest main-timeline read receipt (public or
     /// private, unthreaded or `main`) in the room points at; 0 if none.
     async fn read_up_to(&self, room_id: &str, user_id: &str) -> StoreResult<i64>;
+}
+
+#[derive(Clone, Debug)]
+pub struct MediaRow {
+    pub media_id: String,
+    pub uploader: String,
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    pub size: Option<i64>,
+    pub created_ts: i64,
+    /// `None` while reserved and waiting for its upload.
+    pub uploaded_ts: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThumbnailRow {
+    pub width: i64,
+    pub height: i64,
+    pub method: String,
+    pub content_type: String,
+    pub size: i64,
+}
+
+#[async_trait]
+pub trait MediaStore: Send + Sync {
+    /// Inserts a media row (reserved, or complete when `uploaded_ts` is set).
+    async fn insert_media(&self, row: &MediaRow) -> StoreResult<()>;
+    /// Reserved media of the uploader created after `since_ts` and not uploaded yet.
+    async fn count_pending_media(&self, uploader: &str, since_ts: i64) -> StoreResult<i64>;
+    /// Records the upload of reserved media; false if it was uploaded already.
+    async fn complete_media(
+        &self,
+        media_id: &str,
+        content_type: Option<&str>,
+        filename: Option<&str>,
+        size: i64,
+        now: i64,
+    ) -> StoreResult<bool>;
+    async fn get_media(&self, media_id: &str) -> StoreResult<Option<MediaRow>>;
+    async fn add_thumbnail(&self, media_id: &str, thumb: &ThumbnailRow) -> StoreResult<()>;
+    async fn thumbnails(&self, media_id: &str) -> StoreResult<Vec<ThumbnailRow>>;
+    /// Removes the media row and its thumbnails' rows; false if there was none.
+    async fn delete_media(&self, media_id: &str) -> StoreResult<bool>;
 }
 
 /// An event as stored.

@@ -22,6 +22,7 @@ mod imp {
     include!("sql.rs");
     include!("sql/profiles.rs");
     include!("sql/receipts.rs");
+    include!("sql/media.rs");
 
     impl SqlStore {
         /// One statement for all rooms: a LATERAL "newest N" read per room through the

@@ -35,6 +35,7 @@ impl SqlStore {
             events: store.clone(),
             profiles: store.clone(),
             receipts: store.clone(),
+            media: store.clone(),
             closer: store,
         }
     }

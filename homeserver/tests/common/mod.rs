@@ -93,6 +93,14 @@ impl TestServer {
         }
     }
 
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    pub fn hs(&self) -> Arc<tim_homeserver::homeserver::Homeserver> {
+        self.tenants.by_host(&self.server_name).unwrap()
+    }
+
     pub fn client(&self) -> Client {
         self.client_for(&self.server_name.clone())
     }

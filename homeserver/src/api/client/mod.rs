@@ -3,6 +3,7 @@
 mod account;
 mod account_data;
 mod discovery;
+mod media;
 mod presence;
 mod profile;
 mod receipt;
@@ -27,5 +28,6 @@ pub fn router(r: Router<Tenants>) -> Router<Tenants> {
     let r = receipt::routes(r);
     let r = typing::routes(r);
     let r = tag::routes(r);
+    let r = media::routes(r);
     sync::routes(r)
 }

@@ -1,0 +1,351 @@
+//! The media repository's HTTP edge: uploads are streamed to storage, downloads streamed back.
+//! URL previews are refused (TI-M A-ROOM-12); the legacy unauthenticated download and
+//! thumbnail endpoints answer when the config allows (A-ROOM-15).
+
+// The legacy endpoints are deprecated in Ruma; serving them is a TI-M requirement.
+#![allow(deprecated)]
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    body::Body,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use futures::TryStreamExt;
+use http::{HeaderMap, HeaderValue, header};
+use ruma::{
+    OwnedServerName,
+    api::{
+        Metadata, OutgoingResponseExt,
+        client::{
+            authenticated_media, media, media::get_content_thumbnail::v3::Method as SpecMethod,
+        },
+        path_builder::PathBuilder,
+    },
+};
+
+use crate::{
+    api::{Ctx, route, route_streaming},
+    error::{Error, Result},
+    media::{Download, UploadMeta, storage::ByteStream, thumbnail::Method},
+    tenants::Tenants,
+};
+
+pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
+    let r = route_streaming(r, upload);
+    let r = route_streaming(r, upload_reserved);
+    let r = route(r, create);
+    let r = route(r, config);
+    let r = route_streaming(r, download);
+    let r = route_streaming(r, download_as);
+    let r = route_streaming(r, thumbnail);
+    let r = route_streaming(r, legacy_download);
+    let r = route_streaming(r, legacy_download_as);
+    let r = route_streaming(r, legacy_thumbnail);
+    // A-ROOM-12: no URL previews, for anyone.
+    let mut r = r;
+    for path in authenticated_media::get_media_preview::v1::Request::PATH_BUILDER
+        .all_paths()
+        .chain(media::get_media_preview::v3::Request::PATH_BUILDER.all_paths())
+    {
+        r = r.route(
+            path,
+            get(|| async {
+                Error::not_found("URL previews are disabled on this server").into_response()
+            }),
+        );
+    }
+    r
+}
+
+fn json<T: OutgoingResponseExt>(resp: T) -> Result<Response> {
+    let http = resp
+        .try_into_http_response::<bytes::BytesMut>()
+        .map_err(Error::internal)?;
+    Ok(http.map(|b| Body::from(b.freeze())))
+}
+
+fn body_stream(body: Body) -> ByteStream {
+    Box::pin(body.into_data_stream().map_err(std::io::Error::other))
+}
+
+fn upload_meta(
+    headers: &HeaderMap,
+    content_type: Option<String>,
+    filename: Option<String>,
+) -> Result<UploadMeta> {
+    let declared_len = match headers.get(header::CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| Error::invalid_param("invalid Content-Length"))?,
+        ),
+        None => None,
+    };
+    Ok(UploadMeta {
+        content_type,
+        filename,
+        declared_len,
+    })
+}
+
+async fn upload(
+    ctx: Ctx,
+    req: media::create_content::v3::Request,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let meta = upload_meta(&headers, req.content_type, req.filename)?;
+    let uri = ctx
+        .hs
+        .media
+        .upload(&ctx.session().user_id, meta, body_stream(body))
+        .await?;
+    json(media::create_content::v3::Response::new(uri))
+}
+
+async fn create(
+    ctx: Ctx,
+    _: media::create_mxc_uri::v1::Request,
+) -> Result<media::create_mxc_uri::v1::Response> {
+    let (uri, expires) = ctx.hs.media.create(&ctx.session().user_id).await?;
+    let mut resp = media::create_mxc_uri::v1::Response::new(uri);
+    resp.unused_expires_at =
+        ruma::UInt::new(expires.max(0) as u64).map(ruma::MilliSecondsSinceUnixEpoch);
+    Ok(resp)
+}
+
+async fn upload_reserved(
+    ctx: Ctx,
+    req: media::create_content_async::v3::Request,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let meta = upload_meta(&headers, req.content_type, req.filename)?;
+    ctx.hs
+        .media
+        .upload_reserved(
+            &ctx.session().user_id,
+            &req.server_name,
+            &req.media_id,
+            meta,
+            body_stream(body),
+        )
+        .await?;
+    // Ruma's response type has no constructor; the body is `{}`.
+    Ok(axum::Json(serde_json::json!({})).into_response())
+}
+
+async fn config(
+    ctx: Ctx,
+    _: authenticated_media::get_media_config::v1::Request,
+) -> Result<authenticated_media::get_media_config::v1::Response> {
+    Ok(authenticated_media::get_media_config::v1::Response::new(
+        ruma::UInt::new_saturating(ctx.hs.media.max_upload_bytes()),
+    ))
+}
+
+/// Types a browser may show inline; everything else is offered as a download.
+fn inline_safe(content_type: &str) -> bool {
+    const SAFE: [&str; 19] = [
+        "text/css",
+        "text/plain",
+        "text/csv",
+        "application/json",
+        "application/ld+json",
+        "image/jpeg",
+        "image/gif",
+        "image/png",
+        "image/apng",
+        "image/webp",
+        "image/avif",
+        "video/mp4",
+        "video/webm",
+        "video/ogg",
+        "video/quicktime",
+        "audio/mp4",
+        "audio/webm",
+        "audio/aac",
+        "audio/mpeg",
+    ];
+    let base = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    SAFE.contains(&base.as_str())
+        || matches!(
+            base.as_str(),
+            "audio/ogg" | "audio/wav" | "audio/wave" | "audio/x-wav" | "audio/flac"
+        )
+}
+
+/// The file response: streamed, with headers that keep browsers from running it.
+fn file_response(d: Download, filename: Option<&str>) -> Result<Response> {
+    let disposition = if inline_safe(&d.content_type) {
+        "inline"
+    } else {
+        "attachment"
+    };
+    let disposition = match filename.or(d.filename.as_deref()) {
+        Some(name) => format!(
+            "{disposition}; filename*=utf-8''{}",
+            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+        ),
+        None => disposition.to_owned(),
+    };
+    let value = |v: &str| HeaderValue::from_str(v).map_err(Error::internal);
+    let mut resp = Response::new(Body::from_stream(d.body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&d.content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(d.len));
+    h.insert(header::CONTENT_DISPOSITION, value(&disposition)?);
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; media-src 'self'; object-src 'self';"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("cross-origin"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=86400, immutable"),
+    );
+    Ok(resp)
+}
+
+async fn get_file(
+    ctx: &Ctx,
+    server: &OwnedServerName,
+    id: &str,
+    timeout: Duration,
+    filename: Option<&str>,
+) -> Result<Response> {
+    let d = ctx.hs.media.download(server, id, timeout).await?;
+    file_response(d, filename)
+}
+
+async fn get_thumbnail(
+    ctx: &Ctx,
+    server: &OwnedServerName,
+    id: &str,
+    (width, height): (ruma::UInt, ruma::UInt),
+    method: Option<SpecMethod>,
+    timeout: Duration,
+) -> Result<Response> {
+    let method = match method {
+        Some(SpecMethod::Crop) => Method::Crop,
+        None | Some(SpecMethod::Scale) => Method::Scale,
+        Some(_) => return Err(Error::invalid_param("method must be crop or scale")),
+    };
+    let dim = |v: ruma::UInt| u32::try_from(u64::from(v)).unwrap_or(u32::MAX);
+    let d = ctx
+        .hs
+        .media
+        .thumbnail(server, id, dim(width), dim(height), method, timeout)
+        .await?;
+    file_response(d, None)
+}
+
+async fn download(
+    ctx: Ctx,
+    req: authenticated_media::get_content::v1::Request,
+    _: HeaderMap,
+    _: Body,
+) -> Result<Response> {
+    get_file(&ctx, &req.server_name, &req.media_id, req.timeout_ms, None).await
+}
+
+async fn download_as(
+    ctx: Ctx,
+    req: authenticated_media::get_content_as_filename::v1::Request,
+    _: HeaderMap,
+    _: Body,
+) -> Result<Response> {
+    get_file(
+        &ctx,
+        &req.server_name,
+        &req.media_id,
+        req.timeout_ms,
+        Some(&req.filename),
+    )
+    .await
+}
+
+async fn thumbnail(
+    ctx: Ctx,
+    req: authenticated_media::get_content_thumbnail::v1::Request,
+    _: HeaderMap,
+    _: Body,
+) -> Result<Response> {
+    get_thumbnail(
+        &ctx,
+        &req.server_name,
+        &req.media_id,
+        (req.width, req.height),
+        req.method,
+        req.timeout_ms,
+    )
+    .await
+}
+
+fn legacy_allowed(ctx: &Ctx) -> Result<()> {
+    if !ctx.hs.media.legacy_unauthenticated() {
+        return Err(Error::Unrecognized);
+    }
+    Ok(())
+}
+
+async fn legacy_download(
+    ctx: Ctx,
+    req: media::get_content::v3::Request,
+    _: HeaderMap,
+    _: Body,
+) -> Result<Response> {
+    legacy_allowed(&ctx)?;
+    get_file(&ctx, &req.server_name, &req.media_id, req.timeout_ms, None).await
+}
+
+async fn legacy_download_as(
+    ctx: Ctx,
+    req: media::get_content_as_filename::v3::Request,
+    _: HeaderMap,
+    _: Body,
+) -> Result<Response> {
+    legacy_allowed(&ctx)?;
+    get_file(
+        &ctx,
+        &req.server_name,
+        &req.media_id,
+        req.timeout_ms,
+        Some(&req.filename),
+    )
+    .await
+}
+
+async fn legacy_thumbnail(
+    ctx: Ctx,
+    req: media::get_content_thumbnail::v3::Request,
+    _: HeaderMap,
+    _: Body,
+) -> Result<Response> {
+    legacy_allowed(&ctx)?;
+    get_thumbnail(
+        &ctx,
+        &req.server_name,
+        &req.media_id,
+        (req.width, req.height),
+        req.method,
+        req.timeout_ms,
+    )
+    .await
+}

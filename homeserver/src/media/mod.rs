@@ -1,0 +1,417 @@
+//! The media repository of one tenant: uploads streamed into storage (never held whole in
+//! memory), reserved uploads (`/create` then `PUT`), downloads, cached thumbnails, deletion.
+
+pub mod storage;
+pub mod thumbnail;
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ruma::{OwnedMxcUri, ServerName, UserId};
+use tokio::sync::Notify;
+
+use self::{
+    storage::{ByteStream, MediaStorage, PutError},
+    thumbnail::Method,
+};
+use crate::{
+    config::MediaConfig,
+    ephemeral::now_ms,
+    error::{Error, Result},
+    store::{MediaRow, MediaStore, ThumbnailRow},
+};
+
+const MAX_FILENAME_BYTES: usize = 255;
+const MAX_CONTENT_TYPE_BYTES: usize = 255;
+/// Longest a download waits for a reserved upload to arrive.
+const MAX_WAIT: Duration = Duration::from_secs(120);
+
+/// What a client said about an upload.
+pub struct UploadMeta {
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    /// `Content-Length`, when given.
+    pub declared_len: Option<u64>,
+}
+
+/// Bytes to send back, with what is known about them.
+pub struct Download {
+    pub body: ByteStream,
+    pub len: u64,
+    pub content_type: String,
+    pub filename: Option<String>,
+}
+
+pub struct Media {
+    server_name: ruma::OwnedServerName,
+    config: MediaConfig,
+    store: Arc<dyn MediaStore>,
+    storage: Arc<dyn MediaStorage>,
+    /// Reserved ids whose upload is being received, so a second upload is refused at once.
+    receiving: Mutex<HashSet<String>>,
+    /// Wakes downloads waiting for a reserved upload.
+    uploaded: Notify,
+}
+
+/// Media ids we hand out and accept: letters, digits, `_` and `-` — nothing a path can abuse.
+pub fn valid_media_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Media {
+    pub fn new(
+        server_name: ruma::OwnedServerName,
+        config: MediaConfig,
+        store: Arc<dyn MediaStore>,
+        storage: Arc<dyn MediaStorage>,
+    ) -> Self {
+        Self {
+            server_name,
+            config,
+            store,
+            storage,
+            receiving: Mutex::default(),
+            uploaded: Notify::new(),
+        }
+    }
+
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.config.max_upload_bytes
+    }
+
+    pub fn legacy_unauthenticated(&self) -> bool {
+        self.config.legacy_unauthenticated_media
+    }
+
+    fn mxc(&self, id: &str) -> OwnedMxcUri {
+        OwnedMxcUri::from(format!("mxc://{}/{id}", self.server_name))
+    }
+
+    fn check_meta(&self, meta: &UploadMeta) -> Result<()> {
+        if meta
+            .declared_len
+            .is_some_and(|l| l > self.config.max_upload_bytes)
+        {
+            return Err(Error::TooLarge);
+        }
+        if let Some(name) = &meta.filename
+            && (name.len() > MAX_FILENAME_BYTES || name.chars().any(char::is_control))
+        {
+            return Err(Error::invalid_param(
+                "filename: at most 255 bytes, no control characters",
+            ));
+        }
+        if let Some(ct) = &meta.content_type
+            && (ct.len() > MAX_CONTENT_TYPE_BYTES
+                || !ct.contains('/')
+                || ct.chars().any(|c| c.is_control() || !c.is_ascii()))
+        {
+            return Err(Error::invalid_param("invalid content type"));
+        }
+        Ok(())
+    }
+
+    async fn receive(&self, id: &str, meta: &UploadMeta, body: ByteStream) -> Result<i64> {
+        let size = self
+            .storage
+            .put(id, body, self.config.max_upload_bytes)
+            .await
+            .map_err(|e| match e {
+                PutError::TooLarge => Error::TooLarge,
+                // The client went away or sent less than it announced: nothing is kept.
+                PutError::Body(e) => Error::invalid_param(format!("upload incomplete: {e}")),
+                PutError::Io(e) => Error::internal(format!("media storage: {e}")),
+            })?;
+        if meta.declared_len.is_some_and(|l| l != size) {
+            let _ = self.storage.delete(id).await;
+            return Err(Error::invalid_param(
+                "the body length does not match Content-Length",
+            ));
+        }
+        Ok(size as i64)
+    }
+
+    /// `POST /upload`: stores the bytes and returns their `mxc://` URI.
+    pub async fn upload(
+        &self,
+        uploader: &UserId,
+        meta: UploadMeta,
+        body: ByteStream,
+    ) -> Result<OwnedMxcUri> {
+        self.check_meta(&meta)?;
+        let id = crate::accounts::random_string(24);
+        let size = self.receive(&id, &meta, body).await?;
+        let now = now_ms();
+        let row = MediaRow {
+            media_id: id.clone(),
+            uploader: uploader.to_string(),
+            content_type: meta.content_type,
+            filename: meta.filename,
+            size: Some(size),
+            created_ts: now,
+            uploaded_ts: Some(now),
+        };
+        if let Err(e) = self.store.insert_media(&row).await {
+            let _ = self.storage.delete(&id).await;
+            return Err(e.into());
+        }
+        Ok(self.mxc(&id))
+    }
+
+    /// `POST /create`: reserves a media id for a later upload.
+    pub async fn create(&self, uploader: &UserId) -> Result<(OwnedMxcUri, i64)> {
+        let now = now_ms();
+        let window = (self.config.pending_upload_secs * 1000) as i64;
+        let pending = self
+            .store
+            .count_pending_media(uploader.as_str(), now - window)
+            .await?;
+        if pending >= self.config.max_pending_uploads as i64 {
+            return Err(Error::LimitExceeded {
+                retry_after_ms: 60_000,
+            });
+        }
+        let id = crate::accounts::random_string(24);
+        self.store
+            .insert_media(&MediaRow {
+                media_id: id.clone(),
+                uploader: uploader.to_string(),
+                content_type: None,
+                filename: None,
+                size: None,
+                created_ts: now,
+                uploaded_ts: None,
+            })
+            .await?;
+        Ok((self.mxc(&id), now + window))
+    }
+
+    /// `PUT /upload/{serverName}/{mediaId}`: the upload of a reserved id, by its reserver.
+    pub async fn upload_reserved(
+        &self,
+        uploader: &UserId,
+        server_name: &ServerName,
+        id: &str,
+        meta: UploadMeta,
+        body: ByteStream,
+    ) -> Result<()> {
+        self.check_meta(&meta)?;
+        let row = self.local_row(server_name, id).await?;
+        if row.uploader != uploader.as_str() {
+            return Err(Error::forbidden(
+                "this media id was reserved by someone else",
+            ));
+        }
+        if row.uploaded_ts.is_some() {
+            return Err(Error::CannotOverwriteMedia);
+        }
+        if now_ms() - row.created_ts > (self.config.pending_upload_secs * 1000) as i64 {
+            return Err(Error::not_found("the reservation of this media id expired"));
+        }
+        if !self
+            .receiving
+            .lock()
+            .expect("media lock")
+            .insert(id.to_owned())
+        {
+            return Err(Error::CannotOverwriteMedia);
+        }
+        let result = async {
+            let size = self.receive(id, &meta, body).await?;
+            if !self
+                .store
+                .complete_media(
+                    id,
+                    meta.content_type.as_deref(),
+                    meta.filename.as_deref(),
+                    size,
+                    now_ms(),
+                )
+                .await?
+            {
+                return Err(Error::CannotOverwriteMedia);
+            }
+            Ok(())
+        }
+        .await;
+        self.receiving.lock().expect("media lock").remove(id);
+        if result.is_ok() {
+            self.uploaded.notify_waiters();
+        }
+        result
+    }
+
+    async fn local_row(&self, server_name: &ServerName, id: &str) -> Result<MediaRow> {
+        if server_name != self.server_name {
+            // Remote media comes with federation.
+            return Err(Error::not_found("media of other servers is not available"));
+        }
+        if !valid_media_id(id) {
+            return Err(Error::not_found("media not found"));
+        }
+        self.store
+            .get_media(id)
+            .await?
+            .ok_or_else(|| Error::not_found("media not found"))
+    }
+
+    /// The media's row once uploaded, waiting up to `timeout` for a reserved upload.
+    async fn uploaded_row(
+        &self,
+        server_name: &ServerName,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<MediaRow> {
+        let deadline = tokio::time::Instant::now() + timeout.min(MAX_WAIT);
+        loop {
+            let notified = self.uploaded.notified();
+            let row = self.local_row(server_name, id).await?;
+            if row.uploaded_ts.is_some() {
+                return Ok(row);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Error::NotYetUploaded);
+            }
+        }
+    }
+
+    pub async fn download(
+        &self,
+        server_name: &ServerName,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Download> {
+        let row = self.uploaded_row(server_name, id, timeout).await?;
+        let (body, len) = self
+            .storage
+            .get(id)
+            .await
+            .map_err(Error::internal)?
+            .ok_or_else(|| Error::not_found("media not found"))?;
+        Ok(Download {
+            body,
+            len,
+            content_type: row
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            filename: row.filename,
+        })
+    }
+
+    /// A thumbnail of an image, made on first request and kept.
+    pub async fn thumbnail(
+        &self,
+        server_name: &ServerName,
+        id: &str,
+        width: u32,
+        height: u32,
+        method: Method,
+        timeout: Duration,
+    ) -> Result<Download> {
+        if width == 0 || height == 0 {
+            return Err(Error::invalid_param("width and height must be positive"));
+        }
+        let row = self.uploaded_row(server_name, id, timeout).await?;
+        let content_type = row.content_type.clone().unwrap_or_default();
+        if !thumbnail::supported(&content_type) {
+            return Err(Error::Unknown(
+                "cannot generate a thumbnail for this content type".into(),
+            ));
+        }
+        let (w, h, method) = thumbnail::pick(width, height, method);
+        let name = format!("{w}x{h}-{}", method.as_str());
+        let key = format!("{id}/{name}");
+        let cached = self.store.thumbnails(id).await?.into_iter().find(|t| {
+            (t.width, t.height, t.method.as_str()) == (w as i64, h as i64, method.as_str())
+        });
+        if let Some(t) = cached
+            && let Some((body, len)) = self.storage.get(&key).await.map_err(Error::internal)?
+        {
+            return Ok(Download {
+                body,
+                len,
+                content_type: t.content_type,
+                filename: None,
+            });
+        }
+        let source = self
+            .storage
+            .read_all(id, self.config.max_thumbnail_source_bytes)
+            .await
+            .map_err(Error::internal)?
+            .ok_or_else(|| Error::Unknown("the image is too large to thumbnail".into()))?;
+        let (bytes, thumb_type) = tokio::task::spawn_blocking(move || {
+            thumbnail::render(&source, &content_type, w, h, method)
+        })
+        .await
+        .map_err(Error::internal)?
+        .map_err(|e| Error::Unknown(format!("cannot thumbnail this image: {e}")))?;
+        let len = bytes.len() as u64;
+        let bytes = bytes::Bytes::from(bytes);
+        let stream: ByteStream = Box::pin(futures::stream::once({
+            let b = bytes.clone();
+            async move { Ok(b) }
+        }));
+        self.storage
+            .put(&key, stream, u64::MAX)
+            .await
+            .map_err(Error::internal)?;
+        self.store
+            .add_thumbnail(
+                id,
+                &ThumbnailRow {
+                    width: w as i64,
+                    height: h as i64,
+                    method: method.as_str().to_owned(),
+                    content_type: thumb_type.to_owned(),
+                    size: len as i64,
+                },
+            )
+            .await?;
+        Ok(Download {
+            body: Box::pin(futures::stream::once(async move { Ok(bytes) })),
+            len,
+            content_type: thumb_type.to_owned(),
+            filename: None,
+        })
+    }
+
+    /// Deletes the media with its file and thumbnails (admin, retention). False if unknown.
+    pub async fn delete(&self, id: &str) -> Result<bool> {
+        if !valid_media_id(id) {
+            return Ok(false);
+        }
+        let existed = self.store.delete_media(id).await?;
+        self.storage.delete(id).await.map_err(Error::internal)?;
+        Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_ids_cannot_walk_paths() {
+        assert!(valid_media_id("AbC_12-x"));
+        for bad in [
+            "",
+            "..",
+            "../etc",
+            "a/b",
+            "a\\b",
+            "a.b",
+            "%2e%2e",
+            &"x".repeat(65),
+        ] {
+            assert!(!valid_media_id(bad), "{bad}");
+        }
+    }
+}
