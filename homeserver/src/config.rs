@@ -59,6 +59,32 @@ pub struct Config {
     pub displayname_admin_only: bool,
     /// Media repository.
     pub media: MediaConfig,
+    /// Pushes to push gateways.
+    pub push: PushConfig,
+}
+
+/// The push sender: notifications to the push gateways of users' pushers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Gateway URLs a pusher may name must start with one of these (e.g.
+    /// `https://push.example.org/`). Empty: any `http(s)` URL — pushers are set by users, so a
+    /// production deployment should list its gateways (outbound requests to arbitrary hosts).
+    pub gateway_url_prefixes: Vec<String>,
+    /// Timeout of one request to a gateway, in seconds.
+    pub timeout_secs: u64,
+    /// Pushes delivered at the same time per tenant.
+    pub concurrency: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            gateway_url_prefixes: vec![],
+            timeout_secs: 10,
+            concurrency: 16,
+        }
+    }
 }
 
 /// Uploads, downloads and thumbnails. Files live under `{data_dir}/media/{server_name}/`.
@@ -154,6 +180,7 @@ impl Default for Config {
             db_pool_size: 8,
             displayname_admin_only: true,
             media: MediaConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }

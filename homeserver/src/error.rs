@@ -51,6 +51,8 @@ pub enum Error {
     InvalidRoomState(String),
     #[error("guest access forbidden")]
     GuestAccessForbidden,
+    #[error("this account data type is managed by the server: {0}")]
+    ServerManagedAccountData(String),
     #[error("the media has already been uploaded")]
     CannotOverwriteMedia,
     #[error("the media has not been uploaded yet")]

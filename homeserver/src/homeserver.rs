@@ -15,6 +15,7 @@ use crate::{
     },
     error::{Error, Result},
     media::{Media, storage::FsStorage},
+    push::Push,
     ratelimit::RateLimiter,
     rooms::Rooms,
     store::{self, Stores},
@@ -36,8 +37,9 @@ pub struct Homeserver {
     pub typing: Typing,
     pub presence: Presence,
     pub media: Media,
-    /// Serialises edits of `m.tag` (a read-modify-write of account data).
-    pub(crate) tag_edits: tokio::sync::Mutex<()>,
+    pub push: Arc<Push>,
+    /// Serialises read-modify-writes of account data (`m.tag`, `m.push_rules`).
+    pub(crate) account_data_edits: tokio::sync::Mutex<()>,
 }
 
 impl Homeserver {
@@ -77,6 +79,11 @@ impl Homeserver {
         let key = Arc::new(Ed25519KeyPair::from_der(&doc, version).map_err(Error::internal)?);
         let stream = Arc::new(StreamIds::new(stores.events.max_stream_pos().await?));
         let notifier = Arc::new(Notifier::default());
+        let push = Arc::new(Push::new(
+            server_name.clone(),
+            stores.account_data.clone(),
+            stores.push.clone(),
+        ));
         let parse_version = |v: &str| RoomVersionId::try_from(v).map_err(Error::internal);
         let rooms = Arc::new(Rooms::new(
             server_name.clone(),
@@ -84,6 +91,7 @@ impl Homeserver {
             stores.events.clone(),
             stream.clone(),
             notifier.clone(),
+            push.clone(),
             stores.events.max_state_group().await?,
             parse_version(&config.default_room_version)?,
             config
@@ -123,9 +131,14 @@ impl Homeserver {
             ephemeral,
             presence,
             media,
-            tag_edits: tokio::sync::Mutex::new(()),
+            push: push.clone(),
+            account_data_edits: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(presence::run_timers(Arc::downgrade(&hs), presence_timers));
+        tokio::spawn(crate::push::sender::run(
+            Arc::downgrade(&hs),
+            push.queued.clone(),
+        ));
         Ok(hs)
     }
 

@@ -10,6 +10,7 @@ pub mod homeserver;
 pub mod media;
 pub mod policy;
 pub mod profiles;
+pub mod push;
 pub mod ratelimit;
 pub mod receipts;
 pub mod rooms;

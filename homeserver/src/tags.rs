@@ -40,7 +40,7 @@ impl Homeserver {
             return Err(Error::invalid_param("tags are 1 to 255 bytes"));
         }
         // Read-modify-write of one user's tags: serialised so two edits cannot lose one.
-        let _edit = self.tag_edits.lock().await;
+        let _edit = self.account_data_edits.lock().await;
         let mut tags = self.tags(user, room).await?;
         let name = TagName::from(tag);
         match info {

@@ -58,6 +58,7 @@ pub fn to_matrix(
         MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::Unrecognized),
         InvalidRoomState(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidRoomState),
         GuestAccessForbidden => (StatusCode::FORBIDDEN, ErrorKind::GuestAccessForbidden),
+        ServerManagedAccountData(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::BadJson),
         CannotOverwriteMedia => (StatusCode::CONFLICT, ErrorKind::CannotOverwriteMedia),
         NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, ErrorKind::NotYetUploaded),
         Unknown(_) => (StatusCode::BAD_REQUEST, ErrorKind::Unknown),

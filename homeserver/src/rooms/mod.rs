@@ -89,6 +89,15 @@ impl RoomState {
         self.members.get(user).cloned()
     }
 
+    /// Joined members.
+    pub fn joined_members(&self) -> Vec<OwnedUserId> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.as_str() == "join")
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
+
     /// Users whose sync must learn about a new event: joined and invited members.
     pub fn interested_users(&self) -> Vec<OwnedUserId> {
         self.members
@@ -111,6 +120,20 @@ impl RoomState {
             .collect();
         RoomPowerLevels::new(source, &self.rules.authorization, creators)
     }
+}
+
+/// Decides which members an event notifies (push rules); its answer is written with the event.
+#[async_trait::async_trait]
+pub trait Notifications: Send + Sync {
+    /// Push actions for an event about to be written on top of `room` (its JSON: `json`).
+    async fn evaluate(
+        &self,
+        room: &RoomState,
+        pdu: &Pdu,
+        json: &str,
+    ) -> Vec<crate::store::NewPushAction>;
+    /// Pushes were queued by a committed write.
+    fn queued(&self);
 }
 
 /// An event a local user wants to add to a room.
@@ -157,6 +180,7 @@ pub struct Rooms {
     store: Arc<dyn EventStore>,
     stream: Arc<StreamIds<OwnedUserId>>,
     notifier: Arc<Notifier>,
+    notifications: Arc<dyn Notifications>,
     state_groups: AtomicI64,
     rooms: Mutex<HashMap<OwnedRoomId, Arc<RoomSlot>>>,
     pub default_version: RoomVersionId,
@@ -171,6 +195,7 @@ impl Rooms {
         store: Arc<dyn EventStore>,
         stream: Arc<StreamIds<OwnedUserId>>,
         notifier: Arc<Notifier>,
+        notifications: Arc<dyn Notifications>,
         max_state_group: i64,
         default_version: RoomVersionId,
         supported_versions: Vec<RoomVersionId>,
@@ -181,6 +206,7 @@ impl Rooms {
             store,
             stream,
             notifier,
+            notifications,
             state_groups: AtomicI64::new(max_state_group),
             rooms: Mutex::new(HashMap::new()),
             default_version,

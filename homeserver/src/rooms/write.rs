@@ -21,7 +21,7 @@ use super::{MAX_STATE_CHAIN, NewContent, RoomState, Rooms, StateKey, pdu::Pdu};
 use crate::{
     error::{Error, Result},
     homeserver::detached,
-    store::{NewEvent, NewStateGroup, StoreError},
+    store::{NewEvent, NewPushAction, NewStateGroup, StoreError},
 };
 
 /// A message waiting in its room's queue.
@@ -48,7 +48,7 @@ pub(super) struct Prepared {
 }
 
 impl Prepared {
-    fn new_event(&self, stream_pos: i64) -> NewEvent<'_> {
+    fn new_event<'a>(&'a self, stream_pos: i64, push: &'a [NewPushAction]) -> NewEvent<'a> {
         NewEvent {
             stream_pos,
             event_id: self.pdu.event_id.as_str(),
@@ -70,6 +70,7 @@ impl Prepared {
             txn: self.txn.as_ref().map(|(d, t)| (d.as_str(), t.as_str())),
             prev_events: &self.prev,
             redacts: self.pruned.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+            push,
         }
     }
 }
@@ -347,11 +348,18 @@ impl Rooms {
         room: &mut RoomState,
         events: Vec<Prepared>,
     ) -> Result<Vec<OwnedEventId>> {
+        // Who each event notifies, as of the room before it (a batch holds messages only).
+        let mut push = Vec::with_capacity(events.len());
+        for e in &events {
+            push.push(self.notifications.evaluate(room, &e.pdu, &e.json).await);
+        }
+        let queued = push.iter().flatten().any(|a| a.send);
         let positions: Vec<_> = events.iter().map(|_| self.stream.next()).collect();
         let mut rows: Vec<NewEvent<'_>> = events
             .iter()
             .zip(&positions)
-            .map(|(e, p)| e.new_event(p.pos()))
+            .zip(&push)
+            .map(|((e, p), push)| e.new_event(p.pos(), push))
             .collect();
         let mut group = room.state_group;
         for row in &mut rows {
@@ -362,6 +370,9 @@ impl Rooms {
         }
         self.store.persist_events(&rows).await?;
         drop(rows);
+        if queued {
+            self.notifications.queued();
+        }
         // Committed: the room in memory follows, then waiting syncs wake.
         let mut ids = Vec::with_capacity(events.len());
         let mut wakes = Vec::with_capacity(events.len());

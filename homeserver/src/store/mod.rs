@@ -41,6 +41,7 @@ pub struct Stores {
     pub profiles: Arc<dyn ProfileStore>,
     pub receipts: Arc<dyn ReceiptStore>,
     pub media: Arc<dyn MediaStore>,
+    pub push: Arc<dyn PushStore>,
     /// Closes the pools (tenant removal, shutdown).
     pub closer: Arc<dyn Closer>,
 }
@@ -323,6 +324,81 @@ pub trait MediaStore: Send + Sync {
     async fn delete_media(&self, media_id: &str) -> StoreResult<bool>;
 }
 
+#[derive(Clone, Debug)]
+pub struct PusherRow {
+    pub user_id: String,
+    pub app_id: String,
+    pub pushkey: String,
+    pub app_display_name: String,
+    pub device_display_name: String,
+    pub profile_tag: Option<String>,
+    pub lang: String,
+    /// The pusher's `data` (gateway URL, format, …) as JSON.
+    pub data: String,
+    pub created_ts: i64,
+}
+
+/// A notification as listed by `/notifications`.
+#[derive(Clone, Debug)]
+pub struct NotificationRow {
+    pub event: EventRow,
+    pub actions: String,
+    pub ts: i64,
+    pub read: bool,
+}
+
+/// A push waiting in the outbox.
+#[derive(Clone, Debug)]
+pub struct QueuedPush {
+    pub user_id: String,
+    pub stream_pos: i64,
+    pub room_id: String,
+    pub event_id: String,
+    pub highlight: bool,
+    pub attempts: i64,
+    /// The push actions (tweaks) as JSON.
+    pub actions: String,
+}
+
+#[async_trait]
+pub trait PushStore: Send + Sync {
+    /// `(room, notifications, highlights)` after the user's read receipt, for rooms with any.
+    async fn unread_counts(
+        &self,
+        user_id: &str,
+        room_ids: &[String],
+    ) -> StoreResult<Vec<(String, i64, i64)>>;
+    /// Unread notifications of the user in all rooms (the app badge).
+    async fn total_unread(&self, user_id: &str) -> StoreResult<i64>;
+    /// The user's notifications before position `before`, newest first.
+    async fn notifications(
+        &self,
+        user_id: &str,
+        before: Option<i64>,
+        limit: i64,
+        only_highlight: bool,
+    ) -> StoreResult<Vec<NotificationRow>>;
+    async fn pushers(&self, user_id: &str) -> StoreResult<Vec<PusherRow>>;
+    /// Whether the user has any pusher.
+    async fn has_pushers(&self, user_id: &str) -> StoreResult<bool>;
+    /// Adds or replaces the user's pusher; without `append`, other users' pushers with the
+    /// same app id and pushkey go.
+    async fn set_pusher(&self, pusher: &PusherRow, append: bool) -> StoreResult<()>;
+    async fn delete_pusher(&self, user_id: &str, app_id: &str, pushkey: &str) -> StoreResult<bool>;
+    /// Pushes due at `now`, oldest first.
+    async fn due_pushes(&self, now: i64, limit: i64) -> StoreResult<Vec<QueuedPush>>;
+    /// When the next queued push is due.
+    async fn next_push_due(&self) -> StoreResult<Option<i64>>;
+    async fn push_done(&self, user_id: &str, stream_pos: i64) -> StoreResult<()>;
+    async fn push_retry(
+        &self,
+        user_id: &str,
+        stream_pos: i64,
+        attempts: i64,
+        next_attempt_ts: i64,
+    ) -> StoreResult<()>;
+}
+
 /// An event as stored.
 #[derive(Clone, Debug)]
 pub struct EventRow {
@@ -361,6 +437,19 @@ pub struct NewEvent<'a> {
     pub prev_events: &'a [String],
     /// For a redaction: the redacted event and its pruned JSON.
     pub redacts: Option<(&'a str, &'a str)>,
+    /// Members this event notifies, with their push actions.
+    pub push: &'a [NewPushAction],
+}
+
+/// A member's push actions for a new event.
+#[derive(Clone, Debug)]
+pub struct NewPushAction {
+    pub user_id: String,
+    /// The actions as JSON.
+    pub actions: String,
+    pub highlight: bool,
+    /// The member has pushers: queue a push.
+    pub send: bool,
 }
 
 #[derive(Clone, Debug)]

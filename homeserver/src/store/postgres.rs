@@ -23,6 +23,7 @@ mod imp {
     include!("sql/profiles.rs");
     include!("sql/receipts.rs");
     include!("sql/media.rs");
+    include!("sql/push.rs");
 
     impl SqlStore {
         /// One statement for all rooms: a LATERAL "newest N" read per room through the

@@ -36,6 +36,7 @@ impl SqlStore {
             profiles: store.clone(),
             receipts: store.clone(),
             media: store.clone(),
+            push: store.clone(),
             closer: store,
         }
     }
@@ -556,6 +557,7 @@ impl EventStore for SqlStore {
             }
             q.execute(&mut *tx).await.map_err(unique)?;
         }
+        insert_push_actions(&mut tx, events).await?;
         for ev in events {
             if let Some(group) = &ev.new_state_group {
                 sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES ($1, $2, $3, $4)")

@@ -445,6 +445,7 @@ async fn compute(
     ephemeral(hs, user, req, &history, &mut resp, since_pos, upto).await?;
 
     // Account data, global and per room.
+    let mut push_rules_sent = false;
     for row in hs
         .stores
         .account_data
@@ -455,6 +456,7 @@ async fn compute(
             continue;
         };
         let event = serde_json::json!({ "type": row.data_type, "content": content });
+        push_rules_sent |= row.room_id.is_empty() && row.data_type == crate::push::PUSH_RULES;
         if row.room_id.is_empty() {
             resp.account_data.events.push(raw(&event)?);
         } else if let Some(joined) = resp.rooms.join.get_mut(&room_id(&row.room_id)?) {
@@ -467,6 +469,32 @@ async fn compute(
             let mut joined = JoinedRoom::new();
             joined.account_data.events.push(raw(&event)?);
             resp.rooms.join.insert(room_id(&row.room_id)?, joined);
+        }
+    }
+    // Clients expect the push rules in a first sync, also when the user never changed them.
+    if (since.is_none() || req.full_state) && !push_rules_sent {
+        let ruleset = hs.push_rules(&session.user_id).await?;
+        let event = json!({ "type": crate::push::PUSH_RULES, "content": { "global": ruleset } });
+        resp.account_data.events.push(raw(&event)?);
+    }
+
+    // Notification and highlight counts of the rooms in this response.
+    let rooms: Vec<String> = resp.rooms.join.keys().map(|r| r.to_string()).collect();
+    if !rooms.is_empty() {
+        let counts: HashMap<String, (i64, i64)> = hs
+            .stores
+            .push
+            .unread_counts(user, &rooms)
+            .await?
+            .into_iter()
+            .map(|(room, n, h)| (room, (n, h)))
+            .collect();
+        for (room, joined) in resp.rooms.join.iter_mut() {
+            let (n, h) = counts.get(room.as_str()).copied().unwrap_or((0, 0));
+            joined.unread_notifications.notification_count =
+                Some(ruma::UInt::new_saturating(n as u64));
+            joined.unread_notifications.highlight_count =
+                Some(ruma::UInt::new_saturating(h as u64));
         }
     }
     Ok(resp)

@@ -32,6 +32,10 @@ fn check_user(ctx: &Ctx, user: &ruma::UserId) -> Result<()> {
 }
 
 async fn store(ctx: &Ctx, room: &str, kind: &str, content: &str) -> Result<()> {
+    // The spec reserves these for their own endpoints.
+    if matches!(kind, "m.fully_read" | "m.push_rules") {
+        return Err(Error::ServerManagedAccountData(kind.to_owned()));
+    }
     ctx.hs
         .set_account_data(&ctx.session().user_id, room, kind, content)
         .await

@@ -6,6 +6,7 @@ mod discovery;
 mod media;
 mod presence;
 mod profile;
+mod push;
 mod receipt;
 mod room;
 mod session;
@@ -29,5 +30,6 @@ pub fn router(r: Router<Tenants>) -> Router<Tenants> {
     let r = typing::routes(r);
     let r = tag::routes(r);
     let r = media::routes(r);
+    let r = push::routes(r);
     sync::routes(r)
 }

@@ -1,0 +1,267 @@
+//! The push sender: delivers queued pushes to the push gateways of the user's HTTP pushers
+//! (Push Gateway API `POST /_matrix/push/v1/notify`). Notifications are content-free (the
+//! `event_id_only` format: event and room id, unread count — no sender, type or body), retried
+//! with exponential backoff, and pushers whose pushkey the gateway rejects are deleted. One task
+//! per tenant, woken when pushes are queued or the next retry is due; nothing polls.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use serde_json::{Map, Value, json};
+
+use crate::{
+    ephemeral::now_ms,
+    error::{Error, Result},
+    homeserver::Homeserver,
+    store::{PusherRow, QueuedPush},
+};
+
+/// Attempts before a push is given up (backoff 1 s doubling up to 5 min: about an hour).
+const MAX_ATTEMPTS: i64 = 16;
+const MAX_BACKOFF_MS: i64 = 5 * 60_000;
+const BATCH: i64 = 200;
+
+/// What happened to one push.
+enum Outcome {
+    Delivered,
+    RetryLater,
+}
+
+pub async fn run(hs: Weak<Homeserver>, wake: Arc<tokio::sync::Notify>) {
+    let Some(client) = hs.upgrade().map(|hs| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(hs.config.push.timeout_secs))
+            .build()
+            .expect("http client")
+    }) else {
+        return;
+    };
+    loop {
+        let Some(hs) = hs.upgrade() else { return };
+        let woken = wake.notified();
+        let next = match deliver_due(&hs, &client).await {
+            Ok(true) => continue,
+            Ok(false) => hs.stores.push.next_push_due().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "push queue unreadable");
+                Some(now_ms() + 5_000)
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "push queue unreadable");
+                Some(now_ms() + 5_000)
+            }
+        };
+        // Wait without keeping the tenant alive.
+        drop(hs);
+        match next {
+            Some(at) => {
+                let wait = Duration::from_millis((at - now_ms()).max(0) as u64);
+                let _ = tokio::time::timeout(wait, woken).await;
+            }
+            None => woken.await,
+        }
+    }
+}
+
+/// Delivers the pushes due now; true if there may be more.
+async fn deliver_due(hs: &Arc<Homeserver>, client: &reqwest::Client) -> Result<bool> {
+    let due = hs.stores.push.due_pushes(now_ms(), BATCH).await?;
+    if due.is_empty() {
+        return Ok(false);
+    }
+    let full = due.len() as i64 == BATCH;
+    let concurrency = hs.config.push.concurrency.max(1);
+    futures::stream::iter(due)
+        .for_each_concurrent(concurrency, |item| async move {
+            let outcome = match deliver(hs, client, &item).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, "push not delivered");
+                    Outcome::RetryLater
+                }
+            };
+            let result = match outcome {
+                Outcome::Delivered => {
+                    hs.stores
+                        .push
+                        .push_done(&item.user_id, item.stream_pos)
+                        .await
+                }
+                Outcome::RetryLater if item.attempts + 1 >= MAX_ATTEMPTS => {
+                    tracing::warn!(attempts = item.attempts + 1, "push given up");
+                    hs.stores
+                        .push
+                        .push_done(&item.user_id, item.stream_pos)
+                        .await
+                }
+                Outcome::RetryLater => {
+                    let backoff = (1000i64 << item.attempts.min(20)).min(MAX_BACKOFF_MS);
+                    hs.stores
+                        .push
+                        .push_retry(
+                            &item.user_id,
+                            item.stream_pos,
+                            item.attempts + 1,
+                            now_ms() + backoff,
+                        )
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "push queue not updated");
+            }
+            metrics::counter!("tim_pushes_total", "server_name" => hs.server_name.to_string())
+                .increment(1);
+        })
+        .await;
+    Ok(full
+        || hs
+            .stores
+            .push
+            .next_push_due()
+            .await?
+            .is_some_and(|t| t <= now_ms()))
+}
+
+/// The tweaks among push actions (`set_tweak` entries) as an object.
+fn tweaks(actions: &str) -> Map<String, Value> {
+    let mut out = Map::new();
+    let actions: Vec<Value> = serde_json::from_str(actions).unwrap_or_default();
+    for a in actions {
+        if let Some(name) = a.get("set_tweak").and_then(Value::as_str) {
+            let value = a.get("value").cloned().unwrap_or(Value::Bool(true));
+            out.insert(name.to_owned(), value);
+        }
+    }
+    out
+}
+
+async fn deliver(
+    hs: &Arc<Homeserver>,
+    client: &reqwest::Client,
+    item: &QueuedPush,
+) -> Result<Outcome> {
+    let pushers = hs.stores.push.pushers(&item.user_id).await?;
+    if pushers.is_empty() {
+        return Ok(Outcome::Delivered);
+    }
+    let unread = hs.stores.push.total_unread(&item.user_id).await?;
+    let tweaks = tweaks(&item.actions);
+    let mut by_url: BTreeMap<String, Vec<&PusherRow>> = BTreeMap::new();
+    for p in &pushers {
+        if let Some(url) = serde_json::from_str::<Value>(&p.data)
+            .ok()
+            .and_then(|d| d.get("url")?.as_str().map(str::to_owned))
+        {
+            by_url.entry(url).or_default().push(p);
+        }
+    }
+    let mut outcome = Outcome::Delivered;
+    for (url, pushers) in by_url {
+        let devices: Vec<Value> = pushers
+            .iter()
+            .map(|p| {
+                let mut data: Map<String, Value> =
+                    serde_json::from_str(&p.data).unwrap_or_default();
+                data.remove("url");
+                json!({
+                    "app_id": p.app_id,
+                    "pushkey": p.pushkey,
+                    "pushkey_ts": p.created_ts / 1000,
+                    "data": data,
+                    "tweaks": tweaks,
+                })
+            })
+            .collect();
+        // `event_id_only`: nothing of the message leaves the server.
+        let body = json!({
+            "notification": {
+                "event_id": item.event_id,
+                "room_id": item.room_id,
+                "prio": if item.highlight { "high" } else { "low" },
+                "counts": { "unread": unread },
+                "devices": devices,
+            }
+        });
+        let resp = match client.post(&url).json(&body).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "push gateway unreachable");
+                outcome = Outcome::RetryLater;
+                continue;
+            }
+        };
+        let status = resp.status();
+        if status.is_success() {
+            let rejected: Vec<String> = resp
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| serde_json::from_value(v.get("rejected")?.clone()).ok())
+                .unwrap_or_default();
+            for pushkey in rejected {
+                if let Some(p) = pushers.iter().find(|p| p.pushkey == pushkey) {
+                    hs.delete_pusher(&item.user_id, &p.app_id, &p.pushkey)
+                        .await?;
+                    tracing::info!("pusher removed: the gateway rejected its pushkey");
+                }
+            }
+        } else if status.is_server_error() || status.as_u16() == 429 {
+            outcome = Outcome::RetryLater;
+        } else {
+            // 4xx: this push will never be accepted; retrying would not help.
+            tracing::warn!(
+                status = status.as_u16(),
+                "push gateway refused the notification"
+            );
+        }
+    }
+    Ok(outcome)
+}
+
+impl Homeserver {
+    pub async fn delete_pusher(&self, user: &str, app_id: &str, pushkey: &str) -> Result<bool> {
+        let done = self
+            .stores
+            .push
+            .delete_pusher(user, app_id, pushkey)
+            .await?;
+        if let Ok(user) = ruma::UserId::parse(user) {
+            self.push.pushers_changed(&user);
+        }
+        Ok(done)
+    }
+
+    /// `/pushers/set` with a kind: checks the gateway URL and stores the pusher.
+    pub async fn set_pusher(&self, pusher: PusherRow, append: bool) -> Result<()> {
+        let data: Value =
+            serde_json::from_str(&pusher.data).map_err(|e| Error::bad_json(e.to_string()))?;
+        let url = data
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::MissingParam("data.url is required for http pushers".into()))?;
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| Error::invalid_param(format!("data.url: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https")
+            || parsed.path() != "/_matrix/push/v1/notify"
+        {
+            return Err(Error::invalid_param(
+                "data.url must be an http(s) URL ending in /_matrix/push/v1/notify",
+            ));
+        }
+        let prefixes = &self.config.push.gateway_url_prefixes;
+        if !prefixes.is_empty() && !prefixes.iter().any(|p| url.starts_with(p.as_str())) {
+            return Err(Error::invalid_param(
+                "this push gateway is not allowed here",
+            ));
+        }
+        self.stores.push.set_pusher(&pusher, append).await?;
+        if let Ok(user) = ruma::UserId::parse(pusher.user_id.as_str()) {
+            self.push.pushers_changed(&user);
+        }
+        Ok(())
+    }
+}
