@@ -118,7 +118,7 @@ impl Media {
         Ok(())
     }
 
-    async fn receive(&self, id: &str, meta: &UploadMeta, body: ByteStream) -> Result<i64> {
+    async fn receive(&self, id: &str, meta: &UploadMeta, body: &mut ByteStream) -> Result<i64> {
         let size = self
             .storage
             .put(id, body, self.config.max_upload_bytes)
@@ -143,7 +143,7 @@ impl Media {
         &self,
         uploader: &UserId,
         meta: UploadMeta,
-        body: ByteStream,
+        body: &mut ByteStream,
     ) -> Result<OwnedMxcUri> {
         self.check_meta(&meta)?;
         let id = crate::accounts::random_string(24);
@@ -200,7 +200,7 @@ impl Media {
         server_name: &ServerName,
         id: &str,
         meta: UploadMeta,
-        body: ByteStream,
+        body: &mut ByteStream,
     ) -> Result<()> {
         self.check_meta(&meta)?;
         let row = self.local_row(server_name, id).await?;
@@ -355,12 +355,12 @@ impl Media {
         .map_err(|e| Error::Unknown(format!("cannot thumbnail this image: {e}")))?;
         let len = bytes.len() as u64;
         let bytes = bytes::Bytes::from(bytes);
-        let stream: ByteStream = Box::pin(futures::stream::once({
+        let mut stream: ByteStream = Box::pin(futures::stream::once({
             let b = bytes.clone();
             async move { Ok(b) }
         }));
         self.storage
-            .put(&key, stream, u64::MAX)
+            .put(&key, &mut stream, u64::MAX)
             .await
             .map_err(Error::internal)?;
         self.store

@@ -31,8 +31,8 @@ pub enum PutError {
 #[async_trait]
 pub trait MediaStorage: Send + Sync {
     /// Streams `body` into `key`, durable when this returns; its size. Beyond `limit` bytes it
-    /// stops with `TooLarge`, and a failed put leaves nothing behind.
-    async fn put(&self, key: &str, body: ByteStream, limit: u64) -> Result<u64, PutError>;
+    /// stops with `TooLarge` (the rest of `body` unread), and a failed put leaves nothing behind.
+    async fn put(&self, key: &str, body: &mut ByteStream, limit: u64) -> Result<u64, PutError>;
     /// The bytes under `key` as a stream, and their length.
     async fn get(&self, key: &str) -> io::Result<Option<(ByteStream, u64)>>;
     /// All bytes under `key`, when there are at most `max`.
@@ -72,7 +72,7 @@ async fn sync_dir(dir: &Path) -> io::Result<()> {
 
 #[async_trait]
 impl MediaStorage for FsStorage {
-    async fn put(&self, key: &str, mut body: ByteStream, limit: u64) -> Result<u64, PutError> {
+    async fn put(&self, key: &str, body: &mut ByteStream, limit: u64) -> Result<u64, PutError> {
         let tmp_dir = self.root.join("tmp");
         tokio::fs::create_dir_all(&tmp_dir).await?;
         let tmp = tmp_dir.join(format!("{}.part", crate::accounts::random_string(16)));
@@ -161,7 +161,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStorage::new(dir.path().to_owned());
         assert_eq!(
-            s.put("abcdef", stream(vec![b"hel", b"lo"]), 5)
+            s.put("abcdef", &mut stream(vec![b"hel", b"lo"]), 5)
                 .await
                 .unwrap(),
             5
@@ -170,11 +170,11 @@ mod tests {
         assert_eq!(len, 5);
         let bytes: Vec<Bytes> = body.map(|b| b.unwrap()).collect().await;
         assert_eq!(bytes.concat(), b"hello");
-        s.put("abcdef/32x32-crop", stream(vec![b"t"]), 10)
+        s.put("abcdef/32x32-crop", &mut stream(vec![b"t"]), 10)
             .await
             .unwrap();
         assert!(matches!(
-            s.put("other", stream(vec![b"123456"]), 5).await,
+            s.put("other", &mut stream(vec![b"123456"]), 5).await,
             Err(PutError::TooLarge)
         ));
         assert!(s.get("other").await.unwrap().is_none());

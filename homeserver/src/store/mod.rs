@@ -42,6 +42,9 @@ pub struct Stores {
     pub receipts: Arc<dyn ReceiptStore>,
     pub media: Arc<dyn MediaStore>,
     pub push: Arc<dyn PushStore>,
+    pub reports: Arc<dyn ReportStore>,
+    pub notices: Arc<dyn NoticeStore>,
+    pub admin: Arc<dyn AdminStore>,
     /// Closes the pools (tenant removal, shutdown).
     pub closer: Arc<dyn Closer>,
 }
@@ -109,6 +112,29 @@ pub trait AccountStore: Send + Sync {
     ) -> StoreResult<Option<RegistrationTokenRow>>;
     /// Consumes one use if the token is still valid at `now`; false if not.
     async fn consume_registration_token(&self, token: &str, now: i64) -> StoreResult<bool>;
+    async fn list_registration_tokens(&self) -> StoreResult<Vec<RegistrationTokenRow>>;
+    async fn delete_registration_token(&self, token: &str) -> StoreResult<bool>;
+
+    /// Active users whose id or display name contains `term` (lower case), at most `limit`.
+    async fn search_users(&self, term: &str, limit: i64) -> StoreResult<Vec<UserSummary>>;
+    /// Users ordered by id after `after`, optionally only those whose id or display name
+    /// contains `search` (lower case); deactivated ones included.
+    async fn list_users(
+        &self,
+        search: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<UserSummary>>;
+}
+
+#[derive(Clone, Debug)]
+pub struct UserSummary {
+    pub user_id: String,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+    pub is_admin: bool,
+    pub deactivated: bool,
+    pub created_ts: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -397,6 +423,108 @@ pub trait PushStore: Send + Sync {
         attempts: i64,
         next_attempt_ts: i64,
     ) -> StoreResult<()>;
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ReportRow {
+    pub id: i64,
+    pub room_id: String,
+    /// `None` for a report of the whole room.
+    pub event_id: Option<String>,
+    pub event_sender: Option<String>,
+    pub reporter: String,
+    pub reason: Option<String>,
+    pub score: Option<i64>,
+    pub created_ts: i64,
+    pub handled_ts: Option<i64>,
+    pub handled_by: Option<String>,
+}
+
+#[async_trait]
+pub trait ReportStore: Send + Sync {
+    /// Stores a report; its id.
+    async fn add_report(&self, report: &ReportRow) -> StoreResult<i64>;
+    /// Reports by id (newest first) before `before`, filtered by handled state and room.
+    async fn reports(
+        &self,
+        handled: Option<bool>,
+        room_id: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<ReportRow>>;
+    async fn mark_report_handled(&self, id: i64, by: &str, now: i64) -> StoreResult<bool>;
+}
+
+#[derive(Clone, Debug)]
+pub struct NoticeJob {
+    pub id: i64,
+    pub content: String,
+    pub created_by: String,
+    pub created_ts: i64,
+    /// The last user id the notice was sent to.
+    pub cursor: String,
+    pub sent: i64,
+    pub done_ts: Option<i64>,
+}
+
+#[async_trait]
+pub trait NoticeStore: Send + Sync {
+    async fn notice_room(&self, user_id: &str) -> StoreResult<Option<String>>;
+    async fn set_notice_room(&self, user_id: &str, room_id: &str) -> StoreResult<()>;
+    async fn create_notice_job(&self, content: &str, by: &str, now: i64) -> StoreResult<i64>;
+    async fn notice_job(&self, id: i64) -> StoreResult<Option<NoticeJob>>;
+    async fn unfinished_notice_jobs(&self) -> StoreResult<Vec<NoticeJob>>;
+    async fn advance_notice_job(
+        &self,
+        id: i64,
+        cursor: &str,
+        sent: i64,
+        done_ts: Option<i64>,
+    ) -> StoreResult<()>;
+    /// Active users with ids after `after`, in order.
+    async fn active_users_after(&self, after: &str, limit: i64) -> StoreResult<Vec<String>>;
+}
+
+#[derive(Clone, Debug)]
+pub struct AuditRow {
+    pub id: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub details: Option<String>,
+    pub ts: i64,
+}
+
+/// A room as the admin sees it: no names, topics or messages.
+#[derive(Clone, Debug)]
+pub struct RoomSummaryRow {
+    pub room_id: String,
+    pub creator: String,
+    pub created_ts: i64,
+    pub joined: i64,
+    pub invited: i64,
+    pub encrypted: bool,
+}
+
+#[async_trait]
+pub trait AdminStore: Send + Sync {
+    /// Makes `token_hash` the tenant's only admin API token.
+    async fn replace_admin_token(&self, token_hash: &str, now: i64) -> StoreResult<()>;
+    async fn admin_token_exists(&self, token_hash: &str) -> StoreResult<bool>;
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: Option<&str>,
+        details: Option<&str>,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// Audit entries before id `before`, newest first.
+    async fn audit_log(&self, before: Option<i64>, limit: i64) -> StoreResult<Vec<AuditRow>>;
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>>;
+    async fn set_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+    /// Rooms by id after `after`.
+    async fn rooms(&self, after: Option<&str>, limit: i64) -> StoreResult<Vec<RoomSummaryRow>>;
 }
 
 /// An event as stored.

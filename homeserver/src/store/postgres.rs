@@ -24,6 +24,7 @@ mod imp {
     include!("sql/receipts.rs");
     include!("sql/media.rs");
     include!("sql/push.rs");
+    include!("sql/admin.rs");
 
     impl SqlStore {
         /// One statement for all rooms: a LATERAL "newest N" read per room through the

@@ -37,6 +37,9 @@ impl SqlStore {
             receipts: store.clone(),
             media: store.clone(),
             push: store.clone(),
+            reports: store.clone(),
+            notices: store.clone(),
+            admin: store.clone(),
             closer: store,
         }
     }
@@ -169,6 +172,63 @@ impl AccountStore for SqlStore {
         .await?;
         Ok(done.rows_affected() == 1)
     }
+
+    async fn list_registration_tokens(&self) -> StoreResult<Vec<RegistrationTokenRow>> {
+        let rows = sqlx::query("SELECT token, uses_allowed, completed, expiry_ts FROM registration_tokens ORDER BY created_ts")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(RegistrationTokenRow { token: r.try_get(0)?, uses_allowed: r.try_get(1)?, completed: r.try_get(2)?, expiry_ts: r.try_get(3)? }))
+            .collect()
+    }
+
+    async fn delete_registration_token(&self, token: &str) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM registration_tokens WHERE token = $1").bind(token).execute(&self.write).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn search_users(&self, term: &str, limit: i64) -> StoreResult<Vec<UserSummary>> {
+        let sql = format!("{USER_SUMMARY} WHERE NOT u.deactivated AND (LOWER(u.user_id) LIKE $1 ESCAPE '\\' OR LOWER(d.value) LIKE $1 ESCAPE '\\') ORDER BY u.user_id LIMIT $2");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(like_pattern(term)).bind(limit).fetch_all(&self.read).await?;
+        rows.iter().map(user_summary).collect()
+    }
+
+    async fn list_users(&self, search: Option<&str>, after: Option<&str>, limit: i64) -> StoreResult<Vec<UserSummary>> {
+        let sql = format!(
+            "{USER_SUMMARY} WHERE u.user_id > $1 AND ($2 = '' OR LOWER(u.user_id) LIKE $3 ESCAPE '\\' OR LOWER(d.value) LIKE $3 ESCAPE '\\') ORDER BY u.user_id LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after.unwrap_or(""))
+            .bind(search.unwrap_or(""))
+            .bind(like_pattern(search.unwrap_or("")))
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(user_summary).collect()
+    }
+}
+
+const USER_SUMMARY: &str = "SELECT u.user_id, d.value, a.value, u.is_admin, u.deactivated, u.created_ts FROM users u \
+    LEFT JOIN profile_fields d ON d.user_id = u.user_id AND d.field = 'displayname' \
+    LEFT JOIN profile_fields a ON a.user_id = u.user_id AND a.field = 'avatar_url'";
+
+/// `%term%` with LIKE's wildcards in `term` escaped.
+fn like_pattern(term: &str) -> String {
+    let escaped = term.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+fn user_summary(r: &DbRow) -> StoreResult<UserSummary> {
+    // Profile values are JSON strings.
+    let text = |v: Option<String>| v.and_then(|v| serde_json::from_str::<String>(&v).ok());
+    Ok(UserSummary {
+        user_id: r.try_get(0)?,
+        displayname: text(r.try_get(1)?),
+        avatar_url: text(r.try_get(2)?),
+        is_admin: r.try_get(3)?,
+        deactivated: r.try_get(4)?,
+        created_ts: r.try_get(5)?,
+    })
 }
 
 fn device_row(r: &DbRow) -> StoreResult<DeviceRow> {

@@ -20,6 +20,7 @@ mod imp {
     include!("sql/receipts.rs");
     include!("sql/media.rs");
     include!("sql/push.rs");
+    include!("sql/admin.rs");
 
     impl SqlStore {
         /// A UNION ALL of per-room "newest N" reads: each uses the (room_id, stream_pos) index

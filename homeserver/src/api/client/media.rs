@@ -99,12 +99,36 @@ async fn upload(
     body: Body,
 ) -> Result<Response> {
     let meta = upload_meta(&headers, req.content_type, req.filename)?;
+    let mut body = body_stream(body);
     let uri = ctx
         .hs
         .media
-        .upload(&ctx.session().user_id, meta, body_stream(body))
-        .await?;
-    json(media::create_content::v3::Response::new(uri))
+        .upload(&ctx.session().user_id, meta, &mut body)
+        .await;
+    json(media::create_content::v3::Response::new(
+        refused_politely(uri, body).await?,
+    ))
+}
+
+/// Most clients only read the answer once they sent the whole body: refusing an upload
+/// without reading the rest would reset the connection and lose the 413. So the rest is read
+/// and dropped — up to a bound, beyond which the connection is simply closed.
+async fn refused_politely<T>(result: Result<T>, mut body: ByteStream) -> Result<T> {
+    const DRAIN_LIMIT: u64 = 256 * 1024 * 1024;
+    const DRAIN_TIME: Duration = Duration::from_secs(30);
+    if result.is_err() {
+        let drain = async {
+            let mut read = 0u64;
+            while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+                read += chunk.len() as u64;
+                if read > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    }
+    result
 }
 
 async fn create(
@@ -125,16 +149,19 @@ async fn upload_reserved(
     body: Body,
 ) -> Result<Response> {
     let meta = upload_meta(&headers, req.content_type, req.filename)?;
-    ctx.hs
+    let mut body = body_stream(body);
+    let result = ctx
+        .hs
         .media
         .upload_reserved(
             &ctx.session().user_id,
             &req.server_name,
             &req.media_id,
             meta,
-            body_stream(body),
+            &mut body,
         )
-        .await?;
+        .await;
+    refused_politely(result, body).await?;
     // Ruma's response type has no constructor; the body is `{}`.
     Ok(axum::Json(serde_json::json!({})).into_response())
 }
