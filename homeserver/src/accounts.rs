@@ -36,6 +36,13 @@ struct CachedSession {
 }
 
 /// An authenticated request's identity.
+/// Where a request came from, remembered as the device's last-seen place.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SeenFrom<'a> {
+    pub ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Session {
     pub user_id: OwnedUserId,
@@ -357,9 +364,9 @@ impl Accounts {
         })
     }
 
-    /// The session behind an access token. `ip` is recorded as the device's last-seen address
-    /// (at most every five minutes per device).
-    pub async fn authenticate(&self, token: &str, ip: Option<&str>) -> Result<Session> {
+    /// The session behind an access token. `client` (IP address, user agent) is recorded as
+    /// where the device was last seen (at most every five minutes per device).
+    pub async fn authenticate(&self, token: &str, client: SeenFrom<'_>) -> Result<Session> {
         let hash = hash_token(token);
         let cached = self
             .token_cache
@@ -389,15 +396,18 @@ impl Accounts {
                 entry.last_seen = now;
             }
             // Off the request path: a lost last-seen update costs nothing.
-            let (sessions, user, device, ip) = (
+            let (sessions, user, device, ip, agent) = (
                 self.sessions.clone(),
                 session.user_id.to_string(),
                 session.device_id.to_string(),
-                ip.map(str::to_owned),
+                client.ip.map(str::to_owned),
+                client
+                    .user_agent
+                    .map(|a| a.chars().take(512).collect::<String>()),
             );
             tokio::spawn(async move {
                 if let Err(e) = sessions
-                    .touch_device(&user, &device, ip.as_deref(), now)
+                    .touch_device(&user, &device, ip.as_deref(), agent.as_deref(), now)
                     .await
                 {
                     tracing::debug!(error = %e, "last-seen update failed");

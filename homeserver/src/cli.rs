@@ -87,6 +87,11 @@ pub enum TenantCommand {
         delete_data: bool,
     },
     List,
+    /// Issue the tenant's admin API token (for the org-admin backend); the previous one stops
+    /// working. Printed once.
+    AdminToken {
+        server_name: String,
+    },
 }
 
 pub fn init_logging(config: &Config) {
@@ -170,6 +175,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                     .await?;
                     println!("removed {server_name}");
+                }
+                TenantCommand::AdminToken { server_name } => {
+                    let out = operator(
+                        &config,
+                        reqwest::Method::POST,
+                        &format!("tenants/{server_name}/admin_token"),
+                        Some(serde_json::json!({})),
+                    )
+                    .await?;
+                    println!("{}", out["token"].as_str().unwrap_or_default());
                 }
                 TenantCommand::List => {
                     let out = operator(&config, reqwest::Method::GET, "tenants", None).await?;

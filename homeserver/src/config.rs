@@ -61,6 +61,30 @@ pub struct Config {
     pub media: MediaConfig,
     /// Pushes to push gateways.
     pub push: PushConfig,
+    /// Server notices (system messages of the organisation to its users).
+    pub server_notices: ServerNoticesConfig,
+}
+
+/// Server notices come from a system user of each tenant, in a room per user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerNoticesConfig {
+    /// Localpart of the system user (made on first use).
+    pub localpart: String,
+    /// The system user's display name.
+    pub display_name: String,
+    /// Name of each user's notices room.
+    pub room_name: String,
+}
+
+impl Default for ServerNoticesConfig {
+    fn default() -> Self {
+        Self {
+            localpart: "systemnachrichten".into(),
+            display_name: "Systemnachrichten".into(),
+            room_name: "Systemnachrichten".into(),
+        }
+    }
 }
 
 /// The push sender: notifications to the push gateways of users' pushers.
@@ -181,6 +205,7 @@ impl Default for Config {
             displayname_admin_only: true,
             media: MediaConfig::default(),
             push: PushConfig::default(),
+            server_notices: ServerNoticesConfig::default(),
         }
     }
 }

@@ -109,6 +109,11 @@ impl Homeserver {
         );
         let rate_limiter = RateLimiter::new(config.rate_limit.clone());
         stores.closer.release_idle().await;
+        ruma::OwnedUserId::try_from(format!(
+            "@{}:{server_name}",
+            config.server_notices.localpart
+        ))
+        .map_err(|e| Error::internal(format!("server_notices.localpart: {e}")))?;
         let ephemeral = Arc::new(Serial::default());
         let (presence, presence_timers) = Presence::new(ephemeral.clone());
         let media = Media::new(
@@ -139,6 +144,7 @@ impl Homeserver {
             Arc::downgrade(&hs),
             push.queued.clone(),
         ));
+        hs.resume_notice_jobs().await?;
         Ok(hs)
     }
 

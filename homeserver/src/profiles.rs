@@ -73,7 +73,8 @@ impl Homeserver {
         check_field(field, value.as_ref())?;
         if field == DISPLAYNAME {
             let by_admin = matches!(editor, Editor::OrgAdmin | Editor::User { is_admin: true });
-            if !policy::may_set_displayname(self.config.displayname_admin_only, by_admin) {
+            let admin_only = self.settings().await?.displayname_admin_only;
+            if !policy::may_set_displayname(admin_only, by_admin) {
                 return Err(Error::forbidden(
                     "display names are set by your organisation's admin",
                 ));

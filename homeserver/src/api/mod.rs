@@ -24,7 +24,12 @@ use ruma::api::{
     path_builder::PathBuilder,
 };
 
-use crate::{accounts::Session, error::Error, homeserver::Homeserver, tenants::Tenants};
+use crate::{
+    accounts::{SeenFrom, Session},
+    error::Error,
+    homeserver::Homeserver,
+    tenants::Tenants,
+};
 
 /// What a handler gets besides its request.
 pub struct Ctx {
@@ -240,11 +245,18 @@ async fn admit<R: IncomingRequest + 'static>(
     let required = how.force_auth || auth == TypeId::of::<AccessToken>();
     let token = bearer(&parts.headers, parts.uri.query());
     let session = match token {
-        Some(t) if required || auth == TypeId::of::<AccessTokenOptional>() => Some(
-            hs.accounts
-                .authenticate(&t, ip.map(|a| a.ip().to_string()).as_deref())
-                .await?,
-        ),
+        Some(t) if required || auth == TypeId::of::<AccessTokenOptional>() => {
+            let ip = ip.map(|a| a.ip().to_string());
+            let user_agent = parts
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok());
+            let seen = SeenFrom {
+                ip: ip.as_deref(),
+                user_agent,
+            };
+            Some(hs.accounts.authenticate(&t, seen).await?)
+        }
         None if required => return Err(Error::MissingToken),
         _ => None,
     };

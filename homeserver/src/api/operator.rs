@@ -34,6 +34,7 @@ pub fn router(token: String) -> Router<Tenants> {
     let c2 = check.clone();
     let c3 = check.clone();
     let c4 = check.clone();
+    let c5 = check.clone();
     Router::new()
         .route(
             "/_tim/operator/v1/tenants",
@@ -90,6 +91,19 @@ pub fn router(token: String) -> Router<Tenants> {
                     c4(&h)?;
                     let hs = tenant(&t, &name)?;
                     let token = body.create(&hs).await?;
+                    Ok::<_, Error>(Json(serde_json::json!({ "token": token })))
+                },
+            ),
+        )
+        .route(
+            "/_tim/operator/v1/tenants/{server_name}/admin_token",
+            post(
+                move |State(t): State<Tenants>, h: HeaderMap, Path(name): Path<String>| async move {
+                    c5(&h)?;
+                    let hs = tenant(&t, &name)?;
+                    let token = hs.rotate_admin_token().await?;
+                    hs.audit("operator", "admin_token.rotate", None, None)
+                        .await?;
                     Ok::<_, Error>(Json(serde_json::json!({ "token": token })))
                 },
             ),

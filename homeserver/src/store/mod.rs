@@ -115,6 +115,7 @@ pub trait AccountStore: Send + Sync {
     async fn list_registration_tokens(&self) -> StoreResult<Vec<RegistrationTokenRow>>;
     async fn delete_registration_token(&self, token: &str) -> StoreResult<bool>;
 
+    async fn user_summary(&self, user_id: &str) -> StoreResult<Option<UserSummary>>;
     /// Active users whose id or display name contains `term` (lower case), at most `limit`.
     async fn search_users(&self, term: &str, limit: i64) -> StoreResult<Vec<UserSummary>>;
     /// Users ordered by id after `after`, optionally only those whose id or display name
@@ -143,6 +144,7 @@ pub struct DeviceRow {
     pub display_name: Option<String>,
     pub last_seen_ts: Option<i64>,
     pub last_seen_ip: Option<String>,
+    pub last_seen_user_agent: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -212,6 +214,7 @@ pub trait SessionStore: Send + Sync {
         user_id: &str,
         device_id: &str,
         ip: Option<&str>,
+        user_agent: Option<&str>,
         now: i64,
     ) -> StoreResult<()>;
 }

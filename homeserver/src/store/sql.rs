@@ -187,6 +187,12 @@ impl AccountStore for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn user_summary(&self, user_id: &str) -> StoreResult<Option<UserSummary>> {
+        let sql = format!("{USER_SUMMARY} WHERE u.user_id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).fetch_optional(&self.read).await?;
+        row.as_ref().map(user_summary).transpose()
+    }
+
     async fn search_users(&self, term: &str, limit: i64) -> StoreResult<Vec<UserSummary>> {
         let sql = format!("{USER_SUMMARY} WHERE NOT u.deactivated AND (LOWER(u.user_id) LIKE $1 ESCAPE '\\' OR LOWER(d.value) LIKE $1 ESCAPE '\\') ORDER BY u.user_id LIMIT $2");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(like_pattern(term)).bind(limit).fetch_all(&self.read).await?;
@@ -232,7 +238,7 @@ fn user_summary(r: &DbRow) -> StoreResult<UserSummary> {
 }
 
 fn device_row(r: &DbRow) -> StoreResult<DeviceRow> {
-    Ok(DeviceRow { device_id: r.try_get(0)?, display_name: r.try_get(1)?, last_seen_ts: r.try_get(2)?, last_seen_ip: r.try_get(3)? })
+    Ok(DeviceRow { device_id: r.try_get(0)?, display_name: r.try_get(1)?, last_seen_ts: r.try_get(2)?, last_seen_ip: r.try_get(3)?, last_seen_user_agent: r.try_get(4)? })
 }
 
 fn hashes(rows: Vec<DbRow>) -> StoreResult<Vec<String>> {
@@ -368,7 +374,7 @@ impl SessionStore for SqlStore {
     }
 
     async fn list_devices(&self, user_id: &str) -> StoreResult<Vec<DeviceRow>> {
-        let rows = sqlx::query("SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = $1 ORDER BY device_id")
+        let rows = sqlx::query("SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent FROM devices WHERE user_id = $1 ORDER BY device_id")
             .bind(user_id)
             .fetch_all(&self.read)
             .await?;
@@ -376,7 +382,7 @@ impl SessionStore for SqlStore {
     }
 
     async fn get_device(&self, user_id: &str, device_id: &str) -> StoreResult<Option<DeviceRow>> {
-        let row = sqlx::query("SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = $1 AND device_id = $2")
+        let row = sqlx::query("SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent FROM devices WHERE user_id = $1 AND device_id = $2")
             .bind(user_id)
             .bind(device_id)
             .fetch_optional(&self.read)
@@ -394,12 +400,13 @@ impl SessionStore for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn touch_device(&self, user_id: &str, device_id: &str, ip: Option<&str>, now: i64) -> StoreResult<()> {
-        sqlx::query("UPDATE devices SET last_seen_ts = $3, last_seen_ip = $4 WHERE user_id = $1 AND device_id = $2")
+    async fn touch_device(&self, user_id: &str, device_id: &str, ip: Option<&str>, user_agent: Option<&str>, now: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE devices SET last_seen_ts = $3, last_seen_ip = $4, last_seen_user_agent = $5 WHERE user_id = $1 AND device_id = $2")
             .bind(user_id)
             .bind(device_id)
             .bind(now)
             .bind(ip)
+            .bind(user_agent)
             .execute(&self.write)
             .await?;
         Ok(())

@@ -59,8 +59,7 @@ async fn deactivate(ctx: Ctx, req: deactivate::v3::Request) -> Result<deactivate
         .accounts
         .uia_password(&s.user_id, req.auth.as_ref())
         .await?;
-    ctx.hs.accounts.deactivate(&s.user_id).await?;
-    tracing::info!(user = %s.user_id, "deactivated");
+    ctx.hs.deactivate_user(&s.user_id).await?;
     Ok(deactivate::v3::Response::new(
         ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport,
     ))

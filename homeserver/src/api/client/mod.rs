@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod directory;
 mod discovery;
 mod media;
 mod presence;
@@ -31,5 +32,6 @@ pub fn router(r: Router<Tenants>) -> Router<Tenants> {
     let r = tag::routes(r);
     let r = media::routes(r);
     let r = push::routes(r);
+    let r = directory::routes(r);
     sync::routes(r)
 }

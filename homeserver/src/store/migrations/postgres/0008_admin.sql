@@ -36,3 +36,6 @@ CREATE TABLE admin_audit (
     ts BIGINT NOT NULL
 );
 CREATE TABLE tenant_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+-- The user agent a device was last seen with (session management).
+ALTER TABLE devices ADD COLUMN last_seen_user_agent TEXT;
