@@ -40,7 +40,8 @@ fn documented(user: &str) -> Vec<(Method, String)> {
                 .replace("{user_id}", &user.replace('@', "%40").replace(':', "%3A"))
                 .replace("{device_id}", "NODEVICE")
                 .replace("{token}", "notatoken")
-                .replace("{id}", "999999");
+                .replace("{id}", "999999")
+                .replace("{media_id}", "nomedia");
             out.push((
                 Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
                 path,

@@ -456,7 +456,24 @@ async fn thumbnails_and_deletion_on_both_stores() {
                 .count()
         };
         assert_eq!(files_of(&id), 4, "the file and three cached thumbnails");
-        assert!(server.hs().media.delete(&id).await.unwrap());
+        // Through the admin API (TI-M: the org admin removes a reported attachment).
+        let mut op = server.client();
+        op.token = Some("operator-secret".into());
+        let token = op
+            .ok(
+                Method::POST,
+                &format!("/_tim/operator/v1/tenants/{sn}/admin_token"),
+                Some(json!({})),
+            )
+            .await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut admin = server.client();
+        admin.token = Some(token);
+        admin
+            .ok(Method::DELETE, &format!("/_tim/admin/v1/media/{id}"), None)
+            .await;
         assert_eq!(files_of(&id), 0);
         alice
             .err(
@@ -467,7 +484,25 @@ async fn thumbnails_and_deletion_on_both_stores() {
                 "M_NOT_FOUND",
             )
             .await;
-        assert!(!server.hs().media.delete(&id).await.unwrap());
+        admin
+            .err(
+                Method::DELETE,
+                &format!("/_tim/admin/v1/media/{id}"),
+                None,
+                404,
+                "M_NOT_FOUND",
+            )
+            .await;
+        admin
+            .err(
+                Method::DELETE,
+                "/_tim/admin/v1/media/..%2F..%2Fetc",
+                None,
+                404,
+                "M_NOT_FOUND",
+            )
+            .await;
+        assert!(!server.hs().media.delete("../../etc").await.unwrap());
         server.stop().await;
     }
 }

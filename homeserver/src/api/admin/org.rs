@@ -4,7 +4,7 @@ use axum::{
     Json, Router,
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -24,6 +24,7 @@ pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
         .route("/_tim/admin/v1/server_notices", post(notice))
         .route("/_tim/admin/v1/server_notices/jobs/{id}", get(notice_job))
         .route("/_tim/admin/v1/rooms", get(rooms))
+        .route("/_tim/admin/v1/media/{media_id}", delete(delete_media))
         .route(
             "/_tim/admin/v1/settings",
             get(settings).put(update_settings),
@@ -134,6 +135,15 @@ async fn notice_job(admin: Admin, P(id): P<i64>) -> Result<Json<Value>> {
         "done": job.done_ts.is_some(),
         "done_ts": job.done_ts,
     })))
+}
+
+/// Deletes a file with its thumbnails (e.g. a reported attachment).
+async fn delete_media(admin: Admin, P(id): P<String>) -> Result<Response> {
+    if !admin.hs.media.delete(&id).await? {
+        return Err(Error::not_found("no such media"));
+    }
+    admin.audit("media.delete", Some(&id), None).await?;
+    Ok(ok())
 }
 
 #[derive(Deserialize)]
