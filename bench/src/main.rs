@@ -2,9 +2,12 @@
 //! generator share it. Prints messages/s with 32 concurrent senders (50 users in 10 rooms),
 //! send→sync delivery latency under a long-poll receiver, initial sync of a user in 200 rooms
 //! × 20 events (timeline limit 10), registrations/s (production argon2 cost), RSS idle and
-//! after load, and the RSS of 100 extra idle tenants.
+//! after load, the RSS of 100 extra idle tenants, the same send load while all 50 users
+//! long-poll sync with presence on and send typing notifications and read receipts, and media
+//! upload/download MB/s of a 100 MiB file.
 //!
-//! `cargo run --release -p tim-bench [-- sqlite|postgres|both] [--seconds N]`
+//! `cargo run --release -p tim-bench [-- sqlite|postgres|both] [--seconds N]
+//!  [--only tenants|send|initial-sync|media]`
 
 use std::{
     sync::{
@@ -188,48 +191,42 @@ async fn run(store: Store, seconds: u64, only: Option<&str>) {
         }
 
         // 32 concurrent senders for `seconds`.
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for s in 0..32 {
-            let (api, stop) = (api.clone(), stop.clone());
-            let room_idx = s % 10;
-            let (_, token) = users[room_idx * 5 + (s / 10) % 5].clone();
-            let room = rooms[room_idx].clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    api.send(
-                        &token,
-                        &room,
-                        &format!("b{s}-{i}"),
-                        "Blutdruck 120/80, Puls 64",
-                    )
-                    .await;
-                    lat.push(t.elapsed());
-                    i += 1;
-                }
-                lat
-            }));
-        }
-        let started = Instant::now();
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut lat: Vec<Duration> = Vec::new();
-        for t in tasks {
-            lat.extend(t.await.unwrap());
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        lat.sort();
+        let (rate, lat) = send_load(&api, &users, &rooms, seconds, "b").await;
         println!(
-            "send: {:.0} messages/s with 32 concurrent senders ({} messages in {elapsed:.1} s), latency p50 {} p99 {}",
-            lat.len() as f64 / elapsed,
+            "send: {rate:.0} messages/s with 32 concurrent senders ({} messages), latency p50 {} p99 {}",
             lat.len(),
             ms(percentile(&lat, 0.5)),
             ms(percentile(&lat, 0.99))
         );
         println!("RSS after load: {} KiB", rss_kib(pid));
+
+        // The same load while every user long-polls sync (presence on), and answers what
+        // arrives with a read receipt and, now and then, a typing notification.
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(EphemeralCounters::default());
+        let mut syncers = Vec::new();
+        for (i, (user, token)) in users.iter().enumerate() {
+            let (api, stop, counters) = (api.clone(), stop.clone(), counters.clone());
+            let (user, token, room) = (user.clone(), token.clone(), rooms[i / 5].clone());
+            syncers.push(tokio::spawn(async move {
+                ephemeral_client(&api, (&user, &token), &room, &stop, &counters).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (rate, lat) = send_load(&api, &users, &rooms, seconds, "e").await;
+        stop.store(true, Ordering::Relaxed);
+        for s in syncers {
+            s.await.unwrap();
+        }
+        let secs = seconds as f64;
+        println!(
+            "send with 50 syncing users, typing and receipts: {rate:.0} messages/s, latency p50 {} p99 {}; {:.0} sync responses/s, {:.0} receipts/s, {:.0} typing/s",
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+            counters.syncs.load(Ordering::Relaxed) as f64 / secs,
+            counters.receipts.load(Ordering::Relaxed) as f64 / secs,
+            counters.typing.load(Ordering::Relaxed) as f64 / secs,
+        );
 
         // Send→sync delivery under a long-polling receiver.
         let (sender_token, receiver_token) = (users[0].1.clone(), users[1].1.clone());
@@ -310,12 +307,179 @@ async fn run(store: Store, seconds: u64, only: Option<&str>) {
             ms(times[0])
         );
     }
+    if only.is_none_or(|o| o == "media") {
+        media(&api, pid).await;
+    }
     if store == Store::Postgres {
         for t in 0..100 {
             let _ = tim_homeserver_drop(&format!("idle{t}.{}", server.server_name)).await;
         }
     }
     server.cleanup().await;
+}
+
+/// 32 senders in the 10 rooms for `seconds`: messages/s and sorted latencies.
+async fn send_load(
+    api: &Arc<Api>,
+    users: &[(String, String)],
+    rooms: &[String],
+    seconds: u64,
+    tag: &str,
+) -> (f64, Vec<Duration>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for s in 0..32 {
+        let (api, stop) = (api.clone(), stop.clone());
+        let room_idx = s % 10;
+        let (_, token) = users[room_idx * 5 + (s / 10) % 5].clone();
+        let room = rooms[room_idx].clone();
+        let tag = tag.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                api.send(
+                    &token,
+                    &room,
+                    &format!("{tag}{s}-{i}"),
+                    "Blutdruck 120/80, Puls 64",
+                )
+                .await;
+                lat.push(t.elapsed());
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat: Vec<Duration> = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort();
+    (lat.len() as f64 / elapsed, lat)
+}
+
+#[derive(Default)]
+struct EphemeralCounters {
+    syncs: std::sync::atomic::AtomicU64,
+    receipts: std::sync::atomic::AtomicU64,
+    typing: std::sync::atomic::AtomicU64,
+}
+
+/// A client that long-polls, sends a read receipt for the newest message of each response
+/// and a typing notification every tenth response.
+async fn ephemeral_client(
+    api: &Api,
+    (user, token): (&str, &str),
+    room: &str,
+    stop: &AtomicBool,
+    counters: &EphemeralCounters,
+) {
+    let filter = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A5%7D%7D%7D";
+    let mut since: Option<String> = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let path = match &since {
+            Some(s) => format!("/_matrix/client/v3/sync?timeout=1000&filter={filter}&since={s}"),
+            None => format!("/_matrix/client/v3/sync?timeout=0&filter={filter}"),
+        };
+        let v = api
+            .call(reqwest::Method::GET, &path, Some(token), None)
+            .await;
+        counters.syncs.fetch_add(1, Ordering::Relaxed);
+        since = v["next_batch"].as_str().map(str::to_owned);
+        let newest = v["rooms"]["join"][room]["timeline"]["events"]
+            .as_array()
+            .and_then(|e| e.last())
+            .and_then(|e| e["event_id"].as_str())
+            .map(str::to_owned);
+        if let Some(event) = newest {
+            api.call(
+                reqwest::Method::POST,
+                &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event}"),
+                Some(token),
+                Some(json!({})),
+            )
+            .await;
+            counters.receipts.fetch_add(1, Ordering::Relaxed);
+        }
+        n += 1;
+        if n % 10 == 0 {
+            api.call(
+                reqwest::Method::PUT,
+                &format!("/_matrix/client/v3/rooms/{room}/typing/{user}"),
+                Some(token),
+                Some(json!({"typing": true, "timeout": 5000})),
+            )
+            .await;
+            counters.typing.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Uploads and downloads a 100 MiB file: MB/s each way and the server's peak RSS.
+async fn media(api: &Api, pid: u32) {
+    let (_, token) = api.register("media").await;
+    let data: Vec<u8> = (0..100 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mb = data.len() as f64 / 1e6;
+    let mut up = Vec::new();
+    let mut down = Vec::new();
+    let mut uri = String::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let v: Value = api
+            .http
+            .post(format!(
+                "{}/_matrix/media/v3/upload?filename=scan.pdf",
+                api.base
+            ))
+            .bearer_auth(&token)
+            .header("content-type", "application/pdf")
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        up.push(mb / t.elapsed().as_secs_f64());
+        uri = v["content_uri"].as_str().expect("uploaded").to_owned();
+    }
+    let path = uri.trim_start_matches("mxc://");
+    for _ in 0..3 {
+        let t = Instant::now();
+        let bytes = api
+            .http
+            .get(format!(
+                "{}/_matrix/client/v1/media/download/{path}",
+                api.base
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(bytes.len(), data.len());
+        down.push(mb / t.elapsed().as_secs_f64());
+    }
+    let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    let peak = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_owned()))
+        .unwrap_or_default();
+    println!(
+        "media, 100 MiB file: upload {:.0} MB/s, download {:.0} MB/s (best of 3); server peak RSS {peak}",
+        best(&up),
+        best(&down)
+    );
 }
 
 async fn tim_homeserver_drop(name: &str) -> Result<(), String> {

@@ -1,7 +1,8 @@
 //! Everyday features with a stock client library (`matrix-sdk`) against the real binary, on
 //! SQLite and PostgreSQL: a 110 MiB attachment up and down (with the server's peak memory
 //! measured), thumbnails, the upload limit, display names in the member list, typing, read
-//! receipts, mark-as-unread.
+//! receipts, mark-as-unread, a mention counted and pushed (without content) to a local push
+//! gateway, a report listed in the admin API, and a server notice to all users.
 
 use std::{
     sync::{Arc, Mutex},
@@ -19,6 +20,7 @@ use matrix_sdk::{
             room::create_room,
         },
         events::{
+            Mentions,
             receipt::{ReceiptThread, ReceiptType},
             room::{MediaSource, message::RoomMessageEventContent},
             typing::SyncTypingEvent,
@@ -64,6 +66,58 @@ async fn sync_once(c: &Client) {
     c.sync_once(SyncSettings::default().timeout(Duration::from_millis(0)))
         .await
         .unwrap();
+}
+
+/// A push gateway recording what it receives; its notify URL.
+async fn push_gateway() -> (Arc<Mutex<Vec<serde_json::Value>>>, String) {
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let store = got.clone();
+    let app = axum::Router::new().route(
+        "/_matrix/push/v1/notify",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push(body);
+                axum::Json(serde_json::json!({"rejected": []}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/_matrix/push/v1/notify",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (got, url)
+}
+
+/// An HTTP client with the tenant's admin API token.
+async fn admin_client(server: &Server) -> reqwest::Client {
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(format!(
+            "{}/_tim/operator/v1/tenants/{}/admin_token",
+            server.base_url(),
+            server.server_name
+        ))
+        .bearer_auth(server.operator_token())
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", v["token"].as_str().unwrap())
+            .parse()
+            .unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,6 +264,117 @@ async fn everyday(server: &Server) {
         .await
         .unwrap();
     assert_eq!(receipt.map(|(id, _)| id), Some(sent.response.event_id));
+
+    // A mention: highlighted for Bob and pushed to his gateway, without the message.
+    let (pushes, gateway) = push_gateway().await;
+    let mut data = matrix_sdk::ruma::push::HttpPusherData::new(gateway);
+    data.format = Some(matrix_sdk::ruma::push::PushFormat::EventIdOnly);
+    let pusher = matrix_sdk::ruma::api::client::push::PusherInit {
+        ids: matrix_sdk::ruma::api::client::push::PusherIds::new(
+            "bob-browser".into(),
+            "de.tim.web".into(),
+        ),
+        kind: matrix_sdk::ruma::api::client::push::PusherKind::Http(data),
+        app_display_name: "TI-M Web".into(),
+        device_display_name: "Chromium".into(),
+        profile_tag: None,
+        lang: "de".into(),
+    };
+    bob.pusher().set(pusher.into(), false).await.unwrap();
+    let mention = room
+        .send(
+            RoomMessageEventContent::text_plain("Bob, bitte Befund prüfen: geheim")
+                .add_mentions(Mentions::with_user_ids([bob_id.clone()])),
+        )
+        .await
+        .unwrap();
+    sync_once(&bob).await;
+    let counts = bob
+        .get_room(room.room_id())
+        .unwrap()
+        .unread_notification_counts();
+    assert!(counts.highlight_count >= 1, "{counts:?}");
+    let mut pushed = Vec::new();
+    for _ in 0..100 {
+        pushed = pushes.lock().unwrap().clone();
+        if !pushed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let push = pushed
+        .iter()
+        .find(|p| p["notification"]["event_id"] == mention.response.event_id.as_str())
+        .expect("the mention was pushed");
+    assert_eq!(push["notification"]["devices"][0]["pushkey"], "bob-browser");
+    let text = push.to_string();
+    assert!(
+        !text.contains("geheim") && !text.contains("Befund"),
+        "{text}"
+    );
+
+    // Bob reports the message; the org admin finds it.
+    bob_room
+        .report_content(
+            mention.response.event_id.clone(),
+            Some("Datenschutz".into()),
+        )
+        .await
+        .unwrap();
+    let admin = admin_client(server).await;
+    let reports: serde_json::Value = admin
+        .get(format!("{}/_tim/admin/v1/reports", server.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let report = &reports["reports"][0];
+    assert_eq!(report["event_id"], mention.response.event_id.as_str());
+    assert_eq!(report["reporter"], bob_id.as_str());
+    assert_eq!(report["reason"], "Datenschutz");
+
+    // A server notice to all users arrives in each one's notices room.
+    let resp = admin
+        .post(format!(
+            "{}/_tim/admin/v1/server_notices",
+            server.base_url()
+        ))
+        .json(&serde_json::json!({"body": "Wartung heute ab 22 Uhr"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    for client in [&alice, &bob] {
+        let mut found = false;
+        for _ in 0..50 {
+            sync_once(client).await;
+            for invited in client.invited_rooms() {
+                invited.join().await.unwrap();
+            }
+            for joined in client.joined_rooms() {
+                let msgs = joined
+                    .messages(matrix_sdk::room::MessagesOptions::backward())
+                    .await
+                    .unwrap();
+                found |= msgs.chunk.iter().any(|e| {
+                    let v: serde_json::Value = e.raw().deserialize_as().unwrap();
+                    v["content"]["msgtype"] == "m.server_notice"
+                        && v["content"]["body"] == "Wartung heute ab 22 Uhr"
+                });
+            }
+            if found {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            found,
+            "notice not received by {}",
+            client.user_id().unwrap()
+        );
+    }
 
     // Mark as unread and back.
     bob_room.set_unread_flag(true).await.unwrap();
