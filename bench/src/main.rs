@@ -409,7 +409,7 @@ async fn ephemeral_client(
             counters.receipts.fetch_add(1, Ordering::Relaxed);
         }
         n += 1;
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             api.call(
                 reqwest::Method::PUT,
                 &format!("/_matrix/client/v3/rooms/{room}/typing/{user}"),
