@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use ruma::{
     OwnedUserId, UInt, UserId,
     events::StateEventType,
-    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
 };
 
@@ -104,7 +104,7 @@ impl Push {
         member_count: UInt,
         power: &PushConditionPowerLevelsCtx,
         user: &UserId,
-        event: &Raw<serde_json::Value>,
+        event: &FlattenedJson,
     ) -> crate::error::Result<Option<NewPushAction>> {
         let display_name = room
             .get(StateEventType::RoomMember, user.as_str())
@@ -124,7 +124,14 @@ impl Push {
         )
         .with_power_levels(power.clone());
         let ruleset = self.ruleset(user).await?;
-        let actions = ruleset.get_actions(event, &ctx).await;
+        // The first rule that applies decides (the event was flattened once for all members).
+        let mut actions: &[Action] = &[];
+        for rule in ruleset.iter() {
+            if rule.applies(event, &ctx).await {
+                actions = rule.actions();
+                break;
+            }
+        }
         if !actions.iter().any(Action::should_notify) {
             return Ok(None);
         }
@@ -167,7 +174,7 @@ impl Notifications for Push {
         let Ok(raw) = serde_json::value::RawValue::from_string(json.to_owned()) else {
             return vec![];
         };
-        let event = Raw::<serde_json::Value>::from_json(raw);
+        let event = FlattenedJson::from_raw(&Raw::<serde_json::Value>::from_json(raw));
         let member_count = UInt::new_saturating(joined.len() as u64);
         let power = PushConditionPowerLevelsCtx::from(room.power_levels());
         let mut out = Vec::new();
