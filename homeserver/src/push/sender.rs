@@ -148,7 +148,7 @@ async fn deliver(
     if pushers.is_empty() {
         return Ok(Outcome::Delivered);
     }
-    let unread = hs.stores.push.total_unread(&item.user_id).await?;
+    let unread = total_unread(hs, &item.user_id).await?;
     let tweaks = tweaks(&item.actions);
     let mut by_url: BTreeMap<String, Vec<&PusherRow>> = BTreeMap::new();
     for p in &pushers {
@@ -220,6 +220,27 @@ async fn deliver(
         }
     }
     Ok(outcome)
+}
+
+/// Unread notifications of the user in all joined rooms (the app badge).
+async fn total_unread(hs: &Homeserver, user: &str) -> Result<i64> {
+    let rooms: Vec<String> = hs
+        .stores
+        .events
+        .rooms_for_user(user)
+        .await?
+        .into_iter()
+        .filter(|m| m.membership == "join")
+        .map(|m| m.room_id)
+        .collect();
+    Ok(hs
+        .stores
+        .push
+        .unread_counts(user, &rooms)
+        .await?
+        .iter()
+        .map(|(_, n, _)| n)
+        .sum())
 }
 
 impl Homeserver {

@@ -397,8 +397,6 @@ pub trait PushStore: Send + Sync {
         user_id: &str,
         room_ids: &[String],
     ) -> StoreResult<Vec<(String, i64, i64)>>;
-    /// Unread notifications of the user in all rooms (the app badge).
-    async fn total_unread(&self, user_id: &str) -> StoreResult<i64>;
     /// The user's notifications before position `before`, newest first.
     async fn notifications(
         &self,

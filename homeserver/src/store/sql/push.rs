@@ -77,26 +77,37 @@ fn pusher_row(r: &DbRow) -> StoreResult<PusherRow> {
 impl PushStore for SqlStore {
     async fn unread_counts(&self, user_id: &str, room_ids: &[String]) -> StoreResult<Vec<(String, i64, i64)>> {
         let mut out = Vec::new();
-        for chunk in room_ids.chunks(500) {
+        for chunk in room_ids.chunks(100) {
+            // Where the user has read up to in each room, then only the actions after it: the
+            // count reads the unread rows through the (user, room, position) key, nothing else.
             let sql = format!(
-                "SELECT p.room_id, COUNT(*), COALESCE(SUM(CASE WHEN p.highlight THEN 1 ELSE 0 END), 0) FROM push_actions p \
-                 WHERE p.user_id = $1 AND p.room_id IN ({}) AND p.stream_pos > {READ_UP_TO} GROUP BY p.room_id",
+                "SELECT room_id, MAX(event_pos) FROM receipts WHERE user_id = $1 AND room_id IN ({}) \
+                 AND receipt_type IN ('m.read', 'm.read.private', 'tim.own') AND thread_id IN ('', 'main') GROUP BY room_id",
                 in_list(2, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
             for id in chunk {
                 q = q.bind(id);
             }
+            let mut read: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+            for r in q.fetch_all(&self.read).await? {
+                read.insert(r.try_get(0)?, r.try_get(1)?);
+            }
+            let terms: Vec<String> = (0..chunk.len()).map(|i| format!("(p.room_id = ${} AND p.stream_pos > ${})", i * 2 + 2, i * 2 + 3)).collect();
+            let sql = format!(
+                "SELECT p.room_id, COUNT(*), COALESCE(SUM(CASE WHEN p.highlight THEN 1 ELSE 0 END), 0) FROM push_actions p \
+                 WHERE p.user_id = $1 AND ({}) GROUP BY p.room_id",
+                terms.join(" OR ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
+            for id in chunk {
+                q = q.bind(id).bind(read.get(id).copied().unwrap_or(0));
+            }
             for r in q.fetch_all(&self.read).await? {
                 out.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
             }
         }
         Ok(out)
-    }
-
-    async fn total_unread(&self, user_id: &str) -> StoreResult<i64> {
-        let sql = format!("SELECT COUNT(*) FROM push_actions p WHERE p.user_id = $1 AND p.stream_pos > {READ_UP_TO}");
-        Ok(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).fetch_one(&self.read).await?.try_get(0)?)
     }
 
     async fn notifications(&self, user_id: &str, before: Option<i64>, limit: i64, only_highlight: bool) -> StoreResult<Vec<NotificationRow>> {
