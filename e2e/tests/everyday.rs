@@ -123,7 +123,14 @@ async fn admin_client(server: &Server) -> reqwest::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everyday_features_with_matrix_sdk_on_both_stores() {
     for store in STORES {
-        let server = Server::start_with(store, &[("TIM_DISPLAYNAME_ADMIN_ONLY", "false")]);
+        let server = Server::start_with(
+            store,
+            &[
+                ("TIM_DISPLAYNAME_ADMIN_ONLY", "false"),
+                // The test's push gateway listens on loopback.
+                ("TIM_PUSH__ALLOW_PRIVATE_ADDRESSES", "true"),
+            ],
+        );
         everyday(&server).await;
         server.cleanup().await;
     }

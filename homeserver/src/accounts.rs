@@ -59,6 +59,8 @@ pub struct Tokens {
 
 pub struct Accounts {
     server_name: OwnedServerName,
+    /// Localparts of system accounts nobody may register.
+    reserved: Vec<String>,
     accounts: Arc<dyn AccountStore>,
     sessions: Arc<dyn SessionStore>,
     argon2: Argon2Config,
@@ -104,8 +106,10 @@ impl Accounts {
         sessions: Arc<dyn SessionStore>,
         argon2: Argon2Config,
         refresh_lifetime: Duration,
+        reserved: Vec<String>,
     ) -> Self {
         Self {
+            reserved,
             server_name,
             accounts,
             sessions,
@@ -206,6 +210,24 @@ impl Accounts {
         password: Option<&str>,
         is_admin: bool,
     ) -> Result<OwnedUserId> {
+        if self.reserved.iter().any(|r| r == localpart) {
+            // System accounts (server notices) are the server's own.
+            return Err(Error::UserInUse);
+        }
+        self.create_account(localpart, password, is_admin).await
+    }
+
+    /// Creates a system account with a reserved localpart, without a password.
+    pub async fn create_system_user(&self, localpart: &str) -> Result<OwnedUserId> {
+        self.create_account(localpart, None, false).await
+    }
+
+    async fn create_account(
+        &self,
+        localpart: &str,
+        password: Option<&str>,
+        is_admin: bool,
+    ) -> Result<OwnedUserId> {
         let user_id = self.new_user_id(localpart)?;
         let hash = match password {
             Some(p) => Some(self.hash_password(p).await?),
@@ -222,6 +244,9 @@ impl Accounts {
     }
 
     pub async fn username_available(&self, localpart: &str) -> Result<bool> {
+        if self.reserved.iter().any(|r| r == localpart) {
+            return Ok(false);
+        }
         let user_id = self.user_id(localpart)?;
         Ok(self.accounts.get_user(user_id.as_str()).await?.is_none())
     }

@@ -91,14 +91,17 @@ impl Default for ServerNoticesConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PushConfig {
-    /// Gateway URLs a pusher may name must start with one of these (e.g.
-    /// `https://push.example.org/`). Empty: any `http(s)` URL — pushers are set by users, so a
-    /// production deployment should list its gateways (outbound requests to arbitrary hosts).
+    /// Gateway URLs a pusher may name must have the scheme, host and port of one of these and
+    /// its path below it (e.g. `https://push.example.org/`). Empty: any public `http(s)` URL —
+    /// pushers are set by users, so a production deployment should list its gateways.
     pub gateway_url_prefixes: Vec<String>,
     /// Timeout of one request to a gateway, in seconds.
     pub timeout_secs: u64,
     /// Pushes delivered at the same time per tenant.
     pub concurrency: usize,
+    /// Allow gateways on loopback, private and link-local addresses (tests, a gateway on the
+    /// same host). Off: pushers cannot make the server call internal services.
+    pub allow_private_addresses: bool,
 }
 
 impl Default for PushConfig {
@@ -107,6 +110,7 @@ impl Default for PushConfig {
             gateway_url_prefixes: vec![],
             timeout_secs: 10,
             concurrency: 16,
+            allow_private_addresses: false,
         }
     }
 }

@@ -77,8 +77,12 @@ impl Homeserver {
             .unwrap_or(&key_id)
             .to_owned();
         let key = Arc::new(Ed25519KeyPair::from_der(&doc, version).map_err(Error::internal)?);
-        let stream = Arc::new(StreamIds::new(stores.events.max_stream_pos().await?));
         let notifier = Arc::new(Notifier::default());
+        let waker = notifier.clone();
+        let stream = Arc::new(StreamIds::new(
+            stores.events.max_stream_pos().await?,
+            move |users: Vec<OwnedUserId>| waker.wake(users.iter().map(|u| u.as_ref())),
+        ));
         let push = Arc::new(Push::new(
             server_name.clone(),
             stores.account_data.clone(),
@@ -106,6 +110,7 @@ impl Homeserver {
             stores.sessions.clone(),
             config.argon2.clone(),
             Duration::from_secs(config.refreshable_access_token_lifetime_secs),
+            vec![config.server_notices.localpart.clone()],
         );
         let rate_limiter = RateLimiter::new(config.rate_limit.clone());
         stores.closer.release_idle().await;

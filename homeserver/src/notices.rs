@@ -34,11 +34,8 @@ impl Homeserver {
     async fn ensure_notices_user(self: &Arc<Self>) -> Result<OwnedUserId> {
         let user = self.notices_user();
         if !self.accounts.user_exists(&user).await? {
-            match self
-                .accounts
-                .create_user(user.localpart(), None, false)
-                .await
-            {
+            // The localpart is reserved: only the server creates this account.
+            match self.accounts.create_system_user(user.localpart()).await {
                 Ok(_) | Err(Error::UserInUse) => {}
                 Err(e) => return Err(e),
             }

@@ -521,6 +521,22 @@ async fn reports_notices_and_directory_on_both_stores() {
         .await;
         let event = alice.send(&room, "r1", "Unangemessen").await;
 
+        // Nobody can take the notices system account's name.
+        let mut squatter = server.client();
+        squatter
+            .err(Method::POST, "/_matrix/client/v3/register", Some(json!({"username": "systemnachrichten", "password": "pw", "auth": {"type": "m.login.dummy"}})), 400, "M_USER_IN_USE")
+            .await;
+        admin
+            .err(
+                Method::POST,
+                "/_tim/admin/v1/users",
+                Some(json!({"localpart": "systemnachrichten"})),
+                400,
+                "M_USER_IN_USE",
+            )
+            .await;
+        let _ = &mut squatter;
+
         // Reports: event (with score) and room; outsiders and bad input refused.
         bob.ok(
             Method::POST,

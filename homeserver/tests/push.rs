@@ -240,6 +240,16 @@ async fn counts_and_notifications_on_both_stores() {
         assert_eq!(counts(&v, &room), (3, 1));
         // The sender's own counts stay zero.
         assert_eq!(counts(&alice.sync(None, 0).await, &room), (0, 0));
+        // A new avatar (a member event the server writes for bob) does not read the room.
+        let since = v["next_batch"].as_str().unwrap().to_owned();
+        bob.ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/profile/{}/avatar_url", bob.user_id),
+            Some(json!({"avatar_url": "mxc://x/y"})),
+        )
+        .await;
+        let v = bob.sync(Some(&since), 5000).await;
+        assert_eq!(counts(&v, &room), (3, 1));
 
         let n = bob
             .ok(Method::GET, "/_matrix/client/v3/notifications", None)
@@ -322,9 +332,60 @@ async fn counts_and_notifications_on_both_stores() {
 }
 
 #[tokio::test]
+async fn pushers_cannot_reach_internal_addresses() {
+    let server = TestServer::start_with(STORES[0], |c| {
+        c.push.gateway_url_prefixes = vec!["https://push.example.org/".into()];
+    })
+    .await;
+    let bob = server.register("bob").await;
+    let pusher = |url: &str| {
+        json!({
+            "kind": "http", "app_id": "de.tim.web", "pushkey": "k", "app_display_name": "a",
+            "device_display_name": "d", "lang": "de", "data": {"url": url}
+        })
+    };
+    for url in [
+        "http://127.0.0.1:8080/_matrix/push/v1/notify",
+        "https://push.example.org.evil.com/_matrix/push/v1/notify",
+        "http://push.example.org/_matrix/push/v1/notify",
+    ] {
+        let (status, _) = bob
+            .raw(
+                Method::POST,
+                "/_matrix/client/v3/pushers/set",
+                Some(pusher(url)),
+            )
+            .await;
+        assert_eq!(status, 400, "{url} was accepted");
+    }
+    server.stop().await;
+    // Without an allow-list, internal addresses are still refused.
+    let server = TestServer::start(STORES[0]).await;
+    let bob = server.register("bob").await;
+    for url in [
+        "http://127.0.0.1:8080/_matrix/push/v1/notify",
+        "http://[::1]:8080/_matrix/push/v1/notify",
+        "http://10.1.2.3/_matrix/push/v1/notify",
+        "http://169.254.169.254/_matrix/push/v1/notify",
+        "http://localhost/_matrix/push/v1/notify",
+    ] {
+        let (status, _) = bob
+            .raw(
+                Method::POST,
+                "/_matrix/client/v3/pushers/set",
+                Some(pusher(url)),
+            )
+            .await;
+        assert_eq!(status, 400, "{url} was accepted");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn pushers_and_the_push_sender_on_both_stores() {
     for store in STORES {
-        let server = TestServer::start(store).await;
+        // The test gateway listens on loopback.
+        let server = TestServer::start_with(store, |c| c.push.allow_private_addresses = true).await;
         let (gw, url) = Gateway::start().await;
         let (alice, bob, room) = pair(&server).await;
         let pusher = json!({

@@ -35,6 +35,8 @@ pub struct Shown {
 
 #[derive(Default)]
 struct UserPresence {
+    /// What the user set (state, status, visibility) was read from the store.
+    loaded: bool,
     /// Set by `PUT /presence`: `unavailable` and `offline` stick while the client syncs.
     explicit: Option<PresenceState>,
     status_msg: Option<String>,
@@ -145,13 +147,27 @@ impl Presence {
 
     /// The user did something (sent, read, typed): they are active now.
     pub fn active(&self, hs: &Arc<Homeserver>, user: &UserId) {
+        if !self.is_loaded(user) {
+            // What the user set (e.g. hidden) must be known before anything is shown.
+            let (hs, user) = (hs.clone(), user.to_owned());
+            tokio::spawn(async move {
+                if hs.presence.ensure_loaded(&hs, &user).await.is_ok() {
+                    hs.presence.active(&hs, &user);
+                }
+            });
+            return;
+        }
         if self.update(user, |p| p.last_active_ms = now_ms()) {
             publish(hs, user);
         }
     }
 
     fn is_loaded(&self, user: &UserId) -> bool {
-        self.users.lock().expect("presence lock").contains_key(user)
+        self.users
+            .lock()
+            .expect("presence lock")
+            .get(user)
+            .is_some_and(|p| p.loaded)
     }
 
     /// Loads what the user set (state, status message, visibility) on first use.
@@ -169,11 +185,15 @@ impl Presence {
         );
         let mut users = self.users.lock().expect("presence lock");
         let entry = users.entry(user.to_owned()).or_default();
+        if entry.loaded {
+            return Ok(());
+        }
         if let Some((state, msg)) = explicit {
             entry.explicit = Some(PresenceState::from(state.as_str()));
             entry.status_msg = msg;
         }
         entry.hidden = hidden;
+        entry.loaded = true;
         Ok(())
     }
 

@@ -56,6 +56,31 @@ pub struct Media {
     uploaded: Notify,
 }
 
+/// A reserved id being received; released however the upload ends (also when the client goes
+/// away and the request is dropped mid-way).
+struct Receiving<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    id: String,
+}
+
+impl<'a> Receiving<'a> {
+    fn start(set: &'a Mutex<HashSet<String>>, id: &str) -> Option<Self> {
+        set.lock()
+            .expect("media lock")
+            .insert(id.to_owned())
+            .then(|| Self {
+                set,
+                id: id.to_owned(),
+            })
+    }
+}
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        self.set.lock().expect("media lock").remove(&self.id);
+    }
+}
+
 /// Media ids we hand out and accept: letters, digits, `_` and `-` — nothing a path can abuse.
 pub fn valid_media_id(id: &str) -> bool {
     !id.is_empty()
@@ -215,37 +240,25 @@ impl Media {
         if now_ms() - row.created_ts > (self.config.pending_upload_secs * 1000) as i64 {
             return Err(Error::not_found("the reservation of this media id expired"));
         }
+        let Some(_receiving) = Receiving::start(&self.receiving, id) else {
+            return Err(Error::CannotOverwriteMedia);
+        };
+        let size = self.receive(id, &meta, body).await?;
         if !self
-            .receiving
-            .lock()
-            .expect("media lock")
-            .insert(id.to_owned())
+            .store
+            .complete_media(
+                id,
+                meta.content_type.as_deref(),
+                meta.filename.as_deref(),
+                size,
+                now_ms(),
+            )
+            .await?
         {
             return Err(Error::CannotOverwriteMedia);
         }
-        let result = async {
-            let size = self.receive(id, &meta, body).await?;
-            if !self
-                .store
-                .complete_media(
-                    id,
-                    meta.content_type.as_deref(),
-                    meta.filename.as_deref(),
-                    size,
-                    now_ms(),
-                )
-                .await?
-            {
-                return Err(Error::CannotOverwriteMedia);
-            }
-            Ok(())
-        }
-        .await;
-        self.receiving.lock().expect("media lock").remove(id);
-        if result.is_ok() {
-            self.uploaded.notify_waiters();
-        }
-        result
+        self.uploaded.notify_waiters();
+        Ok(())
     }
 
     async fn local_row(&self, server_name: &ServerName, id: &str) -> Result<MediaRow> {

@@ -63,6 +63,18 @@ impl FsStorage {
     }
 }
 
+/// A partial upload, removed unless it was moved into place (also when the request is dropped
+/// mid-way).
+struct TempFile(PathBuf, bool);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.1 {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
 async fn sync_dir(dir: &Path) -> io::Result<()> {
     let dir = dir.to_owned();
     tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
@@ -75,9 +87,12 @@ impl MediaStorage for FsStorage {
     async fn put(&self, key: &str, body: &mut ByteStream, limit: u64) -> Result<u64, PutError> {
         let tmp_dir = self.root.join("tmp");
         tokio::fs::create_dir_all(&tmp_dir).await?;
-        let tmp = tmp_dir.join(format!("{}.part", crate::accounts::random_string(16)));
+        let mut tmp = TempFile(
+            tmp_dir.join(format!("{}.part", crate::accounts::random_string(16))),
+            false,
+        );
         let result: Result<u64, PutError> = async {
-            let mut file = tokio::fs::File::create(&tmp).await?;
+            let mut file = tokio::fs::File::create(&tmp.0).await?;
             let mut size = 0u64;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(PutError::Body)?;
@@ -93,20 +108,12 @@ impl MediaStorage for FsStorage {
             Ok(size)
         }
         .await;
-        let size = match result {
-            Ok(size) => size,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
-            }
-        };
+        let size = result?;
         let dest = self.path(key);
         let dir = dest.parent().expect("media paths have a parent");
         tokio::fs::create_dir_all(dir).await?;
-        if let Err(e) = tokio::fs::rename(&tmp, &dest).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e.into());
-        }
+        tokio::fs::rename(&tmp.0, &dest).await?;
+        tmp.1 = true;
         sync_dir(dir).await?;
         Ok(size)
     }

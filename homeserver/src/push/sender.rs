@@ -35,6 +35,8 @@ pub async fn run(hs: Weak<Homeserver>, wake: Arc<tokio::sync::Notify>) {
     let Some(client) = hs.upgrade().map(|hs| {
         reqwest::Client::builder()
             .timeout(Duration::from_secs(hs.config.push.timeout_secs))
+            // A redirect could lead the POST anywhere, past the gateway checks.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("http client")
     }) else {
@@ -186,6 +188,11 @@ async fn deliver(
                 "devices": devices,
             }
         });
+        if let Err(e) = hs.check_gateway(&url).await {
+            // The gateway became unacceptable (config, DNS): this push is dropped.
+            tracing::warn!(error = %e, "push gateway refused by policy");
+            continue;
+        }
         let resp = match client.post(&url).json(&body).send().await {
             Ok(r) => r,
             Err(e) => {
@@ -196,10 +203,9 @@ async fn deliver(
         };
         let status = resp.status();
         if status.is_success() {
-            let rejected: Vec<String> = resp
-                .json::<Value>()
+            let rejected: Vec<String> = read_limited(resp, 64 * 1024)
                 .await
-                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
                 .and_then(|v| serde_json::from_value(v.get("rejected")?.clone()).ok())
                 .unwrap_or_default();
             for pushkey in rejected {
@@ -220,6 +226,39 @@ async fn deliver(
         }
     }
     Ok(outcome)
+}
+
+/// The body of a response, if it is at most `max` bytes.
+async fn read_limited(mut resp: reqwest::Response, max: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        if out.len() + chunk.len() > max {
+            return None;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Some(out)
+}
+
+/// Whether an address is one a user-chosen URL must not reach.
+fn internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+        }
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| internal(v4.into()))
+        }
+    }
 }
 
 /// Unread notifications of the user in all joined rooms (the app badge).
@@ -244,6 +283,51 @@ async fn total_unread(hs: &Homeserver, user: &str) -> Result<i64> {
 }
 
 impl Homeserver {
+    /// A pusher's gateway URL: `http(s)`, the spec's notify path, one of the configured gateways
+    /// if any are configured, and no internal address unless allowed (SSRF).
+    pub async fn check_gateway(&self, url: &str) -> Result<()> {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| Error::invalid_param(format!("data.url: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https")
+            || parsed.path() != "/_matrix/push/v1/notify"
+        {
+            return Err(Error::invalid_param(
+                "data.url must be an http(s) URL ending in /_matrix/push/v1/notify",
+            ));
+        }
+        let prefixes = &self.config.push.gateway_url_prefixes;
+        let allowed = |p: &String| {
+            reqwest::Url::parse(p).is_ok_and(|p| {
+                p.scheme() == parsed.scheme()
+                    && p.host_str() == parsed.host_str()
+                    && p.port_or_known_default() == parsed.port_or_known_default()
+                    && parsed.path().starts_with(p.path())
+            })
+        };
+        if !prefixes.is_empty() && !prefixes.iter().any(allowed) {
+            return Err(Error::invalid_param(
+                "this push gateway is not allowed here",
+            ));
+        }
+        if !self.config.push.allow_private_addresses {
+            let host = parsed
+                .host_str()
+                .unwrap_or_default()
+                .trim_matches(['[', ']']);
+            let port = parsed.port_or_known_default().unwrap_or(443);
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| Error::invalid_param(format!("data.url: cannot resolve: {e}")))?
+                .collect();
+            if addrs.is_empty() || addrs.iter().any(|a| internal(a.ip())) {
+                return Err(Error::invalid_param(
+                    "data.url points to an internal address",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub async fn delete_pusher(&self, user: &str, app_id: &str, pushkey: &str) -> Result<bool> {
         let done = self
             .stores
@@ -264,21 +348,7 @@ impl Homeserver {
             .get("url")
             .and_then(Value::as_str)
             .ok_or_else(|| Error::MissingParam("data.url is required for http pushers".into()))?;
-        let parsed =
-            reqwest::Url::parse(url).map_err(|e| Error::invalid_param(format!("data.url: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https")
-            || parsed.path() != "/_matrix/push/v1/notify"
-        {
-            return Err(Error::invalid_param(
-                "data.url must be an http(s) URL ending in /_matrix/push/v1/notify",
-            ));
-        }
-        let prefixes = &self.config.push.gateway_url_prefixes;
-        if !prefixes.is_empty() && !prefixes.iter().any(|p| url.starts_with(p.as_str())) {
-            return Err(Error::invalid_param(
-                "this push gateway is not allowed here",
-            ));
-        }
+        self.check_gateway(url).await?;
         self.stores.push.set_pusher(&pusher, append).await?;
         if let Ok(user) = ruma::UserId::parse(pusher.user_id.as_str()) {
             self.push.pushers_changed(&user);

@@ -45,6 +45,9 @@ pub(super) struct Prepared {
     pruned: Option<(String, String)>,
     prev: Vec<String>,
     txn: Option<(String, String)>,
+    /// The sender has read up to here (not for a display name or avatar change, which the
+    /// server writes for them).
+    marks_read: bool,
 }
 
 impl Prepared {
@@ -71,6 +74,7 @@ impl Prepared {
             prev_events: &self.prev,
             redacts: self.pruned.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
             push,
+            marks_read: self.marks_read,
         }
     }
 }
@@ -291,7 +295,11 @@ impl Rooms {
         // A reply (`m.in_reply_to`) is a relation too, so `/relations` can list it.
         let reply = relates_to.and_then(|r| r.get("m.in_reply_to")?.get("event_id")?.as_str());
         let rel = rel.or(reply.map(|id| (id.to_owned(), "m.in_reply_to".to_owned(), None)));
+        let profile_update = membership.as_deref() == Some("join")
+            && pdu.state_key.as_deref() == Some(sender.as_str())
+            && room.membership(sender).as_deref() == Some("join");
         Ok(Prepared {
+            marks_read: !profile_update,
             kind: pdu.kind.to_string(),
             prev: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
             txn: txn.map(|(d, t)| (d.to_string(), t.to_string())),

@@ -568,6 +568,8 @@ pub struct NewEvent<'a> {
     pub redacts: Option<(&'a str, &'a str)>,
     /// Members this event notifies, with their push actions.
     pub push: &'a [NewPushAction],
+    /// The sender has read the room up to this event.
+    pub marks_read: bool,
 }
 
 /// A member's push actions for a new event.

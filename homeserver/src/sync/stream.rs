@@ -3,12 +3,15 @@
 //! to different rooms commit concurrently, so positions can commit out of order; readers only
 //! see up to `visible()`: the highest position below which every allocated position has
 //! finished. Finishing a position returns the wake-ups that became visible with it. A position
-//! dropped without `finish` (failed write) is abandoned, so it can never block readers.
+//! dropped without `finish` (failed or no-op write) is abandoned, so it can never block
+//! readers; the wake-ups of later positions it releases go to the `on_release` callback.
 
 use std::{collections::BTreeMap, sync::Mutex};
 
 pub struct StreamIds<W> {
     inner: Mutex<Inner<W>>,
+    /// Delivers wake-ups released by an abandoned position.
+    on_release: Box<dyn Fn(Vec<W>) + Send + Sync>,
 }
 
 enum Done<W> {
@@ -45,19 +48,23 @@ impl<W> Position<'_, W> {
 impl<W> Drop for Position<'_, W> {
     fn drop(&mut self) {
         if !self.done {
-            self.ids.complete(self.pos, Done::Abandoned);
+            let (released, _) = self.ids.complete(self.pos, Done::Abandoned);
+            if !released.is_empty() {
+                (self.ids.on_release)(released);
+            }
         }
     }
 }
 
 impl<W> StreamIds<W> {
-    pub fn new(current: i64) -> Self {
+    pub fn new(current: i64, on_release: impl Fn(Vec<W>) + Send + Sync + 'static) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 last_allocated: current,
                 visible: current,
                 pending: BTreeMap::new(),
             }),
+            on_release: Box::new(on_release),
         }
     }
 
@@ -104,7 +111,7 @@ mod tests {
 
     #[test]
     fn out_of_order_commits_stay_invisible_until_the_gap_closes() {
-        let ids = StreamIds::<&str>::new(10);
+        let ids = StreamIds::<&str>::new(10, |_| {});
         let a = ids.next();
         let b = ids.next();
         assert_eq!((a.pos(), b.pos()), (11, 12));
@@ -118,18 +125,21 @@ mod tests {
     }
 
     #[test]
-    fn dropped_positions_do_not_block() {
-        let ids = StreamIds::<()>::new(0);
+    fn dropped_positions_do_not_block_nor_lose_wakes() {
+        let released = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = released.clone();
+        let ids = StreamIds::<&str>::new(0, move |w| sink.lock().unwrap().extend(w));
         let a = ids.next();
         let b = ids.next();
-        b.finish(vec![]);
+        b.finish(vec!["bob"]);
         drop(a);
         assert_eq!(ids.visible(), 2);
+        assert_eq!(*released.lock().unwrap(), vec!["bob"]);
     }
 
     #[test]
     fn tokens_never_name_an_abandoned_position() {
-        let ids = StreamIds::<()>::new(5);
+        let ids = StreamIds::<()>::new(5, |_| {});
         ids.next().finish(vec![]);
         drop(ids.next());
         assert_eq!(ids.visible(), 6);

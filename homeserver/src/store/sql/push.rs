@@ -10,7 +10,7 @@ const READ_UP_TO: &str = "COALESCE((SELECT MAX(r.event_pos) FROM receipts r WHER
 /// receipt that sync never shows): whoever writes in a room has seen what came before.
 async fn insert_push_actions(tx: &mut sqlx::Transaction<'_, Db>, events: &[NewEvent<'_>]) -> StoreResult<()> {
     let mut own: Vec<&NewEvent<'_>> = Vec::new();
-    for ev in events.iter().rev() {
+    for ev in events.iter().rev().filter(|e| e.marks_read) {
         if !own.iter().any(|o| o.sender == ev.sender) {
             own.push(ev);
         }
