@@ -305,9 +305,6 @@ pub trait ReceiptStore: Send + Sync {
         since: i64,
         upto: i64,
     ) -> StoreResult<Vec<ReceiptRow>>;
-    /// The position of the event the user's newest main-timeline read receipt (public or
-    /// private, unthreaded or `main`) in the room points at; 0 if none.
-    async fn read_up_to(&self, room_id: &str, user_id: &str) -> StoreResult<i64>;
 }
 
 #[derive(Clone, Debug)]

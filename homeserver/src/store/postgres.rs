@@ -26,6 +26,49 @@ mod imp {
     include!("sql/push.rs");
     include!("sql/admin.rs");
 
+    /// One statement text for any number of rows (arrays through UNNEST), so PostgreSQL plans
+    /// it once per connection instead of once per batch size.
+    async fn insert_push_rows(
+        tx: &mut sqlx::Transaction<'_, Db>,
+        table: &str,
+        r: &PushRows,
+    ) -> StoreResult<()> {
+        let extra = if table == "push_queue" { ", 0" } else { "" };
+        let sql = format!(
+            "INSERT INTO {table} ({}) SELECT *{extra} FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bool[], $7::bigint[])",
+            push_columns(table)
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&r.user_ids)
+            .bind(&r.room_ids)
+            .bind(&r.positions)
+            .bind(&r.event_ids)
+            .bind(&r.actions)
+            .bind(&r.highlights)
+            .bind(&r.ts)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn upsert_own_reads(
+        tx: &mut sqlx::Transaction<'_, Db>,
+        rooms: &[String],
+        users: &[String],
+        positions: &[i64],
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO own_reads (room_id, user_id, event_pos) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
+             ON CONFLICT (room_id, user_id) DO UPDATE SET event_pos = excluded.event_pos WHERE own_reads.event_pos < excluded.event_pos",
+        )
+        .bind(rooms)
+        .bind(users)
+        .bind(positions)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     impl SqlStore {
         /// One statement for all rooms: a LATERAL "newest N" read per room through the
         /// (room_id, stream_pos) index, with the room ids bound as one array.

@@ -22,6 +22,74 @@ mod imp {
     include!("sql/push.rs");
     include!("sql/admin.rs");
 
+    /// Multi-row inserts (SQLite has no arrays; statements are cheap in-process).
+    async fn insert_push_rows(
+        tx: &mut sqlx::Transaction<'_, Db>,
+        table: &str,
+        r: &PushRows,
+    ) -> StoreResult<()> {
+        let queue = table == "push_queue";
+        for start in (0..r.user_ids.len()).step_by(100) {
+            let end = (start + 100).min(r.user_ids.len());
+            let values: Vec<String> = (0..end - start)
+                .map(|i| {
+                    let b = i * 7;
+                    let extra = if queue { ", 0" } else { "" };
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}{extra})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO {table} ({}) VALUES {}",
+                push_columns(table),
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for i in start..end {
+                q = q
+                    .bind(&r.user_ids[i])
+                    .bind(&r.room_ids[i])
+                    .bind(r.positions[i])
+                    .bind(&r.event_ids[i])
+                    .bind(&r.actions[i])
+                    .bind(r.highlights[i])
+                    .bind(r.ts[i]);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn upsert_own_reads(
+        tx: &mut sqlx::Transaction<'_, Db>,
+        rooms: &[String],
+        users: &[String],
+        positions: &[i64],
+    ) -> StoreResult<()> {
+        let values: Vec<String> = (0..rooms.len())
+            .map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3))
+            .collect();
+        let sql = format!(
+            "INSERT INTO own_reads (room_id, user_id, event_pos) VALUES {} \
+             ON CONFLICT (room_id, user_id) DO UPDATE SET event_pos = excluded.event_pos WHERE own_reads.event_pos < excluded.event_pos",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for i in 0..rooms.len() {
+            q = q.bind(&rooms[i]).bind(&users[i]).bind(positions[i]);
+        }
+        q.execute(&mut **tx).await?;
+        Ok(())
+    }
+
     impl SqlStore {
         /// A UNION ALL of per-room "newest N" reads: each uses the (room_id, stream_pos) index
         /// and stops after N rows, where a window function would read every room's history.

@@ -2,12 +2,41 @@
 // `sql.rs`).
 
 /// The position the user has read up to in the room `p.room_id` (bound as `$1` = user).
-const READ_UP_TO: &str = "COALESCE((SELECT MAX(r.event_pos) FROM receipts r WHERE r.room_id = p.room_id AND r.user_id = $1 \
-     AND r.receipt_type IN ('m.read', 'm.read.private', 'tim.own') AND r.thread_id IN ('', 'main')), 0)";
+const READ_UP_TO: &str = "COALESCE((SELECT MAX(r.event_pos) FROM (SELECT event_pos FROM receipts WHERE room_id = p.room_id AND user_id = $1 \
+     AND receipt_type IN ('m.read', 'm.read.private') AND thread_id IN ('', 'main') \
+     UNION ALL SELECT event_pos FROM own_reads WHERE room_id = p.room_id AND user_id = $1) r), 0)";
+
+/// Rows a batch of events adds to `push_actions` (and `push_queue`, where `send`), as columns.
+#[derive(Default)]
+struct PushRows {
+    user_ids: Vec<String>,
+    room_ids: Vec<String>,
+    positions: Vec<i64>,
+    event_ids: Vec<String>,
+    actions: Vec<String>,
+    highlights: Vec<bool>,
+    ts: Vec<i64>,
+}
+
+impl PushRows {
+    fn push(&mut self, ev: &NewEvent<'_>, a: &NewPushAction) {
+        self.user_ids.push(a.user_id.clone());
+        self.room_ids.push(ev.room_id.to_owned());
+        self.positions.push(ev.stream_pos);
+        self.event_ids.push(ev.event_id.to_owned());
+        self.actions.push(a.actions.clone());
+        self.highlights.push(a.highlight);
+        self.ts.push(ev.origin_server_ts);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.user_ids.is_empty()
+    }
+}
 
 /// Writes the push actions (and queued pushes) of a batch of events, inside its transaction,
-/// and marks each sender as having read up to their own newest event (`tim.own`, an internal
-/// receipt that sync never shows): whoever writes in a room has seen what came before.
+/// and where each sender last wrote (`own_reads`): whoever writes in a room has seen what came
+/// before. The dialect's `insert_push_rows`/`upsert_own_reads` do the writing.
 async fn insert_push_actions(tx: &mut sqlx::Transaction<'_, Db>, events: &[NewEvent<'_>]) -> StoreResult<()> {
     let mut own: Vec<&NewEvent<'_>> = Vec::new();
     for ev in events.iter().rev().filter(|e| e.marks_read) {
@@ -15,48 +44,39 @@ async fn insert_push_actions(tx: &mut sqlx::Transaction<'_, Db>, events: &[NewEv
             own.push(ev);
         }
     }
-    let values: Vec<String> = (0..own.len())
-        .map(|i| format!("(${}, ${}, 'tim.own', '', ${}, ${}, ${}, ${})", i * 6 + 1, i * 6 + 2, i * 6 + 3, i * 6 + 4, i * 6 + 5, i * 6 + 6))
-        .collect();
-    if !values.is_empty() {
-        let sql = format!(
-            "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, event_pos, ts, stream_pos) VALUES {} \
-             ON CONFLICT (room_id, user_id, receipt_type, thread_id) DO UPDATE SET event_id = excluded.event_id, event_pos = excluded.event_pos, \
-             ts = excluded.ts, stream_pos = excluded.stream_pos WHERE receipts.event_pos < excluded.event_pos",
-            values.join(", ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for ev in &own {
-            q = q.bind(ev.room_id).bind(ev.sender).bind(ev.event_id).bind(ev.stream_pos).bind(ev.origin_server_ts).bind(ev.stream_pos);
-        }
-        q.execute(&mut **tx).await?;
+    if !own.is_empty() {
+        let rooms: Vec<String> = own.iter().map(|e| e.room_id.to_owned()).collect();
+        let users: Vec<String> = own.iter().map(|e| e.sender.to_owned()).collect();
+        let positions: Vec<i64> = own.iter().map(|e| e.stream_pos).collect();
+        upsert_own_reads(tx, &rooms, &users, &positions).await?;
     }
-    let rows: Vec<(&NewEvent<'_>, &NewPushAction)> = events.iter().flat_map(|e| e.push.iter().map(move |a| (e, a))).collect();
-    for chunk in rows.chunks(100) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", i * 7 + 1, i * 7 + 2, i * 7 + 3, i * 7 + 4, i * 7 + 5, i * 7 + 6, i * 7 + 7))
-            .collect();
-        let sql = format!("INSERT INTO push_actions (user_id, room_id, stream_pos, event_id, actions, highlight, ts) VALUES {}", values.join(", "));
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (ev, a) in chunk {
-            q = q.bind(&a.user_id).bind(ev.room_id).bind(ev.stream_pos).bind(ev.event_id).bind(&a.actions).bind(a.highlight).bind(ev.origin_server_ts);
+    let mut actions = PushRows::default();
+    let mut queue = PushRows::default();
+    for ev in events {
+        for a in ev.push {
+            actions.push(ev, a);
+            if a.send {
+                queue.push(ev, a);
+            }
         }
-        q.execute(&mut **tx).await?;
-        let queued: Vec<&(&NewEvent<'_>, &NewPushAction)> = chunk.iter().filter(|(_, a)| a.send).collect();
-        if queued.is_empty() {
-            continue;
-        }
-        let values: Vec<String> = (0..queued.len())
-            .map(|i| format!("(${}, ${}, ${}, ${}, ${}, ${}, 0, ${})", i * 7 + 1, i * 7 + 2, i * 7 + 3, i * 7 + 4, i * 7 + 5, i * 7 + 6, i * 7 + 7))
-            .collect();
-        let sql = format!("INSERT INTO push_queue (user_id, stream_pos, room_id, event_id, highlight, actions, attempts, next_attempt_ts) VALUES {}", values.join(", "));
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (ev, a) in queued {
-            q = q.bind(&a.user_id).bind(ev.stream_pos).bind(ev.room_id).bind(ev.event_id).bind(a.highlight).bind(&a.actions).bind(ev.origin_server_ts);
-        }
-        q.execute(&mut **tx).await?;
+    }
+    if !actions.is_empty() {
+        insert_push_rows(tx, "push_actions", &actions).await?;
+    }
+    if !queue.is_empty() {
+        insert_push_rows(tx, "push_queue", &queue).await?;
     }
     Ok(())
+}
+
+/// The columns `insert_push_rows` fills, per table (the queue also gets attempts = 0 and its
+/// first attempt at the event's time).
+fn push_columns(table: &str) -> &'static str {
+    if table == "push_queue" {
+        "user_id, room_id, stream_pos, event_id, actions, highlight, next_attempt_ts, attempts"
+    } else {
+        "user_id, room_id, stream_pos, event_id, actions, highlight, ts"
+    }
 }
 
 fn pusher_row(r: &DbRow) -> StoreResult<PusherRow> {
@@ -80,10 +100,11 @@ impl PushStore for SqlStore {
         for chunk in room_ids.chunks(100) {
             // Where the user has read up to in each room, then only the actions after it: the
             // count reads the unread rows through the (user, room, position) key, nothing else.
+            let rooms = in_list(2, chunk.len());
             let sql = format!(
-                "SELECT room_id, MAX(event_pos) FROM receipts WHERE user_id = $1 AND room_id IN ({}) \
-                 AND receipt_type IN ('m.read', 'm.read.private', 'tim.own') AND thread_id IN ('', 'main') GROUP BY room_id",
-                in_list(2, chunk.len())
+                "SELECT room_id, MAX(event_pos) FROM (SELECT room_id, event_pos FROM receipts WHERE user_id = $1 AND room_id IN ({rooms}) \
+                 AND receipt_type IN ('m.read', 'm.read.private') AND thread_id IN ('', 'main') \
+                 UNION ALL SELECT room_id, event_pos FROM own_reads WHERE user_id = $1 AND room_id IN ({rooms})) r GROUP BY room_id"
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
             for id in chunk {

@@ -38,7 +38,7 @@ impl ReceiptStore for SqlStore {
         let mut out = Vec::new();
         for chunk in room_ids.chunks(500) {
             let sql = format!(
-                "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts, stream_pos FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 AND receipt_type <> 'tim.own' AND room_id IN ({}) ORDER BY stream_pos",
+                "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts, stream_pos FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 AND room_id IN ({}) ORDER BY stream_pos",
                 in_list(3, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since).bind(upto);
@@ -50,14 +50,5 @@ impl ReceiptStore for SqlStore {
             }
         }
         Ok(out)
-    }
-
-    async fn read_up_to(&self, room_id: &str, user_id: &str) -> StoreResult<i64> {
-        let row = sqlx::query("SELECT COALESCE(MAX(event_pos), 0) FROM receipts WHERE room_id = $1 AND user_id = $2 AND receipt_type IN ('m.read', 'm.read.private', 'tim.own') AND thread_id IN ('', 'main')")
-            .bind(room_id)
-            .bind(user_id)
-            .fetch_one(&self.read)
-            .await?;
-        Ok(row.try_get(0)?)
     }
 }

@@ -11,7 +11,15 @@ CREATE TABLE push_actions (
     ts BIGINT NOT NULL,
     PRIMARY KEY (user_id, room_id, stream_pos)
 );
-CREATE INDEX push_actions_user ON push_actions (user_id, stream_pos);
+
+-- Where each member last wrote in a room: whoever writes has read what came before. Apart from
+-- receipts so that its update (one per batch of messages) touches no index (a HOT update).
+CREATE TABLE own_reads (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    event_pos BIGINT NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
 
 -- HTTP pushers (Push Gateway API).
 CREATE TABLE pushers (
