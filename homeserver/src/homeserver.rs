@@ -113,6 +113,9 @@ impl Homeserver {
             vec![config.server_notices.localpart.clone()],
         );
         let rate_limiter = RateLimiter::new(config.rate_limit.clone());
+        // Work left from before a restart, read before the pools are emptied below.
+        let first_push_due = stores.push.next_push_due().await?;
+        let notice_jobs = stores.notices.unfinished_notice_jobs().await?;
         stores.closer.release_idle().await;
         ruma::OwnedUserId::try_from(format!(
             "@{}:{server_name}",
@@ -148,8 +151,9 @@ impl Homeserver {
         tokio::spawn(crate::push::sender::run(
             Arc::downgrade(&hs),
             push.queued.clone(),
+            first_push_due,
         ));
-        hs.resume_notice_jobs().await?;
+        hs.resume_notice_jobs(notice_jobs);
         Ok(hs)
     }
 

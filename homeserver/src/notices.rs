@@ -144,11 +144,10 @@ impl Homeserver {
     }
 
     /// Resumes notice jobs a restart interrupted.
-    pub(crate) async fn resume_notice_jobs(self: &Arc<Self>) -> Result<()> {
-        for job in self.stores.notices.unfinished_notice_jobs().await? {
+    pub(crate) fn resume_notice_jobs(self: &Arc<Self>, jobs: Vec<NoticeJob>) {
+        for job in jobs {
             tokio::spawn(run_job(Arc::downgrade(self), job.id));
         }
-        Ok(())
     }
 }
 

@@ -37,6 +37,20 @@ impl Homeserver {
             .ok_or_else(|| Error::not_found("the event is not in this room"))?;
         self.presence.active(self, user);
         if kind == FULLY_READ {
+            // The read marker only moves forward, like receipts.
+            let current = self
+                .stores
+                .account_data
+                .get(user.as_str(), room_id.as_str(), FULLY_READ)
+                .await?
+                .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
+                .and_then(|c| c.get("event_id")?.as_str().map(str::to_owned));
+            if let Some(current) = current
+                && let Some(row) = self.stores.events.get_event(&current).await?
+                && row.stream_pos >= event.stream_pos
+            {
+                return Ok(());
+            }
             let content = serde_json::json!({ "event_id": event_id }).to_string();
             return self
                 .set_account_data(user, room_id.as_str(), FULLY_READ, &content)

@@ -527,3 +527,36 @@ async fn pushers_and_the_push_sender_on_both_stores() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_signed_out_device_loses_its_pushers() {
+    for store in STORES {
+        let server = TestServer::start_with(store, |c| c.push.allow_private_addresses = true).await;
+        let carol = server.register("carol").await;
+        let pusher = json!({
+            "kind": "http", "app_id": "de.tim.web", "pushkey": "carols-phone", "app_display_name": "a",
+            "device_display_name": "d", "lang": "de",
+            "data": {"url": "http://127.0.0.1:9/_matrix/push/v1/notify"}
+        });
+        carol
+            .ok(Method::POST, "/_matrix/client/v3/pushers/set", Some(pusher))
+            .await;
+        let hs = server.hs();
+        assert_eq!(
+            hs.stores.push.pushers(&carol.user_id).await.unwrap().len(),
+            1
+        );
+        carol
+            .ok(Method::POST, "/_matrix/client/v3/logout", Some(json!({})))
+            .await;
+        assert!(
+            hs.stores
+                .push
+                .pushers(&carol.user_id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        server.stop().await;
+    }
+}

@@ -54,6 +54,8 @@ pub struct Media {
     receiving: Mutex<HashSet<String>>,
     /// Wakes downloads waiting for a reserved upload.
     uploaded: Notify,
+    /// Thumbnails rendered at the same time (decoding holds the image in memory): one per core.
+    rendering: tokio::sync::Semaphore,
 }
 
 /// A reserved id being received; released however the upload ends (also when the client goes
@@ -104,6 +106,9 @@ impl Media {
             storage,
             receiving: Mutex::default(),
             uploaded: Notify::new(),
+            rendering: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         }
     }
 
@@ -354,6 +359,7 @@ impl Media {
                 filename: None,
             });
         }
+        let _permit = self.rendering.acquire().await.map_err(Error::internal)?;
         let source = self
             .storage
             .read_all(id, self.config.max_thumbnail_source_bytes)

@@ -35,6 +35,9 @@ pub struct Push {
     rulesets: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
     /// Whether a user has pushers (so pushes are queued for them).
     has_pushers: Mutex<HashMap<OwnedUserId, bool>>,
+    /// Bumped by every change of rules or pushers: a value read from the store before a change
+    /// is not cached after it.
+    generation: std::sync::atomic::AtomicU64,
     /// Wakes the push sender when pushes were queued.
     pub(crate) queued: Arc<tokio::sync::Notify>,
 }
@@ -51,6 +54,7 @@ impl Push {
             store,
             rulesets: Mutex::default(),
             has_pushers: Mutex::default(),
+            generation: Default::default(),
             queued: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -60,6 +64,7 @@ impl Push {
         if let Some(r) = self.rulesets.lock().expect("push lock").get(user) {
             return Ok(r.clone());
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let stored = self
             .account_data
             .get(user.as_str(), "", PUSH_RULES)
@@ -67,14 +72,16 @@ impl Push {
             .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
             .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok());
         let ruleset = Arc::new(stored.unwrap_or_else(|| Ruleset::server_default(user)));
-        self.rulesets
-            .lock()
-            .expect("push lock")
-            .insert(user.to_owned(), ruleset.clone());
+        let mut cache = self.rulesets.lock().expect("push lock");
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            cache.insert(user.to_owned(), ruleset.clone());
+        }
         Ok(ruleset)
     }
 
     pub(crate) fn ruleset_changed(&self, user: &UserId, ruleset: Ruleset) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.rulesets
             .lock()
             .expect("push lock")
@@ -85,15 +92,18 @@ impl Push {
         if let Some(has) = self.has_pushers.lock().expect("push lock").get(user) {
             return Ok(*has);
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let has = self.store.has_pushers(user.as_str()).await?;
-        self.has_pushers
-            .lock()
-            .expect("push lock")
-            .insert(user.to_owned(), has);
+        let mut cache = self.has_pushers.lock().expect("push lock");
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            cache.insert(user.to_owned(), has);
+        }
         Ok(has)
     }
 
     pub(crate) fn pushers_changed(&self, user: &UserId) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.has_pushers.lock().expect("push lock").remove(user);
     }
 

@@ -31,33 +31,14 @@ enum Outcome {
     RetryLater,
 }
 
-pub async fn run(hs: Weak<Homeserver>, wake: Arc<tokio::sync::Notify>) {
-    let Some(client) = hs.upgrade().map(|hs| {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(hs.config.push.timeout_secs))
-            // A redirect could lead the POST anywhere, past the gateway checks.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("http client")
-    }) else {
-        return;
-    };
+/// Runs the tenant's push sender. `first_due`: when the oldest push left from before a restart
+/// is due. Idle tenants hold nothing but this waiting task: the HTTP client is made on first use
+/// and database connections only while delivering.
+pub async fn run(hs: Weak<Homeserver>, wake: Arc<tokio::sync::Notify>, first_due: Option<i64>) {
+    let mut client: Option<reqwest::Client> = None;
+    let mut next = first_due;
     loop {
-        let Some(hs) = hs.upgrade() else { return };
         let woken = wake.notified();
-        let next = match deliver_due(&hs, &client).await {
-            Ok(true) => continue,
-            Ok(false) => hs.stores.push.next_push_due().await.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "push queue unreadable");
-                Some(now_ms() + 5_000)
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "push queue unreadable");
-                Some(now_ms() + 5_000)
-            }
-        };
-        // Wait without keeping the tenant alive.
-        drop(hs);
         match next {
             Some(at) => {
                 let wait = Duration::from_millis((at - now_ms()).max(0) as u64);
@@ -65,6 +46,32 @@ pub async fn run(hs: Weak<Homeserver>, wake: Arc<tokio::sync::Notify>) {
             }
             None => woken.await,
         }
+        let Some(hs) = hs.upgrade() else { return };
+        let client = client.get_or_insert_with(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(hs.config.push.timeout_secs))
+                // A redirect could lead the POST anywhere, past the gateway checks.
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("http client")
+        });
+        next = loop {
+            match deliver_due(&hs, client).await {
+                Ok(true) => continue,
+                Ok(false) => {
+                    break hs.stores.push.next_push_due().await.unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "push queue unreadable");
+                        Some(now_ms() + 5_000)
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "push queue unreadable");
+                    break Some(now_ms() + 5_000);
+                }
+            }
+        };
+        // Wait without keeping the tenant alive.
+        drop(hs);
     }
 }
 

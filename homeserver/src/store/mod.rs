@@ -361,6 +361,7 @@ pub struct PusherRow {
     pub lang: String,
     /// The pusher's `data` (gateway URL, format, …) as JSON.
     pub data: String,
+    pub device_id: String,
     pub created_ts: i64,
 }
 

@@ -132,6 +132,7 @@ impl AccountStore for SqlStore {
         sqlx::query("UPDATE users SET deactivated = TRUE, password_hash = NULL WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         let rows = sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 RETURNING token_hash").bind(user_id).fetch_all(&mut *tx).await?;
         sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM pushers WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         tx.commit().await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
@@ -355,6 +356,8 @@ impl SessionStore for SqlStore {
                 .await?;
             removed.extend(hashes(rows)?);
             sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2").bind(user_id).bind(device_id).execute(&mut *tx).await?;
+            // A device's pushers go with it: a signed-out phone gets no more pushes.
+            sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND device_id = $2").bind(user_id).bind(device_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(removed)
@@ -369,6 +372,7 @@ impl SessionStore for SqlStore {
             .fetch_all(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2").bind(user_id).bind(keep).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND device_id <> $2").bind(user_id).bind(keep).execute(&mut *tx).await?;
         tx.commit().await?;
         hashes(rows)
     }

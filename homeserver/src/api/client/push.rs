@@ -195,6 +195,7 @@ async fn set_pusher_handler(
                 profile_tag: p.profile_tag,
                 lang: p.lang,
                 data: serde_json::to_string(&data).map_err(Error::internal)?,
+                device_id: ctx.session().device_id.to_string(),
                 created_ts: now_ms(),
             };
             ctx.hs.set_pusher(row, post.append).await?;

@@ -90,6 +90,7 @@ fn pusher_row(r: &DbRow) -> StoreResult<PusherRow> {
         lang: r.try_get(6)?,
         data: r.try_get(7)?,
         created_ts: r.try_get(8)?,
+        device_id: r.try_get(9)?,
     })
 }
 
@@ -150,7 +151,7 @@ impl PushStore for SqlStore {
 
     async fn pushers(&self, user_id: &str) -> StoreResult<Vec<PusherRow>> {
         let rows = sqlx::query(
-            "SELECT user_id, app_id, pushkey, app_display_name, device_display_name, profile_tag, lang, data, created_ts FROM pushers WHERE user_id = $1 ORDER BY created_ts",
+            "SELECT user_id, app_id, pushkey, app_display_name, device_display_name, profile_tag, lang, data, created_ts, device_id FROM pushers WHERE user_id = $1 ORDER BY created_ts",
         )
         .bind(user_id)
         .fetch_all(&self.read)
@@ -173,9 +174,9 @@ impl PushStore for SqlStore {
                 .await?;
         }
         sqlx::query(
-            "INSERT INTO pushers (user_id, app_id, pushkey, app_display_name, device_display_name, profile_tag, lang, data, created_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+            "INSERT INTO pushers (user_id, app_id, pushkey, app_display_name, device_display_name, profile_tag, lang, data, created_ts, device_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (app_id, pushkey, user_id) DO UPDATE SET app_display_name = excluded.app_display_name, device_display_name = excluded.device_display_name, \
-             profile_tag = excluded.profile_tag, lang = excluded.lang, data = excluded.data",
+             profile_tag = excluded.profile_tag, lang = excluded.lang, data = excluded.data, device_id = excluded.device_id",
         )
         .bind(&p.user_id)
         .bind(&p.app_id)
@@ -186,6 +187,7 @@ impl PushStore for SqlStore {
         .bind(&p.lang)
         .bind(&p.data)
         .bind(p.created_ts)
+        .bind(&p.device_id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

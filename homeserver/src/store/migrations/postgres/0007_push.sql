@@ -31,6 +31,8 @@ CREATE TABLE pushers (
     profile_tag TEXT,
     lang TEXT NOT NULL,
     data TEXT NOT NULL,
+    -- The device that set it: deleting the device deletes the pusher.
+    device_id TEXT NOT NULL,
     created_ts BIGINT NOT NULL,
     PRIMARY KEY (app_id, pushkey, user_id)
 );
