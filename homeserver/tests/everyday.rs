@@ -426,6 +426,30 @@ async fn typing_and_receipts_on_both_stores() {
                 .is_none()
         );
 
+        // Someone joining later sees the receipts already there in the room's first sync.
+        let carol = server.register("carol").await;
+        let (_, csince) = sync_until(&carol, None, |_| true).await;
+        alice
+            .ok(
+                Method::POST,
+                &format!("/_matrix/client/v3/rooms/{room}/invite"),
+                Some(json!({"user_id": carol.user_id})),
+            )
+            .await;
+        carol
+            .ok(
+                Method::POST,
+                &format!("/_matrix/client/v3/rooms/{room}/join"),
+                Some(json!({})),
+            )
+            .await;
+        let (v, _) = sync_until(&carol, Some(csince), |v| {
+            v["rooms"]["join"][&room].is_object()
+        })
+        .await;
+        let r = ephemeral(&v, &room, "m.receipt").expect("existing receipts");
+        assert!(r["content"][&e3]["m.read"][&bob.user_id].is_object(), "{r}");
+
         // Read marker: m.fully_read as room account data.
         bob.ok(
             Method::POST,

@@ -128,7 +128,13 @@ impl Presence {
         let entry = users.entry(user.to_owned()).or_default();
         f(entry);
         let shown = entry.compute(now);
-        let changed = entry.shown.as_ref() != Some(&shown);
+        // Someone never seen was offline: appearing offline is no change to announce.
+        let before = entry.shown.clone().unwrap_or(Shown {
+            state: PresenceState::Offline,
+            currently_active: false,
+            status_msg: None,
+        });
+        let changed = before != shown;
         if changed {
             entry.shown = Some(shown);
             entry.serial = self.serial.next();

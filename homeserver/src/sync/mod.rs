@@ -442,7 +442,17 @@ async fn compute(
         }
     }
 
-    ephemeral(hs, user, req, &history, &mut resp, since_pos, upto).await?;
+    ephemeral(
+        hs,
+        user,
+        req,
+        &history,
+        &full_rooms,
+        &mut resp,
+        since_pos,
+        upto,
+    )
+    .await?;
 
     // Account data, global and per room.
     let mut push_rules_sent = false;
@@ -501,11 +511,13 @@ async fn compute(
 }
 
 /// Typing and receipts of joined rooms, and the presence of users sharing a room.
+#[allow(clippy::too_many_arguments)]
 async fn ephemeral(
     hs: &Homeserver,
     user: &str,
     req: &SyncRequest,
     history: &BTreeMap<String, Vec<(i64, String)>>,
+    full_rooms: &[String],
     resp: &mut Response,
     since_pos: i64,
     upto: i64,
@@ -529,14 +541,20 @@ async fn ephemeral(
         }
     }
     if wanted("m.receipt") {
+        // Rooms sent in full (new or full_state) get all their receipts, the others the changes.
         let since = if req.full_state { 0 } else { since_pos };
+        let full_set: HashSet<&String> = full_rooms.iter().collect();
+        let (full, incremental): (Vec<String>, Vec<String>) =
+            joined.iter().cloned().partition(|r| full_set.contains(r));
+        let mut rows = hs.stores.receipts.receipts_changed(&full, 0, upto).await?;
+        rows.extend(
+            hs.stores
+                .receipts
+                .receipts_changed(&incremental, since, upto)
+                .await?,
+        );
         let mut receipts: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
-        for r in hs
-            .stores
-            .receipts
-            .receipts_changed(&joined, since, upto)
-            .await?
-        {
+        for r in rows {
             if r.receipt_type == crate::receipts::READ_PRIVATE && r.user_id != user {
                 continue;
             }
