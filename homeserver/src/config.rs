@@ -328,6 +328,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_the_defaults() {
+        // The documented example stays true: what it shows are the defaults.
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tim-homeserver.example.toml");
+        let loaded = Config::load(Some(&path)).unwrap();
+        let defaults = Config::default();
+        assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn database_urls() {
         assert_eq!(
             DatabaseLocation::parse("sqlite://./data").unwrap(),
