@@ -395,10 +395,11 @@ pub trait PushStore: Send + Sync {
         user_id: &str,
         room_ids: &[String],
     ) -> StoreResult<Vec<(String, i64, i64)>>;
-    /// The user's notifications before position `before`, newest first.
+    /// The user's notifications in these rooms before position `before`, newest first.
     async fn notifications(
         &self,
         user_id: &str,
+        room_ids: &[String],
         before: Option<i64>,
         limit: i64,
         only_highlight: bool,

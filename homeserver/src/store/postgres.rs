@@ -28,44 +28,66 @@ mod imp {
 
     /// One statement text for any number of rows (arrays through UNNEST), so PostgreSQL plans
     /// it once per connection instead of once per batch size.
-    async fn insert_push_rows(
+    async fn insert_push_queue(
         tx: &mut sqlx::Transaction<'_, Db>,
-        table: &str,
         r: &PushRows,
     ) -> StoreResult<()> {
-        let extra = if table == "push_queue" { ", 0" } else { "" };
-        let sql = format!(
-            "INSERT INTO {table} ({}) SELECT *{extra} FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bool[], $7::bigint[])",
-            push_columns(table)
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&r.user_ids)
-            .bind(&r.room_ids)
-            .bind(&r.positions)
-            .bind(&r.event_ids)
-            .bind(&r.actions)
-            .bind(&r.highlights)
-            .bind(&r.ts)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO push_queue ({QUEUE_COLUMNS}) SELECT *, 0 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bool[], $7::bigint[])"
+        )))
+        .bind(&r.user_ids)
+        .bind(&r.room_ids)
+        .bind(&r.positions)
+        .bind(&r.event_ids)
+        .bind(&r.actions)
+        .bind(&r.highlights)
+        .bind(&r.ts)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 
-    async fn upsert_own_reads(
+    /// Push rows and own-read positions in one statement (a data-modifying CTE): every
+    /// statement of the write transaction costs PostgreSQL more than its rows do.
+    async fn write_push_events_and_reads(
         tx: &mut sqlx::Transaction<'_, Db>,
-        rooms: &[String],
-        users: &[String],
-        positions: &[i64],
+        r: &PushEventRows,
+        own: &OwnReads,
     ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO own_reads (room_id, user_id, event_pos) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
-             ON CONFLICT (room_id, user_id) DO UPDATE SET event_pos = excluded.event_pos WHERE own_reads.event_pos < excluded.event_pos",
-        )
-        .bind(rooms)
-        .bind(users)
-        .bind(positions)
-        .execute(&mut **tx)
-        .await?;
+        const EVENTS: &str = "INSERT INTO push_events (room_id, stream_pos, event_id, ts, notify, highlight, actions) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[])";
+        let reads = |first: usize| {
+            format!(
+                "INSERT INTO own_reads (room_id, user_id, event_pos) SELECT * FROM UNNEST(${first}::text[], ${}::text[], ${}::bigint[]) \
+                 ON CONFLICT (room_id, user_id) DO UPDATE SET event_pos = excluded.event_pos WHERE own_reads.event_pos < excluded.event_pos",
+                first + 1,
+                first + 2
+            )
+        };
+        let sql = match (r.room_ids.is_empty(), own.rooms.is_empty()) {
+            (true, true) => return Ok(()),
+            (false, false) => format!("WITH pe AS ({EVENTS}) {}", reads(8)),
+            (false, true) => EVENTS.to_owned(),
+            (true, false) => reads(1),
+        };
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let q = if r.room_ids.is_empty() {
+            q
+        } else {
+            q.bind(&r.room_ids)
+                .bind(&r.positions)
+                .bind(&r.event_ids)
+                .bind(&r.ts)
+                .bind(&r.notify)
+                .bind(&r.highlight)
+                .bind(&r.actions)
+        };
+        let q = if own.rooms.is_empty() {
+            q
+        } else {
+            q.bind(&own.rooms).bind(&own.users).bind(&own.positions)
+        };
+        q.execute(&mut **tx).await?;
         Ok(())
     }
 

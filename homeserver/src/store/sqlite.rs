@@ -23,20 +23,17 @@ mod imp {
     include!("sql/admin.rs");
 
     /// Multi-row inserts (SQLite has no arrays; statements are cheap in-process).
-    async fn insert_push_rows(
+    async fn insert_push_queue(
         tx: &mut sqlx::Transaction<'_, Db>,
-        table: &str,
         r: &PushRows,
     ) -> StoreResult<()> {
-        let queue = table == "push_queue";
         for start in (0..r.user_ids.len()).step_by(100) {
             let end = (start + 100).min(r.user_ids.len());
             let values: Vec<String> = (0..end - start)
                 .map(|i| {
                     let b = i * 7;
-                    let extra = if queue { ", 0" } else { "" };
                     format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}{extra})",
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 0)",
                         b + 1,
                         b + 2,
                         b + 3,
@@ -48,8 +45,7 @@ mod imp {
                 })
                 .collect();
             let sql = format!(
-                "INSERT INTO {table} ({}) VALUES {}",
-                push_columns(table),
+                "INSERT INTO push_queue ({QUEUE_COLUMNS}) VALUES {}",
                 values.join(", ")
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -62,6 +58,61 @@ mod imp {
                     .bind(&r.actions[i])
                     .bind(r.highlights[i])
                     .bind(r.ts[i]);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_push_events_and_reads(
+        tx: &mut sqlx::Transaction<'_, Db>,
+        rows: &PushEventRows,
+        own: &OwnReads,
+    ) -> StoreResult<()> {
+        if !own.rooms.is_empty() {
+            upsert_own_reads(tx, &own.rooms, &own.users, &own.positions).await?;
+        }
+        if !rows.room_ids.is_empty() {
+            insert_push_events(tx, rows).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_push_events(
+        tx: &mut sqlx::Transaction<'_, Db>,
+        r: &PushEventRows,
+    ) -> StoreResult<()> {
+        for start in (0..r.room_ids.len()).step_by(100) {
+            let end = (start + 100).min(r.room_ids.len());
+            let values: Vec<String> = (0..end - start)
+                .map(|i| {
+                    let b = i * 7;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO push_events (room_id, stream_pos, event_id, ts, notify, highlight, actions) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for i in start..end {
+                q = q
+                    .bind(&r.room_ids[i])
+                    .bind(r.positions[i])
+                    .bind(&r.event_ids[i])
+                    .bind(r.ts[i])
+                    .bind(&r.notify[i])
+                    .bind(&r.highlight[i])
+                    .bind(&r.actions[i]);
             }
             q.execute(&mut **tx).await?;
         }

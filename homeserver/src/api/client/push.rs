@@ -223,16 +223,21 @@ async fn notifications(
     };
     let limit = req.limit.map(u64::from).unwrap_or(20).clamp(1, 100) as i64;
     let only_highlight = req.only.as_deref() == Some("highlight");
+    let user = ctx.session().user_id.as_str();
+    let rooms: Vec<String> = ctx
+        .hs
+        .stores
+        .events
+        .rooms_for_user(user)
+        .await?
+        .into_iter()
+        .map(|m| m.room_id)
+        .collect();
     let rows = ctx
         .hs
         .stores
         .push
-        .notifications(
-            ctx.session().user_id.as_str(),
-            before,
-            limit,
-            only_highlight,
-        )
+        .notifications(user, &rooms, before, limit, only_highlight)
         .await?;
     let events: Vec<_> = rows.iter().map(|r| r.event.clone()).collect();
     let clients = ctx.hs.rooms.client_events(&events, None).await?;

@@ -1,12 +1,7 @@
 // Push actions, pushers and the push outbox (included by `sqlite.rs` and `postgres.rs` after
 // `sql.rs`).
 
-/// The position the user has read up to in the room `p.room_id` (bound as `$1` = user).
-const READ_UP_TO: &str = "COALESCE((SELECT MAX(r.event_pos) FROM (SELECT event_pos FROM receipts WHERE room_id = p.room_id AND user_id = $1 \
-     AND receipt_type IN ('m.read', 'm.read.private') AND thread_id IN ('', 'main') \
-     UNION ALL SELECT event_pos FROM own_reads WHERE room_id = p.room_id AND user_id = $1) r), 0)";
-
-/// Rows a batch of events adds to `push_actions` (and `push_queue`, where `send`), as columns.
+/// Rows a batch of events adds to `push_queue` (members with pushers), as columns.
 #[derive(Default)]
 struct PushRows {
     user_ids: Vec<String>,
@@ -36,7 +31,7 @@ impl PushRows {
 
 /// Writes the push actions (and queued pushes) of a batch of events, inside its transaction,
 /// and where each sender last wrote (`own_reads`): whoever writes in a room has seen what came
-/// before. The dialect's `insert_push_rows`/`upsert_own_reads` do the writing.
+/// before. The dialect's `insert_push_events`, `insert_push_queue` and `upsert_own_reads` write.
 async fn insert_push_actions(tx: &mut sqlx::Transaction<'_, Db>, events: &[NewEvent<'_>]) -> StoreResult<()> {
     let mut own: Vec<&NewEvent<'_>> = Vec::new();
     for ev in events.iter().rev().filter(|e| e.marks_read) {
@@ -44,38 +39,104 @@ async fn insert_push_actions(tx: &mut sqlx::Transaction<'_, Db>, events: &[NewEv
             own.push(ev);
         }
     }
-    if !own.is_empty() {
-        let rooms: Vec<String> = own.iter().map(|e| e.room_id.to_owned()).collect();
-        let users: Vec<String> = own.iter().map(|e| e.sender.to_owned()).collect();
-        let positions: Vec<i64> = own.iter().map(|e| e.stream_pos).collect();
-        upsert_own_reads(tx, &rooms, &users, &positions).await?;
-    }
-    let mut actions = PushRows::default();
+    let own = OwnReads {
+        rooms: own.iter().map(|e| e.room_id.to_owned()).collect(),
+        users: own.iter().map(|e| e.sender.to_owned()).collect(),
+        positions: own.iter().map(|e| e.stream_pos).collect(),
+    };
+    let mut rows = PushEventRows::default();
     let mut queue = PushRows::default();
-    for ev in events {
-        for a in ev.push {
-            actions.push(ev, a);
-            if a.send {
-                queue.push(ev, a);
-            }
+    for ev in events.iter().filter(|e| !e.push.is_empty()) {
+        rows.push(ev);
+        for a in ev.push.iter().filter(|a| a.send) {
+            queue.push(ev, a);
         }
     }
-    if !actions.is_empty() {
-        insert_push_rows(tx, "push_actions", &actions).await?;
-    }
+    write_push_events_and_reads(tx, &rows, &own).await?;
     if !queue.is_empty() {
-        insert_push_rows(tx, "push_queue", &queue).await?;
+        insert_push_queue(tx, &queue).await?;
     }
     Ok(())
 }
 
-/// The columns `insert_push_rows` fills, per table (the queue also gets attempts = 0 and its
-/// first attempt at the event's time).
-fn push_columns(table: &str) -> &'static str {
-    if table == "push_queue" {
-        "user_id, room_id, stream_pos, event_id, actions, highlight, next_attempt_ts, attempts"
-    } else {
-        "user_id, room_id, stream_pos, event_id, actions, highlight, ts"
+/// Where senders last wrote, as columns (one entry per sender and room).
+struct OwnReads {
+    rooms: Vec<String>,
+    users: Vec<String>,
+    positions: Vec<i64>,
+}
+
+/// One `push_events` row per event that notifies anyone, as columns.
+#[derive(Default)]
+struct PushEventRows {
+    room_ids: Vec<String>,
+    positions: Vec<i64>,
+    event_ids: Vec<String>,
+    ts: Vec<i64>,
+    notify: Vec<String>,
+    highlight: Vec<String>,
+    actions: Vec<String>,
+}
+
+impl PushEventRows {
+    fn push(&mut self, ev: &NewEvent<'_>) {
+        let list = |users: &mut dyn Iterator<Item = &String>| {
+            let mut out = String::from(",");
+            for u in users {
+                out.push_str(u);
+                out.push(',');
+            }
+            out
+        };
+        self.room_ids.push(ev.room_id.to_owned());
+        self.positions.push(ev.stream_pos);
+        self.event_ids.push(ev.event_id.to_owned());
+        self.ts.push(ev.origin_server_ts);
+        self.notify.push(list(&mut ev.push.iter().map(|a| &a.user_id)));
+        self.highlight.push(list(&mut ev.push.iter().filter(|a| a.highlight).map(|a| &a.user_id)));
+        let mut actions = String::from("{");
+        for (i, a) in ev.push.iter().enumerate() {
+            if i > 0 {
+                actions.push(',');
+            }
+            actions.push_str(&serde_json::to_string(&a.user_id).unwrap_or_default());
+            actions.push(':');
+            actions.push_str(&a.actions);
+        }
+        actions.push('}');
+        self.actions.push(actions);
+    }
+}
+
+/// `LIKE` pattern matching a user id in a `,@a:x,@b:x,` list.
+fn member_pattern(user_id: &str) -> String {
+    let escaped = user_id.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("%,{escaped},%")
+}
+
+/// The columns `insert_push_queue` fills (attempts = 0, the first attempt at the event's time).
+const QUEUE_COLUMNS: &str = "user_id, room_id, stream_pos, event_id, actions, highlight, next_attempt_ts, attempts";
+
+impl SqlStore {
+    /// Where the user has read up to in each of the rooms (receipts and own writes).
+    async fn read_positions(&self, user_id: &str, room_ids: &[String]) -> StoreResult<std::collections::HashMap<String, i64>> {
+        let mut read = std::collections::HashMap::new();
+        for chunk in room_ids.chunks(100) {
+            let rooms = in_list(2, chunk.len());
+            let sql = format!(
+                "SELECT room_id, MAX(event_pos) FROM (SELECT room_id, event_pos FROM receipts WHERE user_id = $1 AND room_id IN ({rooms}) \
+                 AND receipt_type IN ('m.read', 'm.read.private') AND thread_id IN ('', 'main') \
+                 UNION ALL SELECT room_id, event_pos FROM own_reads WHERE user_id = $1 AND room_id IN ({rooms})) r GROUP BY room_id"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.read).await? {
+                read.insert(r.try_get(0)?, r.try_get(1)?);
+            }
+        }
+        Ok(read)
     }
 }
 
@@ -97,31 +158,18 @@ fn pusher_row(r: &DbRow) -> StoreResult<PusherRow> {
 #[async_trait]
 impl PushStore for SqlStore {
     async fn unread_counts(&self, user_id: &str, room_ids: &[String]) -> StoreResult<Vec<(String, i64, i64)>> {
+        let read = self.read_positions(user_id, room_ids).await?;
+        let pattern = member_pattern(user_id);
         let mut out = Vec::new();
         for chunk in room_ids.chunks(100) {
-            // Where the user has read up to in each room, then only the actions after it: the
-            // count reads the unread rows through the (user, room, position) key, nothing else.
-            let rooms = in_list(2, chunk.len());
+            // Only the rows after each room's read position, through the (room, position) key.
+            let terms: Vec<String> = (0..chunk.len()).map(|i| format!("(room_id = ${} AND stream_pos > ${})", i * 2 + 2, i * 2 + 3)).collect();
             let sql = format!(
-                "SELECT room_id, MAX(event_pos) FROM (SELECT room_id, event_pos FROM receipts WHERE user_id = $1 AND room_id IN ({rooms}) \
-                 AND receipt_type IN ('m.read', 'm.read.private') AND thread_id IN ('', 'main') \
-                 UNION ALL SELECT room_id, event_pos FROM own_reads WHERE user_id = $1 AND room_id IN ({rooms})) r GROUP BY room_id"
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
-            for id in chunk {
-                q = q.bind(id);
-            }
-            let mut read: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
-            for r in q.fetch_all(&self.read).await? {
-                read.insert(r.try_get(0)?, r.try_get(1)?);
-            }
-            let terms: Vec<String> = (0..chunk.len()).map(|i| format!("(p.room_id = ${} AND p.stream_pos > ${})", i * 2 + 2, i * 2 + 3)).collect();
-            let sql = format!(
-                "SELECT p.room_id, COUNT(*), COALESCE(SUM(CASE WHEN p.highlight THEN 1 ELSE 0 END), 0) FROM push_actions p \
-                 WHERE p.user_id = $1 AND ({}) GROUP BY p.room_id",
+                "SELECT room_id, COUNT(*), COALESCE(SUM(CASE WHEN highlight LIKE $1 ESCAPE '\\' THEN 1 ELSE 0 END), 0) FROM push_events \
+                 WHERE ({}) AND notify LIKE $1 ESCAPE '\\' GROUP BY room_id",
                 terms.join(" OR ")
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&pattern);
             for id in chunk {
                 q = q.bind(id).bind(read.get(id).copied().unwrap_or(0));
             }
@@ -132,21 +180,34 @@ impl PushStore for SqlStore {
         Ok(out)
     }
 
-    async fn notifications(&self, user_id: &str, before: Option<i64>, limit: i64, only_highlight: bool) -> StoreResult<Vec<NotificationRow>> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS}, p.actions, p.ts, p.stream_pos <= {READ_UP_TO} FROM push_actions p JOIN events e ON e.stream_pos = p.stream_pos \
-             WHERE p.user_id = $1 AND p.stream_pos < $2 {} ORDER BY p.stream_pos DESC LIMIT $3",
-            if only_highlight { "AND p.highlight" } else { "" }
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .bind(before.unwrap_or(i64::MAX))
-            .bind(limit)
-            .fetch_all(&self.read)
-            .await?;
-        rows.iter()
-            .map(|r| Ok(NotificationRow { event: event_row(r)?, actions: r.try_get(9)?, ts: r.try_get(10)?, read: r.try_get(11)? }))
-            .collect()
+    async fn notifications(&self, user_id: &str, room_ids: &[String], before: Option<i64>, limit: i64, only_highlight: bool) -> StoreResult<Vec<NotificationRow>> {
+        if room_ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let read = self.read_positions(user_id, room_ids).await?;
+        let mut out: Vec<NotificationRow> = Vec::new();
+        for chunk in room_ids.chunks(100) {
+            let column = if only_highlight { "p.highlight" } else { "p.notify" };
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS}, p.actions, p.ts FROM push_events p JOIN events e ON e.stream_pos = p.stream_pos \
+                 WHERE p.room_id IN ({}) AND p.stream_pos < $2 AND {column} LIKE $1 ESCAPE '\\' ORDER BY p.stream_pos DESC LIMIT $3",
+                in_list(4, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(member_pattern(user_id)).bind(before.unwrap_or(i64::MAX)).bind(limit);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.read).await? {
+                let event = event_row(&r)?;
+                let all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&r.try_get::<String, _>(9)?).unwrap_or_default();
+                let actions = all.get(user_id).map(|a| a.to_string()).unwrap_or_else(|| "[]".into());
+                let read_pos = read.get(&event.room_id).copied().unwrap_or(0);
+                out.push(NotificationRow { read: event.stream_pos <= read_pos, actions, ts: r.try_get(10)?, event });
+            }
+        }
+        out.sort_by_key(|n| std::cmp::Reverse(n.event.stream_pos));
+        out.truncate(limit as usize);
+        Ok(out)
     }
 
     async fn pushers(&self, user_id: &str) -> StoreResult<Vec<PusherRow>> {

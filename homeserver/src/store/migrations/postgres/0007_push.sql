@@ -1,15 +1,16 @@
--- Push actions: the result of evaluating each member's push rules on an event that notifies
--- them, written with the event. Unread and highlight counts are those after the member's read
--- receipt.
-CREATE TABLE push_actions (
-    user_id TEXT NOT NULL,
+-- Push actions: which local members an event notifies and highlights, decided by each one's
+-- push rules and written with the event — one row per event, however many members it notifies.
+-- `notify` and `highlight` list user ids as `,@a:x,@b:x,`; `actions` maps user id → actions.
+-- Unread and highlight counts are the rows after a member's read position that name them.
+CREATE TABLE push_events (
     room_id TEXT NOT NULL,
     stream_pos BIGINT NOT NULL,
     event_id TEXT NOT NULL,
-    actions TEXT NOT NULL,
-    highlight BOOLEAN NOT NULL,
     ts BIGINT NOT NULL,
-    PRIMARY KEY (user_id, room_id, stream_pos)
+    notify TEXT NOT NULL,
+    highlight TEXT NOT NULL,
+    actions TEXT NOT NULL,
+    PRIMARY KEY (room_id, stream_pos)
 );
 
 -- Where each member last wrote in a room: whoever writes has read what came before. Apart from
