@@ -27,7 +27,7 @@ impl Homeserver {
         event_id: &EventId,
         thread: &str,
     ) -> Result<()> {
-        let interested = self.joined_members_to_wake(user, room_id).await?;
+        let interested = self.rooms.members_if_joined(user, room_id).await?;
         let event = self
             .stores
             .events

@@ -273,6 +273,18 @@ async fn admit<R: IncomingRequest + 'static>(
     Ok((Ctx { hs, session, ip }, params))
 }
 
+/// A JSON body of a hand-parsed request: 400 `M_NOT_JSON` when it is not JSON, `M_BAD_JSON`
+/// when it has the wrong shape.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() {
+            Error::NotJson("the request body is not valid JSON".into())
+        } else {
+            Error::bad_json(e.to_string())
+        }
+    })
+}
+
 /// Parses the typed request, telling broken JSON, wrong JSON and wrong parameters apart.
 fn parse<R: IncomingRequest>(
     parts: http::request::Parts,

@@ -11,10 +11,7 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use tokio::time::Instant;
 
 use super::Serial;
-use crate::{
-    error::{Error, Result},
-    homeserver::Homeserver,
-};
+use crate::{error::Result, homeserver::Homeserver};
 
 /// Longest typing timeout honoured; clients renew while the user types.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
@@ -93,7 +90,7 @@ impl Homeserver {
         room_id: &RoomId,
         timeout: Option<Duration>,
     ) -> Result<()> {
-        let members = self.joined_members_to_wake(user, room_id).await?;
+        let members = self.rooms.members_if_joined(user, room_id).await?;
         if timeout.is_some() {
             self.presence.active(self, user);
         }
@@ -108,28 +105,13 @@ impl Homeserver {
                 tokio::time::sleep_until(deadline).await;
                 let Some(hs) = hs.upgrade() else { return };
                 if hs.typing.expire(&room_id, &user, deadline)
-                    && let Ok(members) = hs.joined_members_to_wake(&user, &room_id).await
+                    && let Ok(members) = hs.rooms.members_if_joined(&user, &room_id).await
                 {
                     hs.notifier.wake(members.iter().map(|u| u.as_ref()));
                 }
             });
         }
         Ok(())
-    }
-
-    /// The room's joined and invited members, if `user` is joined (else 403).
-    pub(crate) async fn joined_members_to_wake(
-        &self,
-        user: &UserId,
-        room_id: &RoomId,
-    ) -> Result<Vec<OwnedUserId>> {
-        self.rooms
-            .with_state(room_id, |room| {
-                (room.membership(user).as_deref() == Some("join")).then(|| room.interested_users())
-            })
-            .await?
-            .ok_or_else(|| Error::not_found("room not found"))?
-            .ok_or_else(|| Error::forbidden("you are not a member of this room"))
     }
 }
 

@@ -279,6 +279,21 @@ impl Rooms {
         Ok(guard.as_ref().and_then(|g| g.as_ref()).map(f))
     }
 
+    /// The room's joined and invited members (whom an ephemeral change wakes), if `user` is
+    /// joined; 404 for an unknown room, 403 for a non-member.
+    pub async fn members_if_joined(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Vec<OwnedUserId>> {
+        self.with_state(room_id, |room| {
+            (room.membership(user).as_deref() == Some("join")).then(|| room.interested_users())
+        })
+        .await?
+        .ok_or_else(|| Error::not_found("room not found"))?
+        .ok_or_else(|| Error::forbidden("you are not a member of this room"))
+    }
+
     fn build(
         &self,
         room: &RoomState,

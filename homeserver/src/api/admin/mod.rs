@@ -19,7 +19,7 @@ use axum::{
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{bearer, tenant_for};
+use super::{bearer, json_body, tenant_for};
 use crate::{
     accounts::SeenFrom,
     admin::TokenCheck,
@@ -134,11 +134,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for J<T> {
         let bytes = axum::body::to_bytes(req.into_body(), 1024 * 1024)
             .await
             .map_err(|_| Error::TooLarge)?;
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| Error::NotJson("the request body is not valid JSON".into()))?;
-        serde_json::from_value(value)
-            .map(J)
-            .map_err(|e| Error::bad_json(e.to_string()))
+        json_body(&bytes).map(J)
     }
 }
 

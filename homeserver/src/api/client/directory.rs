@@ -9,7 +9,7 @@ use ruma::api::client::{
 use serde::Deserialize;
 
 use crate::{
-    api::{Ctx, route, route_streaming},
+    api::{Ctx, json_body, route, route_streaming},
     error::{Error, Result},
     tenants::Tenants,
 };
@@ -61,13 +61,7 @@ async fn report_event(
             score: None,
         }
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
-                Error::NotJson("the request body is not valid JSON".into())
-            } else {
-                Error::bad_json(e.to_string())
-            }
-        })?
+        json_body(&bytes)?
     };
     ctx.hs
         .report(
