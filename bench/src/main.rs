@@ -492,16 +492,29 @@ async fn tim_homeserver_drop(name: &str) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() {
-    // Under `cargo run`, make sure the release server binary is built and current.
+    // Under `cargo run`, make sure the release server binary is built and current. Built
+    // together with tim-bench, so that dependency features unify as in the `cargo run` that
+    // started us and nothing is compiled twice.
     if let Ok(cargo) = std::env::var("CARGO") {
-        let status = std::process::Command::new(cargo)
+        let mut build = std::process::Command::new(cargo);
+        // Without the variables `cargo run` set for us: build scripts (ring's) that watch
+        // them would otherwise rerun and recompile half the tree on every alternation.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR")
+                || key == "OUT_DIR"
+            {
+                build.env_remove(key.as_ref());
+            }
+        }
+        let status = build
             .args([
                 "build",
                 "--release",
                 "-p",
                 "tim-homeserver",
-                "--bin",
-                "tim-homeserver",
+                "-p",
+                "tim-bench",
             ])
             .status()
             .expect("cargo build");

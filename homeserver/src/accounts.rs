@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     config::Argon2Config,
+    e2ee::device_lists::DeviceLists,
     error::{Error, Result},
     rooms::create::now_ms,
     store::{AccountStore, NewSession, SessionStore, StoreError},
@@ -63,6 +64,8 @@ pub struct Accounts {
     reserved: Vec<String>,
     accounts: Arc<dyn AccountStore>,
     sessions: Arc<dyn SessionStore>,
+    /// Deleting devices is a device-list change.
+    device_lists: Arc<DeviceLists>,
     argon2: Argon2Config,
     refresh_lifetime: Duration,
     /// token hash → (session, expiry, last-seen write); cleared on logout and device deletion.
@@ -104,11 +107,13 @@ impl Accounts {
         server_name: OwnedServerName,
         accounts: Arc<dyn AccountStore>,
         sessions: Arc<dyn SessionStore>,
+        device_lists: Arc<DeviceLists>,
         argon2: Argon2Config,
         refresh_lifetime: Duration,
         reserved: Vec<String>,
     ) -> Self {
         Self {
+            device_lists,
             reserved,
             server_name,
             accounts,
@@ -499,11 +504,7 @@ impl Accounts {
 
     pub async fn logout(&self, session: &Session) -> Result<()> {
         let removed = self
-            .sessions
-            .delete_devices(
-                session.user_id.as_str(),
-                std::slice::from_ref(&session.device_id.to_string()),
-            )
+            .delete_device_rows(&session.user_id, &[session.device_id.to_string()])
             .await?;
         self.forget_tokens(&removed);
         self.forget_tokens(std::slice::from_ref(&session.token_hash));
@@ -511,21 +512,35 @@ impl Accounts {
     }
 
     pub async fn logout_all(&self, user_id: &UserId) -> Result<()> {
+        let sessions = &self.sessions;
         let removed = self
-            .sessions
-            .delete_all_devices(user_id.as_str(), None)
+            .device_lists
+            .change(user_id, |pos| {
+                sessions.delete_all_devices(user_id.as_str(), None, pos)
+            })
             .await?;
         self.forget_tokens(&removed);
         Ok(())
     }
 
     pub async fn delete_devices(&self, user_id: &UserId, devices: &[String]) -> Result<()> {
-        let removed = self
-            .sessions
-            .delete_devices(user_id.as_str(), devices)
-            .await?;
+        let removed = self.delete_device_rows(user_id, devices).await?;
         self.forget_tokens(&removed);
         Ok(())
+    }
+
+    /// Deletes devices with their tokens, keys and to-device inboxes: a device-list change.
+    async fn delete_device_rows(
+        &self,
+        user_id: &UserId,
+        devices: &[String],
+    ) -> Result<Vec<String>> {
+        let sessions = &self.sessions;
+        self.device_lists
+            .change(user_id, |pos| {
+                sessions.delete_devices(user_id.as_str(), devices, pos)
+            })
+            .await
     }
 
     pub async fn change_password(
@@ -539,9 +554,16 @@ impl Accounts {
             .set_password_hash(session.user_id.as_str(), &hash)
             .await?;
         if logout_devices {
+            let sessions = &self.sessions;
             let removed = self
-                .sessions
-                .delete_all_devices(session.user_id.as_str(), Some(session.device_id.as_str()))
+                .device_lists
+                .change(&session.user_id, |pos| {
+                    sessions.delete_all_devices(
+                        session.user_id.as_str(),
+                        Some(session.device_id.as_str()),
+                        pos,
+                    )
+                })
                 .await?;
             self.forget_tokens(&removed);
         }
@@ -549,7 +571,11 @@ impl Accounts {
     }
 
     pub async fn deactivate(&self, user_id: &UserId) -> Result<()> {
-        let removed = self.accounts.deactivate(user_id.as_str()).await?;
+        let accounts = &self.accounts;
+        let removed = self
+            .device_lists
+            .change(user_id, |pos| accounts.deactivate(user_id.as_str(), pos))
+            .await?;
         self.forget_tokens(&removed);
         Ok(())
     }

@@ -36,7 +36,7 @@ pub struct Config {
     pub operator_token: Option<Secret>,
     /// `human` or `json` log lines.
     pub log_format: LogFormat,
-    /// Log filter in `tracing` syntax, e.g. `info` or `tim_homeserver=debug`.
+    /// Log filter in `tracing` syntax, e.g. `info` or `info,tim_homeserver=debug`.
     pub log_level: String,
     /// Room version used when `createRoom` names none.
     pub default_room_version: String,
@@ -198,7 +198,8 @@ impl Default for Config {
             open_registration: false,
             operator_token: None,
             log_format: LogFormat::Human,
-            log_level: "info".into(),
+            // Ruma's state resolution reports every passed auth check at `info`.
+            log_level: "info,ruma_state_res=warn".into(),
             default_room_version: "10".into(),
             supported_room_versions: vec!["9".into(), "10".into()],
             refreshable_access_token_lifetime_secs: 300,

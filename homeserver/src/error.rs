@@ -78,6 +78,10 @@ impl Error {
     pub fn invalid_param(msg: impl Into<String>) -> Self {
         Self::InvalidParam(msg.into())
     }
+    /// A key or signature that does not verify (`M_INVALID_PARAM`, as for any bad argument).
+    pub fn invalid_signature(msg: impl Into<String>) -> Self {
+        Self::InvalidParam(msg.into())
+    }
     pub fn internal(msg: impl std::fmt::Display) -> Self {
         Self::Internal(msg.to_string())
     }

@@ -8,6 +8,7 @@ use ruma::{OwnedServerName, OwnedUserId, RoomVersionId, UserId, signatures::Ed25
 use crate::{
     accounts::Accounts,
     config::{Config, DatabaseLocation},
+    e2ee::device_lists::DeviceLists,
     ephemeral::{
         Serial,
         presence::{self, Presence},
@@ -38,6 +39,8 @@ pub struct Homeserver {
     pub presence: Presence,
     pub media: Media,
     pub push: Arc<Push>,
+    /// Records device-list changes and wakes whoever has to hear of them.
+    pub device_lists: Arc<DeviceLists>,
     /// Serialises read-modify-writes of account data (`m.tag`, `m.push_rules`).
     pub(crate) account_data_edits: tokio::sync::Mutex<()>,
 }
@@ -104,10 +107,16 @@ impl Homeserver {
                 .map(|v| parse_version(v))
                 .collect::<Result<_>>()?,
         ));
+        let device_lists = Arc::new(DeviceLists::new(
+            stream.clone(),
+            notifier.clone(),
+            stores.keys.clone(),
+        ));
         let accounts = Accounts::new(
             server_name.clone(),
             stores.accounts.clone(),
             stores.sessions.clone(),
+            device_lists.clone(),
             config.argon2.clone(),
             Duration::from_secs(config.refreshable_access_token_lifetime_secs),
             vec![config.server_notices.localpart.clone()],
@@ -145,6 +154,7 @@ impl Homeserver {
             presence,
             media,
             push: push.clone(),
+            device_lists,
             account_data_edits: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(presence::run_timers(Arc::downgrade(&hs), presence_timers));

@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod directory;
+pub mod e2ee;
 pub mod ephemeral;
 pub mod error;
 pub mod homeserver;

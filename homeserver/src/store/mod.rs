@@ -45,6 +45,7 @@ pub struct Stores {
     pub reports: Arc<dyn ReportStore>,
     pub notices: Arc<dyn NoticeStore>,
     pub admin: Arc<dyn AdminStore>,
+    pub keys: Arc<dyn KeyStore>,
     /// Closes the pools (tenant removal, shutdown).
     pub closer: Arc<dyn Closer>,
 }
@@ -95,9 +96,9 @@ pub trait AccountStore: Send + Sync {
     async fn get_user(&self, user_id: &str) -> StoreResult<Option<UserRow>>;
     async fn count_users(&self) -> StoreResult<i64>;
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()>;
-    /// Marks the user deactivated, removes the password, all devices and tokens. Returns the
-    /// removed token hashes.
-    async fn deactivate(&self, user_id: &str) -> StoreResult<Vec<String>>;
+    /// Marks the user deactivated, removes the password, all devices, their tokens and keys
+    /// (a device-list change at `change_pos`). Returns the removed token hashes.
+    async fn deactivate(&self, user_id: &str, change_pos: i64) -> StoreResult<Vec<String>>;
 
     async fn create_registration_token(
         &self,
@@ -189,17 +190,20 @@ pub trait SessionStore: Send + Sync {
     ) -> StoreResult<Option<(Vec<String>, TokenRow)>>;
     /// The first use of a refreshed session: the refresh token it came from is revoked.
     async fn confirm_refresh(&self, token_hash: &str) -> StoreResult<()>;
-    /// Deletes devices and their tokens; returns the token hashes removed.
+    /// Deletes devices, their tokens, keys and to-device inboxes (a device-list change at
+    /// `change_pos`); returns the token hashes removed.
     async fn delete_devices(
         &self,
         user_id: &str,
         device_ids: &[String],
+        change_pos: i64,
     ) -> StoreResult<Vec<String>>;
-    /// Deletes all devices of the user (but `keep`) and their tokens; returns the token hashes.
+    /// `delete_devices` for all devices of the user but `keep`.
     async fn delete_all_devices(
         &self,
         user_id: &str,
         keep: Option<&str>,
+        change_pos: i64,
     ) -> StoreResult<Vec<String>>;
     async fn list_devices(&self, user_id: &str) -> StoreResult<Vec<DeviceRow>>;
     async fn get_device(&self, user_id: &str, device_id: &str) -> StoreResult<Option<DeviceRow>>;
@@ -423,6 +427,122 @@ pub trait PushStore: Send + Sync {
         attempts: i64,
         next_attempt_ts: i64,
     ) -> StoreResult<()>;
+}
+
+/// A one-time or fallback key as uploaded: `algorithm:key_id` split, the key object as JSON.
+#[derive(Clone, Debug)]
+pub struct OneTimeKeyRow {
+    pub algorithm: String,
+    pub key_id: String,
+    pub json: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeviceKeysRow {
+    pub user_id: String,
+    pub device_id: String,
+    pub json: String,
+    pub display_name: Option<String>,
+}
+
+/// A key handed out by `/keys/claim`.
+#[derive(Clone, Debug)]
+pub struct ClaimedKey {
+    pub user_id: String,
+    pub device_id: String,
+    pub algorithm: String,
+    pub key_id: String,
+    pub json: String,
+}
+
+/// A to-device message for one device of a local user, or (`device_id` None) all of them.
+#[derive(Clone, Debug)]
+pub struct ToDeviceTarget {
+    pub user_id: String,
+    pub device_id: Option<String>,
+    /// The whole event (`sender`, `type`, `content`) as JSON.
+    pub json: String,
+}
+
+/// A membership or encryption state event, for device-list tracking.
+#[derive(Clone, Debug)]
+pub struct SharingChange {
+    pub room_id: String,
+    pub event_type: String,
+    pub state_key: String,
+    pub membership: Option<String>,
+}
+
+/// End-to-end encryption material the server carries: device keys, one-time and fallback
+/// keys, the device-list stream and to-device inboxes.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Stores the device's keys (`device_keys` None: unchanged) and adds one-time keys (a key id
+    /// already present keeps its first upload) and fallback keys (replacing the algorithm's
+    /// previous one); with `change_pos`, records a device-list change of the user there.
+    async fn upload_keys(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        device_keys: Option<&str>,
+        one_time: &[OneTimeKeyRow],
+        fallback: &[OneTimeKeyRow],
+        change_pos: Option<i64>,
+    ) -> StoreResult<()>;
+    /// The device's uploaded keys, if any.
+    async fn device_keys_of(&self, user_id: &str, device_id: &str) -> StoreResult<Option<String>>;
+    /// Unclaimed one-time keys per algorithm, and the algorithms with an unused fallback key.
+    async fn key_counts(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> StoreResult<(Vec<(String, i64)>, Vec<String>)>;
+    /// Device keys of all devices of these users, with the devices' display names.
+    async fn device_keys(&self, user_ids: &[String]) -> StoreResult<Vec<DeviceKeysRow>>;
+    /// Claims one key per `(user, device, algorithm)`: a one-time key (each handed out once,
+    /// also under concurrent claims), else the fallback key (marked used). Devices without
+    /// either are left out.
+    async fn claim_keys(&self, wanted: &[(String, String, String)])
+    -> StoreResult<Vec<ClaimedKey>>;
+    /// Users whose device lists changed at positions in `(from, to]`.
+    async fn device_list_changes(&self, from: i64, to: i64) -> StoreResult<Vec<String>>;
+    /// Records a device-list change of the user at `pos` (a renamed device, say).
+    async fn record_device_list_change(&self, user_id: &str, pos: i64) -> StoreResult<()>;
+    /// Users joined to or invited into an encrypted room the user is joined to (the user included).
+    async fn users_sharing_encrypted_rooms(&self, user_id: &str) -> StoreResult<Vec<String>>;
+    /// Users joined to or invited into the room.
+    async fn room_members(&self, room_id: &str) -> StoreResult<Vec<String>>;
+    /// The encrypted ones among `room_ids`.
+    async fn encrypted_rooms(&self, room_ids: &[String]) -> StoreResult<Vec<String>>;
+    /// Membership and `m.room.encryption` events of these rooms in `(from, to]`, oldest first.
+    async fn sharing_changes(
+        &self,
+        room_ids: &[String],
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<SharingChange>>;
+    /// Queues to-device messages at `pos`; false (nothing queued) if the sender's device used
+    /// `txn_id` before.
+    async fn send_to_device(
+        &self,
+        sender: &str,
+        sender_device: &str,
+        txn_id: &str,
+        messages: &[ToDeviceTarget],
+        pos: i64,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// The device's to-device messages in `(after, upto]`, oldest first, at most `limit`.
+    async fn to_device_messages(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, String)>>;
+    /// Deletes the device's to-device messages at or below `upto` (acknowledged by a sync).
+    async fn ack_to_device(&self, user_id: &str, device_id: &str, upto: i64) -> StoreResult<()>;
 }
 
 #[derive(Clone, Debug, Default)]

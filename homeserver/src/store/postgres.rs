@@ -25,6 +25,7 @@ mod imp {
     include!("sql/media.rs");
     include!("sql/push.rs");
     include!("sql/admin.rs");
+    include!("sql/keys.rs");
 
     /// One statement text for any number of rows (arrays through UNNEST), so PostgreSQL plans
     /// it once per connection instead of once per batch size.
@@ -47,48 +48,36 @@ mod imp {
         Ok(())
     }
 
-    /// Push rows and own-read positions in one statement (a data-modifying CTE): every
-    /// statement of the write transaction costs PostgreSQL more than its rows do.
-    async fn write_push_events_and_reads(
+    /// One statement for all wanted devices: each takes its lowest one-time key, skipping keys
+    /// a concurrent claim has locked, so no key is handed out twice.
+    async fn claim_one_time_keys(
         tx: &mut sqlx::Transaction<'_, Db>,
-        r: &PushEventRows,
-        own: &OwnReads,
-    ) -> StoreResult<()> {
-        const EVENTS: &str = "INSERT INTO push_events (room_id, stream_pos, event_id, ts, notify, highlight, actions) \
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[])";
-        let reads = |first: usize| {
-            format!(
-                "INSERT INTO own_reads (room_id, user_id, event_pos) SELECT * FROM UNNEST(${first}::text[], ${}::text[], ${}::bigint[]) \
-                 ON CONFLICT (room_id, user_id) DO UPDATE SET event_pos = excluded.event_pos WHERE own_reads.event_pos < excluded.event_pos",
-                first + 1,
-                first + 2
-            )
-        };
-        let sql = match (r.room_ids.is_empty(), own.rooms.is_empty()) {
-            (true, true) => return Ok(()),
-            (false, false) => format!("WITH pe AS ({EVENTS}) {}", reads(8)),
-            (false, true) => EVENTS.to_owned(),
-            (true, false) => reads(1),
-        };
-        let q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        let q = if r.room_ids.is_empty() {
-            q
-        } else {
-            q.bind(&r.room_ids)
-                .bind(&r.positions)
-                .bind(&r.event_ids)
-                .bind(&r.ts)
-                .bind(&r.notify)
-                .bind(&r.highlight)
-                .bind(&r.actions)
-        };
-        let q = if own.rooms.is_empty() {
-            q
-        } else {
-            q.bind(&own.rooms).bind(&own.users).bind(&own.positions)
-        };
-        q.execute(&mut **tx).await?;
-        Ok(())
+        wanted: &[(String, String, String)],
+    ) -> StoreResult<Vec<ClaimedKey>> {
+        if wanted.is_empty() {
+            return Ok(vec![]);
+        }
+        let rows = sqlx::query(
+            "DELETE FROM one_time_keys WHERE ctid = ANY(ARRAY(SELECT k.ctid FROM UNNEST($1::text[], $2::text[], $3::text[]) AS w(u, d, a) \
+             CROSS JOIN LATERAL (SELECT ctid FROM one_time_keys WHERE user_id = w.u AND device_id = w.d AND algorithm = w.a \
+             ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) k)) RETURNING user_id, device_id, algorithm, key_id, json",
+        )
+        .bind(wanted.iter().map(|w| w.0.clone()).collect::<Vec<_>>())
+        .bind(wanted.iter().map(|w| w.1.clone()).collect::<Vec<_>>())
+        .bind(wanted.iter().map(|w| w.2.clone()).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ClaimedKey {
+                    user_id: r.try_get(0)?,
+                    device_id: r.try_get(1)?,
+                    algorithm: r.try_get(2)?,
+                    key_id: r.try_get(3)?,
+                    json: r.try_get(4)?,
+                })
+            })
+            .collect()
     }
 
     impl SqlStore {

@@ -40,6 +40,7 @@ impl SqlStore {
             reports: store.clone(),
             notices: store.clone(),
             admin: store.clone(),
+            keys: store.clone(),
             closer: store,
         }
     }
@@ -127,12 +128,13 @@ impl AccountStore for SqlStore {
         Ok(())
     }
 
-    async fn deactivate(&self, user_id: &str) -> StoreResult<Vec<String>> {
+    async fn deactivate(&self, user_id: &str, change_pos: i64) -> StoreResult<Vec<String>> {
         let mut tx = self.write.begin().await?;
         sqlx::query("UPDATE users SET deactivated = TRUE, password_hash = NULL WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         let rows = sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 RETURNING token_hash").bind(user_id).fetch_all(&mut *tx).await?;
         sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM pushers WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
+        delete_device_keys(&mut tx, user_id, None, "", change_pos).await?;
         tx.commit().await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
@@ -345,7 +347,7 @@ impl SessionStore for SqlStore {
         Ok(())
     }
 
-    async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> StoreResult<Vec<String>> {
+    async fn delete_devices(&self, user_id: &str, device_ids: &[String], change_pos: i64) -> StoreResult<Vec<String>> {
         let mut tx = self.write.begin().await?;
         let mut removed = Vec::new();
         for device_id in device_ids {
@@ -359,11 +361,12 @@ impl SessionStore for SqlStore {
             // A device's pushers go with it: a signed-out phone gets no more pushes.
             sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND device_id = $2").bind(user_id).bind(device_id).execute(&mut *tx).await?;
         }
+        delete_device_keys(&mut tx, user_id, Some(device_ids), "", change_pos).await?;
         tx.commit().await?;
         Ok(removed)
     }
 
-    async fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> StoreResult<Vec<String>> {
+    async fn delete_all_devices(&self, user_id: &str, keep: Option<&str>, change_pos: i64) -> StoreResult<Vec<String>> {
         let keep = keep.unwrap_or("");
         let mut tx = self.write.begin().await?;
         let rows = sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2 RETURNING token_hash")
@@ -373,6 +376,7 @@ impl SessionStore for SqlStore {
             .await?;
         sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2").bind(user_id).bind(keep).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND device_id <> $2").bind(user_id).bind(keep).execute(&mut *tx).await?;
+        delete_device_keys(&mut tx, user_id, None, keep, change_pos).await?;
         tx.commit().await?;
         hashes(rows)
     }
@@ -562,11 +566,14 @@ fn in_list(start: usize, n: usize) -> String {
 #[async_trait]
 impl EventStore for SqlStore {
     async fn max_stream_pos(&self) -> StoreResult<i64> {
-        let row = sqlx::query("SELECT COALESCE((SELECT MAX(stream_pos) FROM events), 0), COALESCE((SELECT MAX(stream_pos) FROM account_data), 0), COALESCE((SELECT MAX(stream_pos) FROM receipts), 0)")
-            .fetch_one(&self.read)
-            .await?;
-        let (a, b, c): (i64, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        Ok(a.max(b).max(c))
+        let tables = ["events", "account_data", "receipts", "device_list_changes", "to_device_txns"];
+        let columns: Vec<String> = tables.iter().map(|t| format!("COALESCE((SELECT MAX(stream_pos) FROM {t}), 0)")).collect();
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {}", columns.join(", ")))).fetch_one(&self.read).await?;
+        let mut max = 0;
+        for i in 0..tables.len() {
+            max = max.max(row.try_get::<i64, _>(i)?);
+        }
+        Ok(max)
     }
 
     async fn max_state_group(&self) -> StoreResult<i64> {
@@ -593,20 +600,22 @@ impl EventStore for SqlStore {
     async fn persist_events(&self, events: &[NewEvent<'_>]) -> StoreResult<()> {
         let Some(last) = events.last() else { return Ok(()) };
         let mut tx = self.write.begin().await?;
-        // One multi-row INSERT per chunk of the batch (17 binds per row).
+        // One multi-row INSERT per chunk of the batch (21 binds per row).
         for chunk in events.chunks(32) {
             let mut sql = String::from(
                 "INSERT INTO events (stream_pos, event_id, room_id, sender, type, state_key, depth, origin_server_ts, json, state_group, \
-                 replaces_state, relates_to, rel_type, rel_key, txn_device, txn_id, membership) VALUES ",
+                 replaces_state, relates_to, rel_type, rel_key, txn_device, txn_id, membership, push_notify, push_highlight, push_actions, \
+                 read_by_sender) VALUES ",
             );
             for i in 0..chunk.len() {
-                let b = i * 17;
+                let b = i * 21;
                 sql.push_str(if i == 0 { "(" } else { ", (" });
-                sql.push_str(&(1..=17).map(|n| format!("${}", b + n)).collect::<Vec<_>>().join(", "));
+                sql.push_str(&(1..=21).map(|n| format!("${}", b + n)).collect::<Vec<_>>().join(", "));
                 sql.push(')');
             }
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for ev in chunk {
+                let (notify, highlight, actions) = push_columns(ev.push);
                 q = q
                     .bind(ev.stream_pos)
                     .bind(ev.event_id)
@@ -624,11 +633,15 @@ impl EventStore for SqlStore {
                     .bind(ev.relates_to.and_then(|r| r.2))
                     .bind(ev.txn.map(|t| t.0))
                     .bind(ev.txn.map(|t| t.1))
-                    .bind(ev.membership);
+                    .bind(ev.membership)
+                    .bind(notify)
+                    .bind(highlight)
+                    .bind(actions)
+                    .bind(ev.marks_read);
             }
             q.execute(&mut *tx).await.map_err(unique)?;
         }
-        insert_push_actions(&mut tx, events).await?;
+        insert_push_queue_rows(&mut tx, events).await?;
         for ev in events {
             if let Some(group) = &ev.new_state_group {
                 sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES ($1, $2, $3, $4)")

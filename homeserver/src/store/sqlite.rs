@@ -21,6 +21,7 @@ mod imp {
     include!("sql/media.rs");
     include!("sql/push.rs");
     include!("sql/admin.rs");
+    include!("sql/keys.rs");
 
     /// Multi-row inserts (SQLite has no arrays; statements are cheap in-process).
     async fn insert_push_queue(
@@ -64,81 +65,34 @@ mod imp {
         Ok(())
     }
 
-    async fn write_push_events_and_reads(
+    /// Claims run on the single write connection, one after the other, so a key deleted here
+    /// cannot be handed out again.
+    async fn claim_one_time_keys(
         tx: &mut sqlx::Transaction<'_, Db>,
-        rows: &PushEventRows,
-        own: &OwnReads,
-    ) -> StoreResult<()> {
-        if !own.rooms.is_empty() {
-            upsert_own_reads(tx, &own.rooms, &own.users, &own.positions).await?;
-        }
-        if !rows.room_ids.is_empty() {
-            insert_push_events(tx, rows).await?;
-        }
-        Ok(())
-    }
-
-    async fn insert_push_events(
-        tx: &mut sqlx::Transaction<'_, Db>,
-        r: &PushEventRows,
-    ) -> StoreResult<()> {
-        for start in (0..r.room_ids.len()).step_by(100) {
-            let end = (start + 100).min(r.room_ids.len());
-            let values: Vec<String> = (0..end - start)
-                .map(|i| {
-                    let b = i * 7;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO push_events (room_id, stream_pos, event_id, ts, notify, highlight, actions) VALUES {}",
-                values.join(", ")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for i in start..end {
-                q = q
-                    .bind(&r.room_ids[i])
-                    .bind(r.positions[i])
-                    .bind(&r.event_ids[i])
-                    .bind(r.ts[i])
-                    .bind(&r.notify[i])
-                    .bind(&r.highlight[i])
-                    .bind(&r.actions[i]);
+        wanted: &[(String, String, String)],
+    ) -> StoreResult<Vec<ClaimedKey>> {
+        let mut out = Vec::new();
+        for (user_id, device_id, algorithm) in wanted {
+            let row = sqlx::query(
+                "DELETE FROM one_time_keys WHERE rowid = (SELECT rowid FROM one_time_keys WHERE user_id = $1 AND device_id = $2 \
+                 AND algorithm = $3 ORDER BY key_id LIMIT 1) RETURNING key_id, json",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(algorithm)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(r) = row {
+                out.push(ClaimedKey {
+                    user_id: user_id.clone(),
+                    device_id: device_id.clone(),
+                    algorithm: algorithm.clone(),
+                    key_id: r.try_get(0)?,
+                    json: r.try_get(1)?,
+                });
             }
-            q.execute(&mut **tx).await?;
         }
-        Ok(())
-    }
-
-    async fn upsert_own_reads(
-        tx: &mut sqlx::Transaction<'_, Db>,
-        rooms: &[String],
-        users: &[String],
-        positions: &[i64],
-    ) -> StoreResult<()> {
-        let values: Vec<String> = (0..rooms.len())
-            .map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3))
-            .collect();
-        let sql = format!(
-            "INSERT INTO own_reads (room_id, user_id, event_pos) VALUES {} \
-             ON CONFLICT (room_id, user_id) DO UPDATE SET event_pos = excluded.event_pos WHERE own_reads.event_pos < excluded.event_pos",
-            values.join(", ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for i in 0..rooms.len() {
-            q = q.bind(&rooms[i]).bind(&users[i]).bind(positions[i]);
-        }
-        q.execute(&mut **tx).await?;
-        Ok(())
+        Ok(out)
     }
 
     impl SqlStore {

@@ -59,10 +59,18 @@ fn sync_token(pos: i64, serial: i64) -> String {
     format!("s{pos}_{serial}")
 }
 
+/// Where a sync token's to-device messages end when that is before its position
+/// (`s{pos}_{serial}_{to_device}`: more were waiting than one sync delivers).
+pub fn parse_to_device_cursor(token: &str) -> Option<i64> {
+    token.split('_').nth(2).and_then(|t| t.parse::<i64>().ok())
+}
+
 pub struct SyncRequest {
     pub since: Option<i64>,
     /// The ephemeral serial of the `since` token.
     pub since_serial: Option<i64>,
+    /// The `since` token's to-device cursor, if it has one.
+    pub since_to_device: Option<i64>,
     pub set_presence: SyncPresence,
     pub full_state: bool,
     pub timeout: Duration,
@@ -119,8 +127,9 @@ pub async fn sync(hs: &Arc<Homeserver>, session: &Session, req: SyncRequest) -> 
         // Read before computing: a change during the computation comes again next time.
         let serial = hs.ephemeral.current();
         let fresh = req.since.is_none() || req.full_state;
-        let news =
-            req.since.is_some_and(|s| upto > s) || req.since_serial.is_none_or(|s| serial > s);
+        let news = req.since.is_some_and(|s| upto > s)
+            || req.since_serial.is_none_or(|s| serial > s)
+            || req.since_to_device.is_some();
         if fresh || news {
             let resp = compute(hs, session, &req, upto, serial).await?;
             if fresh || !is_empty(&resp) || tokio::time::Instant::now() >= deadline {
@@ -188,6 +197,8 @@ async fn compute(
         .into_iter()
         .map(|m| m.room_id)
         .collect();
+    // Device lists follow every room the user was in, whatever the filter shows.
+    let all_rooms: Vec<String> = history.keys().cloned().collect();
     history.retain(|room, _| listed.contains(room) && room_allowed(filter, room));
     let rooms: Vec<String> = history.keys().cloned().collect();
     let mut settings: HashMap<String, Vec<(i64, String)>> = HashMap::new();
@@ -506,6 +517,18 @@ async fn compute(
             joined.unread_notifications.highlight_count =
                 Some(ruma::UInt::new_saturating(h as u64));
         }
+    }
+
+    // End-to-end encryption: to-device messages, device lists, key counts.
+    let e2ee = hs
+        .sync_e2ee(session, since, req.since_to_device, upto, &all_rooms)
+        .await?;
+    resp.to_device.events = e2ee.to_device;
+    resp.device_lists = e2ee.device_lists;
+    resp.device_one_time_keys_count = e2ee.one_time_keys_count;
+    resp.device_unused_fallback_key_types = Some(e2ee.unused_fallback_key_types);
+    if let Some(cursor) = e2ee.to_device_cursor {
+        resp.next_batch = format!("{}_{cursor}", sync_token(upto, serial));
     }
     Ok(resp)
 }

@@ -4,6 +4,7 @@ mod account;
 mod account_data;
 mod directory;
 mod discovery;
+mod keys;
 mod media;
 mod presence;
 mod profile;
@@ -33,5 +34,6 @@ pub fn router(r: Router<Tenants>) -> Router<Tenants> {
     let r = media::routes(r);
     let r = push::routes(r);
     let r = directory::routes(r);
+    let r = keys::routes(r);
     sync::routes(r)
 }

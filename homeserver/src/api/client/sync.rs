@@ -13,7 +13,7 @@ use crate::{
     api::{Ctx, route},
     ephemeral::presence::SyncPresence,
     error::{Error, Result},
-    sync::{SyncRequest, parse_sync_token, sync},
+    sync::{SyncRequest, parse_sync_token, parse_to_device_cursor, sync},
     tenants::Tenants,
 };
 
@@ -60,6 +60,7 @@ async fn sync_handler(
         SyncRequest {
             since: since.map(|(pos, _)| pos),
             since_serial: since.and_then(|(_, serial)| serial),
+            since_to_device: req.since.as_deref().and_then(parse_to_device_cursor),
             set_presence,
             full_state: req.full_state,
             timeout,

@@ -29,83 +29,49 @@ impl PushRows {
     }
 }
 
-/// Writes the push actions (and queued pushes) of a batch of events, inside its transaction,
-/// and where each sender last wrote (`own_reads`): whoever writes in a room has seen what came
-/// before. The dialect's `insert_push_events`, `insert_push_queue` and `upsert_own_reads` write.
-async fn insert_push_actions(tx: &mut sqlx::Transaction<'_, Db>, events: &[NewEvent<'_>]) -> StoreResult<()> {
-    let mut own: Vec<&NewEvent<'_>> = Vec::new();
-    for ev in events.iter().rev().filter(|e| e.marks_read) {
-        if !own.iter().any(|o| o.sender == ev.sender) {
-            own.push(ev);
-        }
-    }
-    let own = OwnReads {
-        rooms: own.iter().map(|e| e.room_id.to_owned()).collect(),
-        users: own.iter().map(|e| e.sender.to_owned()).collect(),
-        positions: own.iter().map(|e| e.stream_pos).collect(),
-    };
-    let mut rows = PushEventRows::default();
+/// Queues the pushes of a batch of events (members with pushers), inside its transaction. The
+/// push actions themselves are columns of the event rows (`push_columns`).
+async fn insert_push_queue_rows(tx: &mut sqlx::Transaction<'_, Db>, events: &[NewEvent<'_>]) -> StoreResult<()> {
     let mut queue = PushRows::default();
-    for ev in events.iter().filter(|e| !e.push.is_empty()) {
-        rows.push(ev);
+    for ev in events {
         for a in ev.push.iter().filter(|a| a.send) {
             queue.push(ev, a);
         }
     }
-    write_push_events_and_reads(tx, &rows, &own).await?;
     if !queue.is_empty() {
         insert_push_queue(tx, &queue).await?;
     }
     Ok(())
 }
 
-/// Where senders last wrote, as columns (one entry per sender and room).
-struct OwnReads {
-    rooms: Vec<String>,
-    users: Vec<String>,
-    positions: Vec<i64>,
-}
-
-/// One `push_events` row per event that notifies anyone, as columns.
-#[derive(Default)]
-struct PushEventRows {
-    room_ids: Vec<String>,
-    positions: Vec<i64>,
-    event_ids: Vec<String>,
-    ts: Vec<i64>,
-    notify: Vec<String>,
-    highlight: Vec<String>,
-    actions: Vec<String>,
-}
-
-impl PushEventRows {
-    fn push(&mut self, ev: &NewEvent<'_>) {
-        let list = |users: &mut dyn Iterator<Item = &String>| {
-            let mut out = String::from(",");
-            for u in users {
-                out.push_str(u);
-                out.push(',');
-            }
-            out
-        };
-        self.room_ids.push(ev.room_id.to_owned());
-        self.positions.push(ev.stream_pos);
-        self.event_ids.push(ev.event_id.to_owned());
-        self.ts.push(ev.origin_server_ts);
-        self.notify.push(list(&mut ev.push.iter().map(|a| &a.user_id)));
-        self.highlight.push(list(&mut ev.push.iter().filter(|a| a.highlight).map(|a| &a.user_id)));
-        let mut actions = String::from("{");
-        for (i, a) in ev.push.iter().enumerate() {
-            if i > 0 {
-                actions.push(',');
-            }
-            actions.push_str(&serde_json::to_string(&a.user_id).unwrap_or_default());
-            actions.push(':');
-            actions.push_str(&a.actions);
-        }
-        actions.push('}');
-        self.actions.push(actions);
+/// An event's `push_notify`, `push_highlight` and `push_actions` columns: the members it notifies
+/// and highlights as `,@a:x,@b:x,` lists and the actions as a map of user id → actions; NULL
+/// when there are none.
+fn push_columns(push: &[NewPushAction]) -> (Option<String>, Option<String>, Option<String>) {
+    if push.is_empty() {
+        return (None, None, None);
     }
+    let list = |users: &mut dyn Iterator<Item = &String>| {
+        let mut out = String::from(",");
+        for u in users {
+            out.push_str(u);
+            out.push(',');
+        }
+        (out.len() > 1).then_some(out)
+    };
+    let notify = list(&mut push.iter().map(|a| &a.user_id));
+    let highlight = list(&mut push.iter().filter(|a| a.highlight).map(|a| &a.user_id));
+    let mut actions = String::from("{");
+    for (i, a) in push.iter().enumerate() {
+        if i > 0 {
+            actions.push(',');
+        }
+        actions.push_str(&serde_json::to_string(&a.user_id).unwrap_or_default());
+        actions.push(':');
+        actions.push_str(&a.actions);
+    }
+    actions.push('}');
+    (notify, highlight, Some(actions))
 }
 
 /// `LIKE` pattern matching a user id in a `,@a:x,@b:x,` list.
@@ -118,15 +84,14 @@ fn member_pattern(user_id: &str) -> String {
 const QUEUE_COLUMNS: &str = "user_id, room_id, stream_pos, event_id, actions, highlight, next_attempt_ts, attempts";
 
 impl SqlStore {
-    /// Where the user has read up to in each of the rooms (receipts and own writes).
-    async fn read_positions(&self, user_id: &str, room_ids: &[String]) -> StoreResult<std::collections::HashMap<String, i64>> {
+    /// Where the user's read receipts (unthreaded or main thread) are in each of the rooms.
+    async fn receipt_positions(&self, user_id: &str, room_ids: &[String]) -> StoreResult<std::collections::HashMap<String, i64>> {
         let mut read = std::collections::HashMap::new();
         for chunk in room_ids.chunks(100) {
-            let rooms = in_list(2, chunk.len());
             let sql = format!(
-                "SELECT room_id, MAX(event_pos) FROM (SELECT room_id, event_pos FROM receipts WHERE user_id = $1 AND room_id IN ({rooms}) \
-                 AND receipt_type IN ('m.read', 'm.read.private') AND thread_id IN ('', 'main') \
-                 UNION ALL SELECT room_id, event_pos FROM own_reads WHERE user_id = $1 AND room_id IN ({rooms})) r GROUP BY room_id"
+                "SELECT room_id, MAX(event_pos) FROM receipts WHERE user_id = $1 AND room_id IN ({}) \
+                 AND receipt_type IN ('m.read', 'm.read.private') AND thread_id IN ('', 'main') GROUP BY room_id",
+                in_list(2, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
             for id in chunk {
@@ -138,6 +103,33 @@ impl SqlStore {
         }
         Ok(read)
     }
+
+    /// Where the user has read up to in each of the rooms: their receipts, or a later event of
+    /// their own (whoever writes has read what came before).
+    async fn read_positions(&self, user_id: &str, room_ids: &[String]) -> StoreResult<std::collections::HashMap<String, i64>> {
+        let mut read = self.receipt_positions(user_id, room_ids).await?;
+        for chunk in room_ids.chunks(100) {
+            let sql = format!(
+                "SELECT room_id, MAX(stream_pos) FROM events WHERE ({}) AND sender = $1 AND read_by_sender GROUP BY room_id",
+                after_positions(2, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
+            for id in chunk {
+                q = q.bind(id).bind(read.get(id).copied().unwrap_or(0));
+            }
+            for r in q.fetch_all(&self.read).await? {
+                read.insert(r.try_get(0)?, r.try_get(1)?);
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// `(room_id = $n AND stream_pos > $n+1) OR …` for `count` rooms from placeholder `first` on:
+/// each term is a range of the (room_id, stream_pos) index.
+fn after_positions(first: usize, count: usize) -> String {
+    let terms: Vec<String> = (0..count).map(|i| format!("(room_id = ${} AND stream_pos > ${})", first + i * 2, first + i * 2 + 1)).collect();
+    terms.join(" OR ")
 }
 
 fn pusher_row(r: &DbRow) -> StoreResult<PusherRow> {
@@ -158,18 +150,21 @@ fn pusher_row(r: &DbRow) -> StoreResult<PusherRow> {
 #[async_trait]
 impl PushStore for SqlStore {
     async fn unread_counts(&self, user_id: &str, room_ids: &[String]) -> StoreResult<Vec<(String, i64, i64)>> {
-        let read = self.read_positions(user_id, room_ids).await?;
+        let read = self.receipt_positions(user_id, room_ids).await?;
         let pattern = member_pattern(user_id);
         let mut out = Vec::new();
         for chunk in room_ids.chunks(100) {
-            // Only the rows after each room's read position, through the (room, position) key.
-            let terms: Vec<String> = (0..chunk.len()).map(|i| format!("(room_id = ${} AND stream_pos > ${})", i * 2 + 2, i * 2 + 3)).collect();
+            // One pass over the events after each room's receipt (ranges of the (room, position)
+            // index): those that notify the user count if they follow the user's own last write.
             let sql = format!(
-                "SELECT room_id, COUNT(*), COALESCE(SUM(CASE WHEN highlight LIKE $1 ESCAPE '\\' THEN 1 ELSE 0 END), 0) FROM push_events \
-                 WHERE ({}) AND notify LIKE $1 ESCAPE '\\' GROUP BY room_id",
-                terms.join(" OR ")
+                "SELECT room_id, COUNT(*), COALESCE(SUM(CASE WHEN h THEN 1 ELSE 0 END), 0) FROM (\
+                   SELECT room_id, stream_pos, push_notify LIKE $1 ESCAPE '\\' AS n, push_highlight LIKE $1 ESCAPE '\\' AS h, \
+                   MAX(CASE WHEN sender = $2 AND read_by_sender THEN stream_pos ELSE 0 END) OVER (PARTITION BY room_id) AS own \
+                   FROM events WHERE ({}) AND ((sender = $2 AND read_by_sender) OR push_notify LIKE $1 ESCAPE '\\')\
+                 ) r WHERE n AND stream_pos > own GROUP BY room_id",
+                after_positions(3, chunk.len())
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&pattern);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&pattern).bind(user_id);
             for id in chunk {
                 q = q.bind(id).bind(read.get(id).copied().unwrap_or(0));
             }
@@ -187,10 +182,10 @@ impl PushStore for SqlStore {
         let read = self.read_positions(user_id, room_ids).await?;
         let mut out: Vec<NotificationRow> = Vec::new();
         for chunk in room_ids.chunks(100) {
-            let column = if only_highlight { "p.highlight" } else { "p.notify" };
+            let column = if only_highlight { "e.push_highlight" } else { "e.push_notify" };
             let sql = format!(
-                "SELECT {EVENT_COLUMNS}, p.actions, p.ts FROM push_events p JOIN events e ON e.stream_pos = p.stream_pos \
-                 WHERE p.room_id IN ({}) AND p.stream_pos < $2 AND {column} LIKE $1 ESCAPE '\\' ORDER BY p.stream_pos DESC LIMIT $3",
+                "SELECT {EVENT_COLUMNS}, e.push_actions, e.origin_server_ts FROM events e \
+                 WHERE e.room_id IN ({}) AND e.stream_pos < $2 AND {column} LIKE $1 ESCAPE '\\' ORDER BY e.stream_pos DESC LIMIT $3",
                 in_list(4, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(member_pattern(user_id)).bind(before.unwrap_or(i64::MAX)).bind(limit);

@@ -1,0 +1,62 @@
+//! End-to-end encryption endpoints: device keys, one-time keys, key changes, to-device
+//! messages.
+
+use axum::Router;
+use ruma::api::client::{
+    keys::{claim_keys, get_key_changes, get_keys, upload_keys},
+    to_device::send_event_to_device,
+};
+
+use crate::{
+    api::{Ctx, route},
+    error::Result,
+    sync::parse_token,
+    tenants::Tenants,
+};
+
+pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
+    let r = route(r, upload);
+    let r = route(r, query);
+    let r = route(r, claim);
+    let r = route(r, changes);
+    route(r, send_to_device)
+}
+
+async fn upload(ctx: Ctx, req: upload_keys::v3::Request) -> Result<upload_keys::v3::Response> {
+    let counts = ctx.hs.upload_keys(ctx.session(), req).await?;
+    Ok(upload_keys::v3::Response::new(counts))
+}
+
+async fn query(ctx: Ctx, req: get_keys::v3::Request) -> Result<get_keys::v3::Response> {
+    ctx.hs.query_keys(req).await
+}
+
+async fn claim(ctx: Ctx, req: claim_keys::v3::Request) -> Result<claim_keys::v3::Response> {
+    ctx.hs.claim_keys(req).await
+}
+
+async fn changes(
+    ctx: Ctx,
+    req: get_key_changes::v3::Request,
+) -> Result<get_key_changes::v3::Response> {
+    let lists = ctx
+        .hs
+        .key_changes(
+            ctx.session(),
+            parse_token(&req.from)?,
+            parse_token(&req.to)?,
+        )
+        .await?;
+    Ok(get_key_changes::v3::Response::new(
+        lists.changed,
+        lists.left,
+    ))
+}
+
+async fn send_to_device(
+    ctx: Ctx,
+    req: send_event_to_device::v3::Request,
+) -> Result<send_event_to_device::v3::Response> {
+    ctx.hs.send_to_device(ctx.session(), req).await?;
+    Ok(send_event_to_device::v3::Response::new())
+}

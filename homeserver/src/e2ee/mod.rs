@@ -1,0 +1,333 @@
+//! End-to-end encryption support: the server carries keys and to-device messages between a
+//! user's devices and those they talk to, and never reads them. Device keys are checked
+//! against their own signature; one-time keys are handed out once; every change of a user's
+//! devices is a position in the device-list stream (`device_lists`).
+//!
+//! Only local users are served so far: queries and claims for other servers answer with a
+//! `failures` entry, and to-device messages for them are not sent, until federation arrives.
+
+pub mod device_lists;
+pub mod to_device;
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use ruma::{
+    CanonicalJsonObject, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, UInt,
+    UserId,
+    api::client::keys::{claim_keys, get_keys, upload_keys},
+    encryption::{DeviceKeys, OneTimeKey},
+    serde::Raw,
+};
+use serde_json::Value;
+
+use crate::{
+    accounts::Session,
+    error::{Error, Result},
+    homeserver::Homeserver,
+    store::OneTimeKeyRow,
+};
+
+/// Most keys one upload may carry (a client uploads some 50 at a time).
+const MAX_KEYS_PER_UPLOAD: usize = 1_000;
+/// Keys claimed per request at most (devices × algorithms).
+const MAX_CLAIMS: usize = 10_000;
+
+/// Base64 as Matrix writes it (unpadded), tolerating padding.
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// Checks the ed25519 signature of `signer`'s key `key_id` (e.g. `ed25519:DEVICE`) on `object`.
+pub fn verify_signature(
+    object: &CanonicalJsonObject,
+    signer: &str,
+    key_id: &str,
+    public_key: &str,
+) -> Result<()> {
+    let bad = |why: &str| Error::invalid_signature(format!("{why} ({signer} {key_id})"));
+    let signature = object
+        .get("signatures")
+        .and_then(|s| s.as_object())
+        .and_then(|s| s.get(signer))
+        .and_then(|s| s.as_object())
+        .and_then(|s| s.get(key_id))
+        .and_then(|s| s.as_str())
+        .ok_or_else(|| bad("signature missing"))?;
+    let signature = BASE64
+        .decode(signature)
+        .map_err(|_| bad("signature is not base64"))?;
+    let public_key = BASE64
+        .decode(public_key)
+        .map_err(|_| bad("key is not base64"))?;
+    let canonical = ruma::signatures::to_canonical_json_string_for_signing(object)
+        .map_err(|_| bad("object cannot be signed"))?;
+    ruma::signatures::verify_canonical_json_bytes(
+        &ruma::SigningKeyAlgorithm::Ed25519,
+        &public_key,
+        &signature,
+        canonical.as_bytes(),
+    )
+    .map_err(|_| bad("signature does not verify"))
+}
+
+fn canonical(raw: &serde_json::value::RawValue, what: &str) -> Result<CanonicalJsonObject> {
+    serde_json::from_str(raw.get())
+        .map_err(|e| Error::bad_json(format!("{what} is not a canonical JSON object: {e}")))
+}
+
+/// Splits `algorithm:key_id` and checks the key object.
+fn one_time_key_row(
+    id: &OwnedOneTimeKeyId,
+    key: &Raw<OneTimeKey>,
+    device_key: Option<(&UserId, &str, &str)>,
+) -> Result<OneTimeKeyRow> {
+    let algorithm = id.algorithm();
+    key.deserialize()
+        .map_err(|e| Error::bad_json(format!("one-time key {id}: {e}")))?;
+    // Signed keys must carry the device's signature when the device key is known.
+    if algorithm == OneTimeKeyAlgorithm::SignedCurve25519
+        && let Some((user, device, ed25519)) = device_key
+    {
+        let object = canonical(key.json(), "a one-time key")?;
+        verify_signature(
+            &object,
+            user.as_str(),
+            &format!("ed25519:{device}"),
+            ed25519,
+        )?;
+    }
+    Ok(OneTimeKeyRow {
+        algorithm: algorithm.to_string(),
+        key_id: id.key_name().to_string(),
+        json: key.json().get().to_owned(),
+    })
+}
+
+impl Homeserver {
+    /// `/keys/upload`: the device's identity keys (checked against their own signature), new
+    /// one-time and fallback keys; answers the device's one-time key counts.
+    pub async fn upload_keys(
+        &self,
+        session: &Session,
+        req: upload_keys::v3::Request,
+    ) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>> {
+        let (user, device) = (&session.user_id, session.device_id.as_str());
+        if req.one_time_keys.len() + req.fallback_keys.len() > MAX_KEYS_PER_UPLOAD {
+            return Err(Error::invalid_param(format!(
+                "at most {MAX_KEYS_PER_UPLOAD} keys per upload"
+            )));
+        }
+        let stored = self
+            .stores
+            .keys
+            .device_keys_of(user.as_str(), device)
+            .await?;
+        let mut new_device_keys = None;
+        if let Some(raw) = &req.device_keys {
+            let keys: DeviceKeys = raw
+                .deserialize()
+                .map_err(|e| Error::bad_json(format!("device_keys: {e}")))?;
+            if keys.user_id != *user || keys.device_id != device {
+                return Err(Error::invalid_param(
+                    "device_keys must be those of the uploading device",
+                ));
+            }
+            let ed25519 = keys
+                .keys
+                .iter()
+                .find(|(id, _)| {
+                    id.algorithm() == ruma::DeviceKeyAlgorithm::Ed25519 && id.key_name() == device
+                })
+                .map(|(_, k)| k.clone())
+                .ok_or_else(|| Error::invalid_param("device_keys lack the device's ed25519 key"))?;
+            let object = canonical(raw.json(), "device_keys")?;
+            verify_signature(
+                &object,
+                user.as_str(),
+                &format!("ed25519:{device}"),
+                &ed25519,
+            )?;
+            // Re-uploading the same keys is no change; anything else is one.
+            let json = raw.json().get().to_owned();
+            let same = stored.as_deref().is_some_and(|s| {
+                serde_json::from_str::<Value>(s).ok() == serde_json::from_str::<Value>(&json).ok()
+            });
+            if !same {
+                new_device_keys = Some((json, ed25519));
+            }
+        }
+        // The signing key to check signed one-time keys with: the new one, else the stored one.
+        let ed25519 = match &new_device_keys {
+            Some((_, k)) => Some(k.clone()),
+            None => stored.as_deref().and_then(device_ed25519_key(device)),
+        };
+        let signer = ed25519.as_deref().map(|k| (user.as_ref(), device, k));
+        let one_time = req
+            .one_time_keys
+            .iter()
+            .map(|(id, k)| one_time_key_row(id, k, signer))
+            .collect::<Result<Vec<_>>>()?;
+        let fallback = req
+            .fallback_keys
+            .iter()
+            .map(|(id, k)| one_time_key_row(id, k, signer))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = self.stores.keys.clone();
+        match new_device_keys {
+            Some((json, _)) => {
+                self.device_lists
+                    .change(user, |pos| async move {
+                        keys.upload_keys(
+                            user.as_str(),
+                            device,
+                            Some(&json),
+                            &one_time,
+                            &fallback,
+                            Some(pos),
+                        )
+                        .await
+                    })
+                    .await?
+            }
+            None if one_time.is_empty() && fallback.is_empty() => {}
+            None => {
+                keys.upload_keys(user.as_str(), device, None, &one_time, &fallback, None)
+                    .await?
+            }
+        }
+        Ok(self.key_counts(user, device).await?.0)
+    }
+
+    /// The device's unclaimed one-time keys per algorithm (signed_curve25519 always listed)
+    /// and the algorithms with an unused fallback key.
+    pub async fn key_counts(
+        &self,
+        user: &UserId,
+        device: &str,
+    ) -> Result<(
+        BTreeMap<OneTimeKeyAlgorithm, UInt>,
+        Vec<OneTimeKeyAlgorithm>,
+    )> {
+        let (counts, fallback) = self.stores.keys.key_counts(user.as_str(), device).await?;
+        let mut out = BTreeMap::from([(OneTimeKeyAlgorithm::SignedCurve25519, UInt::MIN)]);
+        for (algorithm, n) in counts {
+            out.insert(
+                OneTimeKeyAlgorithm::from(algorithm.as_str()),
+                UInt::new_saturating(n as u64),
+            );
+        }
+        let fallback = fallback
+            .iter()
+            .map(|a| OneTimeKeyAlgorithm::from(a.as_str()))
+            .collect();
+        Ok((out, fallback))
+    }
+
+    /// `/keys/query`: the device keys of local users (all devices, or those named).
+    pub async fn query_keys(&self, req: get_keys::v3::Request) -> Result<get_keys::v3::Response> {
+        let mut resp = get_keys::v3::Response::new();
+        let (local, remote): (Vec<_>, Vec<_>) = req
+            .device_keys
+            .iter()
+            .partition(|(u, _)| u.server_name() == self.server_name);
+        for (user, _) in remote {
+            // Not reachable until federation exists.
+            resp.failures
+                .insert(user.server_name().to_string(), serde_json::json!({}));
+        }
+        let users: Vec<String> = local.iter().map(|(u, _)| u.to_string()).collect();
+        for (user, _) in &local {
+            resp.device_keys.entry((*user).clone()).or_default();
+        }
+        for row in self.stores.keys.device_keys(&users).await? {
+            let (Ok(user), device) = (
+                OwnedUserId::try_from(row.user_id.as_str()),
+                OwnedDeviceId::from(row.device_id.as_str()),
+            ) else {
+                continue;
+            };
+            let wanted = req
+                .device_keys
+                .get(&user)
+                .is_some_and(|d| d.is_empty() || d.contains(&device));
+            if !wanted {
+                continue;
+            }
+            let Ok(mut keys) = serde_json::from_str::<serde_json::Map<String, Value>>(&row.json)
+            else {
+                continue;
+            };
+            if let Some(name) = row.display_name {
+                let unsigned = keys
+                    .entry("unsigned")
+                    .or_insert_with(|| serde_json::json!({}));
+                if let Some(u) = unsigned.as_object_mut() {
+                    u.insert("device_display_name".into(), Value::String(name));
+                }
+            }
+            let raw = serde_json::value::to_raw_value(&keys).map_err(Error::internal)?;
+            resp.device_keys
+                .entry(user)
+                .or_default()
+                .insert(device, Raw::from_json(raw));
+        }
+        Ok(resp)
+    }
+
+    /// `/keys/claim`: one key per wanted device — a one-time key, handed out exactly once, else
+    /// the device's fallback key.
+    pub async fn claim_keys(
+        &self,
+        req: claim_keys::v3::Request,
+    ) -> Result<claim_keys::v3::Response> {
+        let mut failures = BTreeMap::new();
+        let mut wanted = Vec::new();
+        for (user, devices) in &req.one_time_keys {
+            if user.server_name() != self.server_name {
+                failures.insert(user.server_name().to_string(), serde_json::json!({}));
+                continue;
+            }
+            for (device, algorithm) in devices {
+                wanted.push((user.to_string(), device.to_string(), algorithm.to_string()));
+            }
+        }
+        if wanted.len() > MAX_CLAIMS {
+            return Err(Error::invalid_param(format!(
+                "at most {MAX_CLAIMS} keys per claim"
+            )));
+        }
+        let mut resp = claim_keys::v3::Response::new(BTreeMap::new());
+        resp.failures = failures;
+        for key in self.stores.keys.claim_keys(&wanted).await? {
+            let id = format!("{}:{}", key.algorithm, key.key_id);
+            let (Ok(user), Ok(id), Ok(raw)) = (
+                OwnedUserId::try_from(key.user_id.as_str()),
+                OwnedOneTimeKeyId::try_from(id.as_str()),
+                serde_json::value::RawValue::from_string(key.json),
+            ) else {
+                continue;
+            };
+            resp.one_time_keys
+                .entry(user)
+                .or_default()
+                .entry(OwnedDeviceId::from(key.device_id.as_str()))
+                .or_default()
+                .insert(id, Raw::from_json(raw));
+        }
+        Ok(resp)
+    }
+}
+
+/// The device's own ed25519 key in its stored device keys.
+fn device_ed25519_key(device: &str) -> impl Fn(&str) -> Option<String> + '_ {
+    move |json| {
+        let v: Value = serde_json::from_str(json).ok()?;
+        v.get("keys")?
+            .get(format!("ed25519:{device}"))?
+            .as_str()
+            .map(str::to_owned)
+    }
+}
