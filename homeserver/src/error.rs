@@ -57,6 +57,8 @@ pub enum Error {
     CannotOverwriteMedia,
     #[error("the media has not been uploaded yet")]
     NotYetUploaded,
+    #[error("the backup version is not the current one ({current})")]
+    WrongRoomKeysVersion { current: String },
     #[error("{0}")]
     Unknown(String),
     #[error("storage error: {0}")]

@@ -445,3 +445,405 @@ async fn concurrent_claims_hand_out_each_key_once_on_both_stores() {
         server.stop().await;
     }
 }
+
+fn backup_key(
+    first_message_index: u64,
+    forwarded_count: u64,
+    is_verified: bool,
+    tag: &str,
+) -> Value {
+    json!({
+        "first_message_index": first_message_index,
+        "forwarded_count": forwarded_count,
+        "is_verified": is_verified,
+        "session_data": {"ephemeral": B64.encode(tag), "ciphertext": B64.encode(tag), "mac": B64.encode(tag)},
+    })
+}
+
+#[tokio::test]
+async fn key_backup_on_both_stores() {
+    for store in STORES {
+        let server = TestServer::start(store).await;
+        let alice = server.register("alice").await;
+        let room = "!room:example.test";
+        let keys = |v: &str| format!("/_matrix/client/v3/room_keys/keys?version={v}");
+        let session = |v: &str| format!("/_matrix/client/v3/room_keys/keys/{room}/s1?version={v}");
+        alice
+            .err(
+                Method::GET,
+                "/_matrix/client/v3/room_keys/version",
+                None,
+                404,
+                "M_NOT_FOUND",
+            )
+            .await;
+        alice
+            .err(
+                Method::PUT,
+                &keys("1"),
+                Some(json!({"rooms": {}})),
+                404,
+                "M_NOT_FOUND",
+            )
+            .await;
+        let algorithm = json!({"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": {"public_key": "cHVibGlj", "signatures": {}}});
+        let v1 = alice
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/room_keys/version",
+                Some(algorithm.clone()),
+            )
+            .await["version"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let info = alice
+            .ok(Method::GET, "/_matrix/client/v3/room_keys/version", None)
+            .await;
+        assert_eq!(
+            (info["version"].as_str(), info["count"].as_u64()),
+            (Some(v1.as_str()), Some(0))
+        );
+        assert_eq!(info["auth_data"]["public_key"], "cHVibGlj");
+
+        let put = |key: Value| {
+            let (alice, path) = (alice.clone(), session(&v1));
+            async move { alice.ok(Method::PUT, &path, Some(key)).await }
+        };
+        let r = put(backup_key(5, 1, false, "a")).await;
+        assert_eq!(r["count"], 1);
+        let etag = r["etag"].clone();
+        // Worse (later first index, unverified): kept out, etag unchanged.
+        assert_eq!(put(backup_key(10, 0, false, "b")).await["etag"], etag);
+        // Verified beats unverified, whatever the index.
+        assert_ne!(put(backup_key(10, 0, true, "c")).await["etag"], etag);
+        put(backup_key(0, 0, false, "d")).await;
+        let stored = alice.ok(Method::GET, &session(&v1), None).await;
+        assert_eq!(
+            (
+                stored["is_verified"].as_bool(),
+                stored["first_message_index"].as_u64()
+            ),
+            (Some(true), Some(10))
+        );
+        // Same verification: the lower index wins, then the lower forwarded count.
+        put(backup_key(3, 2, true, "e")).await;
+        put(backup_key(3, 1, true, "f")).await;
+        let stored = alice.ok(Method::GET, &session(&v1), None).await;
+        assert_eq!(stored["session_data"]["ciphertext"], B64.encode("f"));
+        assert_eq!(stored["forwarded_count"], 1);
+
+        // Whole-backup and per-room writes and reads.
+        let r = alice
+            .ok(Method::PUT, &keys(&v1), Some(json!({"rooms": {room: {"sessions": {"s2": backup_key(0, 0, false, "g")}}, "!other:example.test": {"sessions": {"s3": backup_key(0, 0, false, "h")}}}})))
+            .await;
+        assert_eq!(r["count"], 3);
+        let all = alice.ok(Method::GET, &keys(&v1), None).await;
+        assert_eq!(all["rooms"][room]["sessions"].as_object().unwrap().len(), 2);
+        let one_room = alice
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/room_keys/keys/{room}?version={v1}"),
+                None,
+            )
+            .await;
+        assert_eq!(one_room["sessions"].as_object().unwrap().len(), 2);
+
+        // Bad input: nothing stored.
+        alice
+            .err(
+                Method::PUT,
+                &session(&v1),
+                Some(json!({"first_message_index": 0})),
+                400,
+                "M_BAD_JSON",
+            )
+            .await;
+        alice
+            .err(
+                Method::GET,
+                "/_matrix/client/v3/room_keys/keys?version=99",
+                None,
+                404,
+                "M_NOT_FOUND",
+            )
+            .await;
+
+        // A new version becomes current: writes to the old one are refused with the current one.
+        let v2 = alice
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/room_keys/version",
+                Some(algorithm.clone()),
+            )
+            .await["version"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let e = alice
+            .err(
+                Method::PUT,
+                &session(&v1),
+                Some(backup_key(0, 0, true, "i")),
+                403,
+                "M_WRONG_ROOM_KEYS_VERSION",
+            )
+            .await;
+        assert_eq!(e["current_version"], v2.as_str());
+        // Auth data can change, the algorithm cannot.
+        let mut changed = algorithm.clone();
+        changed["auth_data"]["public_key"] = json!("bmV3");
+        alice
+            .ok(
+                Method::PUT,
+                &format!("/_matrix/client/v3/room_keys/version/{v2}"),
+                Some(changed),
+            )
+            .await;
+        assert_eq!(
+            alice
+                .ok(
+                    Method::GET,
+                    &format!("/_matrix/client/v3/room_keys/version/{v2}"),
+                    None
+                )
+                .await["auth_data"]["public_key"],
+            "bmV3"
+        );
+        alice
+            .err(
+                Method::PUT,
+                &format!("/_matrix/client/v3/room_keys/version/{v2}"),
+                Some(json!({"algorithm": "m.other", "auth_data": {}})),
+                400,
+                "M_INVALID_PARAM",
+            )
+            .await;
+
+        // Deleting keys and versions.
+        alice
+            .ok(
+                Method::PUT,
+                &session(&v2),
+                Some(backup_key(0, 0, true, "j")),
+            )
+            .await;
+        let r = alice.ok(Method::DELETE, &session(&v2), None).await;
+        assert_eq!(r["count"], 0);
+        alice
+            .ok(
+                Method::DELETE,
+                &format!("/_matrix/client/v3/room_keys/version/{v2}"),
+                None,
+            )
+            .await;
+        alice
+            .err(
+                Method::GET,
+                &format!("/_matrix/client/v3/room_keys/version/{v2}"),
+                None,
+                404,
+                "M_NOT_FOUND",
+            )
+            .await;
+        // The older version is current again; another user sees none of it.
+        let info = alice
+            .ok(Method::GET, "/_matrix/client/v3/room_keys/version", None)
+            .await;
+        assert_eq!(info["version"], v1.as_str());
+        assert_eq!(info["count"], 3);
+        let bob = server.register("bob").await;
+        bob.err(Method::GET, &keys(&v1), None, 404, "M_NOT_FOUND")
+            .await;
+        server.stop().await;
+    }
+}
+
+/// A cross-signing key pair: its id is its public key.
+fn cross_signing_pair() -> (Ed25519KeyPair, String) {
+    let doc = Ed25519KeyPair::generate();
+    let public = B64.encode(
+        Ed25519KeyPair::from_der(&doc, "x".into())
+            .unwrap()
+            .public_key(),
+    );
+    (
+        Ed25519KeyPair::from_der(&doc, public.clone()).unwrap(),
+        public,
+    )
+}
+
+fn cross_signing_key(user: &str, usage: &str, public: &str) -> Value {
+    json!({"user_id": user, "usage": [usage], "keys": {format!("ed25519:{public}"): public}})
+}
+
+fn signed_by(user: &str, pair: &Ed25519KeyPair, v: Value) -> Value {
+    let mut object: CanonicalJsonObject = serde_json::from_value(v).unwrap();
+    sign_json(user, pair, &mut object).unwrap();
+    serde_json::to_value(object).unwrap()
+}
+
+#[tokio::test]
+async fn cross_signing_on_both_stores() {
+    for store in STORES {
+        let server = TestServer::start(store).await;
+        let (alice, bob, _room) = encrypted_pair(&server).await;
+        let dev = Device::of(&alice);
+        upload(&alice, json!({"device_keys": dev.device_keys()})).await;
+        let a = alice.user_id.as_str();
+        let (master, master_pub) = cross_signing_pair();
+        let (ssk, ssk_pub) = cross_signing_pair();
+        let (usk, usk_pub) = cross_signing_pair();
+        let upload_path = "/_matrix/client/v3/keys/device_signing/upload";
+        // A self-signing key the master key did not sign is refused.
+        alice
+            .err(Method::POST, upload_path, Some(json!({"master_key": cross_signing_key(a, "master", &master_pub), "self_signing_key": cross_signing_key(a, "self_signing", &ssk_pub)})), 400, "M_INVALID_PARAM")
+            .await;
+        // First upload: no password needed.
+        let keys = json!({
+            "master_key": cross_signing_key(a, "master", &master_pub),
+            "self_signing_key": signed_by(a, &master, cross_signing_key(a, "self_signing", &ssk_pub)),
+            "user_signing_key": signed_by(a, &master, cross_signing_key(a, "user_signing", &usk_pub)),
+        });
+        alice
+            .ok(Method::POST, upload_path, Some(keys.clone()))
+            .await;
+        // Bob sees the master and self-signing keys, not the user-signing key.
+        let query = json!({"device_keys": {a: []}});
+        let q = bob
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/keys/query",
+                Some(query.clone()),
+            )
+            .await;
+        assert_eq!(
+            q["master_keys"][a]["keys"][format!("ed25519:{master_pub}")],
+            master_pub.as_str()
+        );
+        assert!(q["self_signing_keys"][a].is_object());
+        assert!(q["user_signing_keys"].get(a).is_none(), "{q}");
+        let q = alice
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/keys/query",
+                Some(query.clone()),
+            )
+            .await;
+        assert!(q["user_signing_keys"][a].is_object());
+
+        // Replacing the master key takes the password.
+        let (master2, master2_pub) = cross_signing_pair();
+        let replace = json!({
+            "master_key": cross_signing_key(a, "master", &master2_pub),
+            "self_signing_key": signed_by(a, &master2, cross_signing_key(a, "self_signing", &ssk_pub)),
+        });
+        let (status, v) = alice
+            .raw(Method::POST, upload_path, Some(replace.clone()))
+            .await;
+        assert_eq!(status.as_u16(), 401, "{v}");
+        let mut with_auth = replace.clone();
+        with_auth["auth"] = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "secret-pw", "session": v["session"]});
+        alice.ok(Method::POST, upload_path, Some(with_auth)).await;
+        // Back to the first master key (the self-signing key is the same).
+        let mut back = keys.clone();
+        back["auth"] = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "secret-pw"});
+        let (status, v) = alice
+            .raw(Method::POST, upload_path, Some(back.clone()))
+            .await;
+        if status.as_u16() == 401 {
+            back["auth"]["session"] = v["session"].clone();
+            alice.ok(Method::POST, upload_path, Some(back)).await;
+        }
+
+        // Alice's self-signing key signs her device; Bob sees the signature.
+        let bob_before = bob.sync(None, 0).await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let signed_device = signed_by(a, &ssk, dev.device_keys());
+        let r = alice
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/keys/signatures/upload",
+                Some(json!({a: {alice.device_id.clone(): signed_device}})),
+            )
+            .await;
+        assert!(
+            r["failures"].as_object().is_none_or(|f| f.is_empty()),
+            "{r}"
+        );
+        let q = bob
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/keys/query",
+                Some(query.clone()),
+            )
+            .await;
+        assert!(
+            q["device_keys"][a][&alice.device_id]["signatures"][a][format!("ed25519:{ssk_pub}")]
+                .is_string(),
+            "{q}"
+        );
+        assert!(listed(&bob.sync(Some(&bob_before), 0).await, "changed", a));
+        // A signature by the wrong key is a failure, and is not stored.
+        let forged = signed_by(a, &usk, dev.device_keys());
+        let mut forged = forged;
+        forged["signatures"][a][format!("ed25519:{ssk_pub}")] =
+            forged["signatures"][a][format!("ed25519:{usk_pub}")].clone();
+        let r = alice
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/keys/signatures/upload",
+                Some(json!({a: {alice.device_id.clone(): forged}})),
+            )
+            .await;
+        assert_eq!(
+            r["failures"][a][&alice.device_id]["errcode"], "M_INVALID_SIGNATURE",
+            "{r}"
+        );
+
+        // Bob verifies Alice: his user-signing key signs her master key; only Bob sees that.
+        let (bob_master, bob_master_pub) = cross_signing_pair();
+        let (bob_usk, bob_usk_pub) = cross_signing_pair();
+        let b = bob.user_id.as_str();
+        bob.ok(Method::POST, upload_path, Some(json!({
+            "master_key": cross_signing_key(b, "master", &bob_master_pub),
+            "user_signing_key": signed_by(b, &bob_master, cross_signing_key(b, "user_signing", &bob_usk_pub)),
+        }))).await;
+        let alice_master = q["master_keys"][a].clone();
+        let mut alice_master_clean = alice_master.clone();
+        alice_master_clean
+            .as_object_mut()
+            .unwrap()
+            .remove("signatures");
+        let signed = signed_by(b, &bob_usk, alice_master_clean);
+        let r = bob
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/keys/signatures/upload",
+                Some(json!({a: {master_pub.clone(): signed}})),
+            )
+            .await;
+        assert!(
+            r["failures"].as_object().is_none_or(|f| f.is_empty()),
+            "{r}"
+        );
+        let q = bob
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/keys/query",
+                Some(query.clone()),
+            )
+            .await;
+        assert!(
+            q["master_keys"][a]["signatures"][b][format!("ed25519:{bob_usk_pub}")].is_string(),
+            "{q}"
+        );
+        let q = alice
+            .ok(Method::POST, "/_matrix/client/v3/keys/query", Some(query))
+            .await;
+        assert!(q["master_keys"][a]["signatures"].get(b).is_none(), "{q}");
+        server.stop().await;
+    }
+}

@@ -61,6 +61,12 @@ pub fn to_matrix(
         ServerManagedAccountData(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::BadJson),
         CannotOverwriteMedia => (StatusCode::CONFLICT, ErrorKind::CannotOverwriteMedia),
         NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, ErrorKind::NotYetUploaded),
+        WrongRoomKeysVersion { current } => (
+            StatusCode::FORBIDDEN,
+            ErrorKind::WrongRoomKeysVersion(ruma::api::error::WrongRoomKeysVersionErrorData::new(
+                current,
+            )),
+        ),
         Unknown(_) => (StatusCode::BAD_REQUEST, ErrorKind::Unknown),
         Uiaa(info) => return Err(info),
         Store(e) => {

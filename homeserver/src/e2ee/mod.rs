@@ -6,6 +6,8 @@
 //! Only local users are served so far: queries and claims for other servers answer with a
 //! `failures` entry, and to-device messages for them are not sent, until federation arrives.
 
+pub mod backup;
+pub mod cross_signing;
 pub mod device_lists;
 pub mod to_device;
 
@@ -226,8 +228,14 @@ impl Homeserver {
         Ok((out, fallback))
     }
 
-    /// `/keys/query`: the device keys of local users (all devices, or those named).
-    pub async fn query_keys(&self, req: get_keys::v3::Request) -> Result<get_keys::v3::Response> {
+    /// `/keys/query`: the device and cross-signing keys of local users (all devices, or those
+    /// named), with the signatures uploaded for them; a user-signing key and the signatures it
+    /// made are shown only to its owner.
+    pub async fn query_keys(
+        &self,
+        requester: &UserId,
+        req: get_keys::v3::Request,
+    ) -> Result<get_keys::v3::Response> {
         let mut resp = get_keys::v3::Response::new();
         let (local, remote): (Vec<_>, Vec<_>) = req
             .device_keys
@@ -241,6 +249,40 @@ impl Homeserver {
         let users: Vec<String> = local.iter().map(|(u, _)| u.to_string()).collect();
         for (user, _) in &local {
             resp.device_keys.entry((*user).clone()).or_default();
+        }
+        let signatures = self.stores.keys.signatures(&users).await?;
+        let signatures_on = |user: &str, key: &str| {
+            let (user, key) = (user.to_owned(), key.to_owned());
+            signatures.iter().filter(move |s| {
+                s.target_user == user
+                    && s.target_key == key
+                    && (s.signer == user || s.signer == requester.as_str())
+            })
+        };
+        for (user, usage, json) in self.stores.keys.cross_signing_keys(&users).await? {
+            let Ok(user) = OwnedUserId::try_from(user.as_str()) else {
+                continue;
+            };
+            let Ok(mut key) = serde_json::from_str::<serde_json::Map<String, Value>>(&json) else {
+                continue;
+            };
+            if let Some(public) = cross_signing::public_key_of(&json) {
+                cross_signing::merge_signatures(&mut key, signatures_on(user.as_str(), &public));
+            }
+            let raw: Raw<ruma::encryption::CrossSigningKey> =
+                Raw::from_json(serde_json::value::to_raw_value(&key).map_err(Error::internal)?);
+            match usage.as_str() {
+                cross_signing::MASTER => {
+                    resp.master_keys.insert(user, raw);
+                }
+                cross_signing::SELF_SIGNING => {
+                    resp.self_signing_keys.insert(user, raw);
+                }
+                cross_signing::USER_SIGNING if user == requester => {
+                    resp.user_signing_keys.insert(user, raw);
+                }
+                _ => {}
+            }
         }
         for row in self.stores.keys.device_keys(&users).await? {
             let (Ok(user), device) = (
@@ -260,6 +302,7 @@ impl Homeserver {
             else {
                 continue;
             };
+            cross_signing::merge_signatures(&mut keys, signatures_on(&row.user_id, &row.device_id));
             if let Some(name) = row.display_name {
                 let unsigned = keys
                     .entry("unsigned")

@@ -46,6 +46,7 @@ pub struct Stores {
     pub notices: Arc<dyn NoticeStore>,
     pub admin: Arc<dyn AdminStore>,
     pub keys: Arc<dyn KeyStore>,
+    pub backup: Arc<dyn BackupStore>,
     /// Closes the pools (tenant removal, shutdown).
     pub closer: Arc<dyn Closer>,
 }
@@ -473,6 +474,99 @@ pub struct SharingChange {
     pub membership: Option<String>,
 }
 
+/// A signature on a device key or cross-signing key, uploaded apart from the key.
+#[derive(Clone, Debug)]
+pub struct SignatureRow {
+    pub target_user: String,
+    /// A device id, or the public key of a cross-signing key.
+    pub target_key: String,
+    pub signer: String,
+    pub signer_key_id: String,
+    pub signature: String,
+}
+
+/// A key backup version.
+#[derive(Clone, Debug)]
+pub struct BackupVersionRow {
+    pub version: i64,
+    pub algorithm: String,
+    pub auth_data: String,
+    pub etag: i64,
+    pub count: i64,
+}
+
+/// One backed-up room key.
+#[derive(Clone, Debug)]
+pub struct BackupKeyRow {
+    pub room_id: String,
+    pub session_id: String,
+    pub first_message_index: i64,
+    pub forwarded_count: i64,
+    pub is_verified: bool,
+    pub session_data: String,
+}
+
+/// The outcome of writing backup keys.
+#[derive(Clone, Debug)]
+pub enum BackupWrite {
+    /// The version's etag and key count after the write.
+    Done { etag: i64, count: i64 },
+    /// The version is not the current one; the current one, if any.
+    WrongVersion { current: Option<i64> },
+}
+
+/// Server-side key backup: versions and the room keys in them.
+#[async_trait]
+pub trait BackupStore: Send + Sync {
+    /// Creates the user's next backup version, which becomes the current one.
+    async fn create_backup_version(
+        &self,
+        user_id: &str,
+        algorithm: &str,
+        auth_data: &str,
+    ) -> StoreResult<i64>;
+    /// A version (None: the current one, the newest not deleted), with its key count.
+    async fn backup_version(
+        &self,
+        user_id: &str,
+        version: Option<i64>,
+    ) -> StoreResult<Option<BackupVersionRow>>;
+    /// Replaces a version's auth data; false if there is no such version.
+    async fn update_backup_version(
+        &self,
+        user_id: &str,
+        version: i64,
+        auth_data: &str,
+    ) -> StoreResult<bool>;
+    /// Deletes a version and its keys; false if there is no such version.
+    async fn delete_backup_version(&self, user_id: &str, version: i64) -> StoreResult<bool>;
+    /// Stores keys in the current version `version`: a key replaces the one stored for its
+    /// session only if it is better (verified over unverified, then the lower first message
+    /// index, then the lower forwarded count).
+    async fn put_backup_keys(
+        &self,
+        user_id: &str,
+        version: i64,
+        keys: &[BackupKeyRow],
+    ) -> StoreResult<BackupWrite>;
+    /// Keys of a version, all or of one room or one session.
+    async fn backup_keys(
+        &self,
+        user_id: &str,
+        version: i64,
+        room_id: Option<&str>,
+        session_id: Option<&str>,
+    ) -> StoreResult<Vec<BackupKeyRow>>;
+    /// Deletes keys of a version, all or of one room or one session.
+    async fn delete_backup_keys(
+        &self,
+        user_id: &str,
+        version: i64,
+        room_id: Option<&str>,
+        session_id: Option<&str>,
+    ) -> StoreResult<BackupWrite>;
+}
+
 /// End-to-end encryption material the server carries: device keys, one-time and fallback
 /// keys, the device-list stream and to-device inboxes.
 #[async_trait]
@@ -543,6 +637,27 @@ pub trait KeyStore: Send + Sync {
     ) -> StoreResult<Vec<(i64, String)>>;
     /// Deletes the device's to-device messages at or below `upto` (acknowledged by a sync).
     async fn ack_to_device(&self, user_id: &str, device_id: &str, upto: i64) -> StoreResult<()>;
+    /// Cross-signing keys of these users: `(user, usage, json)`.
+    async fn cross_signing_keys(
+        &self,
+        user_ids: &[String],
+    ) -> StoreResult<Vec<(String, String, String)>>;
+    /// Stores cross-signing keys `(usage, json)` of the user, a device-list change at `change_pos`.
+    async fn set_cross_signing_keys(
+        &self,
+        user_id: &str,
+        keys: &[(String, String)],
+        change_pos: i64,
+    ) -> StoreResult<()>;
+    /// Signatures on keys of these users.
+    async fn signatures(&self, user_ids: &[String]) -> StoreResult<Vec<SignatureRow>>;
+    /// Stores signatures, a device-list change of `changed` at `change_pos`.
+    async fn add_signatures(
+        &self,
+        rows: &[SignatureRow],
+        changed: &str,
+        change_pos: i64,
+    ) -> StoreResult<()>;
 }
 
 #[derive(Clone, Debug, Default)]

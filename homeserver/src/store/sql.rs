@@ -41,6 +41,7 @@ impl SqlStore {
             notices: store.clone(),
             admin: store.clone(),
             keys: store.clone(),
+            backup: store.clone(),
             closer: store,
         }
     }

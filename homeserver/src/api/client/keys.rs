@@ -3,7 +3,9 @@
 
 use axum::Router;
 use ruma::api::client::{
-    keys::{claim_keys, get_key_changes, get_keys, upload_keys},
+    keys::{
+        claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys,
+    },
     to_device::send_event_to_device,
 };
 
@@ -19,6 +21,8 @@ pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
     let r = route(r, query);
     let r = route(r, claim);
     let r = route(r, changes);
+    let r = route(r, signing_keys);
+    let r = route(r, signatures);
     route(r, send_to_device)
 }
 
@@ -28,7 +32,7 @@ async fn upload(ctx: Ctx, req: upload_keys::v3::Request) -> Result<upload_keys::
 }
 
 async fn query(ctx: Ctx, req: get_keys::v3::Request) -> Result<get_keys::v3::Response> {
-    ctx.hs.query_keys(req).await
+    ctx.hs.query_keys(&ctx.session().user_id, req).await
 }
 
 async fn claim(ctx: Ctx, req: claim_keys::v3::Request) -> Result<claim_keys::v3::Response> {
@@ -59,4 +63,19 @@ async fn send_to_device(
 ) -> Result<send_event_to_device::v3::Response> {
     ctx.hs.send_to_device(ctx.session(), req).await?;
     Ok(send_event_to_device::v3::Response::new())
+}
+
+async fn signing_keys(
+    ctx: Ctx,
+    req: upload_signing_keys::v3::Request,
+) -> Result<upload_signing_keys::v3::Response> {
+    ctx.hs.upload_signing_keys(ctx.session(), req).await?;
+    Ok(upload_signing_keys::v3::Response::new())
+}
+
+async fn signatures(
+    ctx: Ctx,
+    req: upload_signatures::v3::Request,
+) -> Result<upload_signatures::v3::Response> {
+    ctx.hs.upload_signatures(ctx.session(), req).await
 }

@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod backup;
 mod directory;
 mod discovery;
 mod keys;
@@ -35,5 +36,6 @@ pub fn router(r: Router<Tenants>) -> Router<Tenants> {
     let r = push::routes(r);
     let r = directory::routes(r);
     let r = keys::routes(r);
+    let r = backup::routes(r);
     sync::routes(r)
 }

@@ -309,4 +309,266 @@ impl KeyStore for SqlStore {
             .await?;
         Ok(())
     }
+
+    async fn cross_signing_keys(&self, user_ids: &[String]) -> StoreResult<Vec<(String, String, String)>> {
+        let mut out = Vec::new();
+        for chunk in user_ids.chunks(100) {
+            let sql = format!("SELECT user_id, usage, json FROM cross_signing_keys WHERE user_id IN ({})", in_list(1, chunk.len()));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for u in chunk {
+                q = q.bind(u);
+            }
+            for r in q.fetch_all(&self.read).await? {
+                out.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_cross_signing_keys(&self, user_id: &str, keys: &[(String, String)], change_pos: i64) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        for (usage, json) in keys {
+            sqlx::query(
+                "INSERT INTO cross_signing_keys (user_id, usage, json) VALUES ($1, $2, $3) \
+                 ON CONFLICT (user_id, usage) DO UPDATE SET json = excluded.json",
+            )
+            .bind(user_id)
+            .bind(usage)
+            .bind(json)
+            .execute(&mut *tx)
+            .await?;
+        }
+        insert_device_list_change(&mut tx, user_id, change_pos).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn signatures(&self, user_ids: &[String]) -> StoreResult<Vec<SignatureRow>> {
+        let mut out = Vec::new();
+        for chunk in user_ids.chunks(100) {
+            let sql = format!(
+                "SELECT target_user, target_key, signer, signer_key_id, signature FROM key_signatures WHERE target_user IN ({})",
+                in_list(1, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for u in chunk {
+                q = q.bind(u);
+            }
+            for r in q.fetch_all(&self.read).await? {
+                out.push(SignatureRow {
+                    target_user: r.try_get(0)?,
+                    target_key: r.try_get(1)?,
+                    signer: r.try_get(2)?,
+                    signer_key_id: r.try_get(3)?,
+                    signature: r.try_get(4)?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn add_signatures(&self, rows: &[SignatureRow], changed: &str, change_pos: i64) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO key_signatures (target_user, target_key, signer, signer_key_id, signature) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (target_user, target_key, signer, signer_key_id) DO UPDATE SET signature = excluded.signature",
+            )
+            .bind(&r.target_user)
+            .bind(&r.target_key)
+            .bind(&r.signer)
+            .bind(&r.signer_key_id)
+            .bind(&r.signature)
+            .execute(&mut *tx)
+            .await?;
+        }
+        insert_device_list_change(&mut tx, changed, change_pos).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The version's etag and key count.
+async fn backup_state(tx: &mut sqlx::Transaction<'_, Db>, user_id: &str, version: i64) -> StoreResult<(i64, i64)> {
+    let r = sqlx::query(
+        "SELECT v.etag, (SELECT COUNT(*) FROM backup_keys k WHERE k.user_id = v.user_id AND k.version = v.version) \
+         FROM backup_versions v WHERE v.user_id = $1 AND v.version = $2",
+    )
+    .bind(user_id)
+    .bind(version)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((r.try_get(0)?, r.try_get(1)?))
+}
+
+/// The user's current backup version, read inside the writing transaction.
+async fn current_backup_version(tx: &mut sqlx::Transaction<'_, Db>, user_id: &str) -> StoreResult<Option<i64>> {
+    let r = sqlx::query("SELECT MAX(version) FROM backup_versions WHERE user_id = $1 AND NOT deleted")
+        .bind(user_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(r.try_get(0)?)
+}
+
+/// `AND room_id = $n AND session_id = $n+1` for the given scope, placeholders from `next`.
+fn backup_scope(room_id: Option<&str>, session_id: Option<&str>, next: usize) -> String {
+    let mut sql = String::new();
+    if room_id.is_some() {
+        sql.push_str(&format!(" AND room_id = ${next}"));
+    }
+    if session_id.is_some() {
+        sql.push_str(&format!(" AND session_id = ${}", next + 1));
+    }
+    sql
+}
+
+#[async_trait]
+impl BackupStore for SqlStore {
+    async fn create_backup_version(&self, user_id: &str, algorithm: &str, auth_data: &str) -> StoreResult<i64> {
+        let mut tx = self.write.begin().await?;
+        // Version numbers are never reused, deleted ones included.
+        let r = sqlx::query(
+            "INSERT INTO backup_versions (user_id, version, algorithm, auth_data, etag, deleted) \
+             SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, 0, FALSE FROM backup_versions WHERE user_id = $1 RETURNING version",
+        )
+        .bind(user_id)
+        .bind(algorithm)
+        .bind(auth_data)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unique)?;
+        tx.commit().await?;
+        Ok(r.try_get(0)?)
+    }
+
+    async fn backup_version(&self, user_id: &str, version: Option<i64>) -> StoreResult<Option<BackupVersionRow>> {
+        let row = sqlx::query(
+            "SELECT v.version, v.algorithm, v.auth_data, v.etag, (SELECT COUNT(*) FROM backup_keys k WHERE k.user_id = v.user_id AND k.version = v.version) \
+             FROM backup_versions v WHERE v.user_id = $1 AND NOT v.deleted AND ($2 IS NULL OR v.version = $2) ORDER BY v.version DESC LIMIT 1",
+        )
+        .bind(user_id)
+        .bind(version)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| {
+            Ok(BackupVersionRow { version: r.try_get(0)?, algorithm: r.try_get(1)?, auth_data: r.try_get(2)?, etag: r.try_get(3)?, count: r.try_get(4)? })
+        })
+        .transpose()
+    }
+
+    async fn update_backup_version(&self, user_id: &str, version: i64, auth_data: &str) -> StoreResult<bool> {
+        Ok(sqlx::query("UPDATE backup_versions SET auth_data = $3 WHERE user_id = $1 AND version = $2 AND NOT deleted")
+            .bind(user_id)
+            .bind(version)
+            .bind(auth_data)
+            .execute(&self.write)
+            .await?
+            .rows_affected()
+            == 1)
+    }
+
+    async fn delete_backup_version(&self, user_id: &str, version: i64) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await?;
+        let found = sqlx::query("UPDATE backup_versions SET deleted = TRUE WHERE user_id = $1 AND version = $2 AND NOT deleted")
+            .bind(user_id)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        sqlx::query("DELETE FROM backup_keys WHERE user_id = $1 AND version = $2").bind(user_id).bind(version).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    async fn put_backup_keys(&self, user_id: &str, version: i64, keys: &[BackupKeyRow]) -> StoreResult<BackupWrite> {
+        let mut tx = self.write.begin().await?;
+        // Lock the version row: writes to one backup go one at a time.
+        sqlx::query("UPDATE backup_versions SET etag = etag WHERE user_id = $1 AND version = $2").bind(user_id).bind(version).execute(&mut *tx).await?;
+        let current = current_backup_version(&mut tx, user_id).await?;
+        if current != Some(version) {
+            return Ok(BackupWrite::WrongVersion { current });
+        }
+        let mut changed = 0;
+        for k in keys {
+            changed += sqlx::query(
+                "INSERT INTO backup_keys (user_id, version, room_id, session_id, first_message_index, forwarded_count, is_verified, session_data) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (user_id, version, room_id, session_id) DO UPDATE SET \
+                 first_message_index = excluded.first_message_index, forwarded_count = excluded.forwarded_count, \
+                 is_verified = excluded.is_verified, session_data = excluded.session_data \
+                 WHERE (excluded.is_verified AND NOT backup_keys.is_verified) \
+                 OR (excluded.is_verified = backup_keys.is_verified AND (excluded.first_message_index < backup_keys.first_message_index \
+                 OR (excluded.first_message_index = backup_keys.first_message_index AND excluded.forwarded_count < backup_keys.forwarded_count)))",
+            )
+            .bind(user_id)
+            .bind(version)
+            .bind(&k.room_id)
+            .bind(&k.session_id)
+            .bind(k.first_message_index)
+            .bind(k.forwarded_count)
+            .bind(k.is_verified)
+            .bind(&k.session_data)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if changed > 0 {
+            sqlx::query("UPDATE backup_versions SET etag = etag + 1 WHERE user_id = $1 AND version = $2").bind(user_id).bind(version).execute(&mut *tx).await?;
+        }
+        let (etag, count) = backup_state(&mut tx, user_id, version).await?;
+        tx.commit().await?;
+        Ok(BackupWrite::Done { etag, count })
+    }
+
+    async fn backup_keys(&self, user_id: &str, version: i64, room_id: Option<&str>, session_id: Option<&str>) -> StoreResult<Vec<BackupKeyRow>> {
+        let sql = format!(
+            "SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data FROM backup_keys \
+             WHERE user_id = $1 AND version = $2{} ORDER BY room_id, session_id",
+            backup_scope(room_id, session_id, 3)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(version);
+        if let Some(r) = room_id {
+            q = q.bind(r);
+        }
+        if let Some(s) = session_id {
+            q = q.bind(s);
+        }
+        q.fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(BackupKeyRow {
+                    room_id: r.try_get(0)?,
+                    session_id: r.try_get(1)?,
+                    first_message_index: r.try_get(2)?,
+                    forwarded_count: r.try_get(3)?,
+                    is_verified: r.try_get(4)?,
+                    session_data: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_backup_keys(&self, user_id: &str, version: i64, room_id: Option<&str>, session_id: Option<&str>) -> StoreResult<BackupWrite> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("UPDATE backup_versions SET etag = etag WHERE user_id = $1 AND version = $2").bind(user_id).bind(version).execute(&mut *tx).await?;
+        let current = current_backup_version(&mut tx, user_id).await?;
+        if current != Some(version) {
+            return Ok(BackupWrite::WrongVersion { current });
+        }
+        let sql = format!("DELETE FROM backup_keys WHERE user_id = $1 AND version = $2{}", backup_scope(room_id, session_id, 3));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(version);
+        if let Some(r) = room_id {
+            q = q.bind(r);
+        }
+        if let Some(s) = session_id {
+            q = q.bind(s);
+        }
+        if q.execute(&mut *tx).await?.rows_affected() > 0 {
+            sqlx::query("UPDATE backup_versions SET etag = etag + 1 WHERE user_id = $1 AND version = $2").bind(user_id).bind(version).execute(&mut *tx).await?;
+        }
+        let (etag, count) = backup_state(&mut tx, user_id, version).await?;
+        tx.commit().await?;
+        Ok(BackupWrite::Done { etag, count })
+    }
 }
