@@ -7,7 +7,7 @@
 //! upload/download MB/s of a 100 MiB file.
 //!
 //! `cargo run --release -p tim-bench [-- sqlite|postgres|both] [--seconds N]
-//!  [--only tenants|send|initial-sync|media]`
+//!  [--only tenants|keys|send|initial-sync|media]`
 
 use std::{
     sync::{
@@ -147,6 +147,9 @@ async fn run(store: Store, seconds: u64, only: Option<&str>) {
             after.saturating_sub(before),
             after.saturating_sub(before) as f64 / 100.0
         );
+    }
+    if only.is_none_or(|o| o == "keys") {
+        keys_bench(&api, seconds).await;
     }
     if only.is_none_or(|o| o == "send") {
         // Registrations: 50 users, 4 at a time.
@@ -316,6 +319,155 @@ async fn run(store: Store, seconds: u64, only: Option<&str>) {
         }
     }
     server.cleanup().await;
+}
+
+/// End-to-end encryption: one-time key claims/s with 32 concurrent claimers, and what the
+/// server adds to the first message of an encrypted room with 50 member devices (the client
+/// queries the members' keys, claims a one-time key per device and sends each the room key).
+async fn keys_bench(api: &Arc<Api>, seconds: u64) {
+    const DEVICES: usize = 50;
+    const KEYS_PER_DEVICE: usize = 1_000;
+    let members: Vec<(String, String, String)> =
+        futures::future::join_all((0..DEVICES).map(|i| {
+            let api = api.clone();
+            async move {
+                let v = api
+                    .call(reqwest::Method::POST, "/_matrix/client/v3/register", None, Some(json!({"username": format!("keys{i}"), "password": "bench-pw", "auth": {"type": "m.login.dummy"}})))
+                    .await;
+                let field = |k: &str| v[k].as_str().unwrap().to_owned();
+                (field("user_id"), field("access_token"), field("device_id"))
+            }
+        }))
+        .await;
+    // Unsigned uploads (no device keys): the server checks signatures only against a known
+    // device key, and the claim path is the same.
+    futures::future::join_all(members.iter().map(|(_, token, _)| {
+        let api = api.clone();
+        async move {
+            for batch in 0..KEYS_PER_DEVICE / 100 {
+                let keys: serde_json::Map<String, Value> = (0..100)
+                    .map(|k| {
+                        (
+                            format!("signed_curve25519:K{batch:02}{k:03}"),
+                            json!({"key": "dGVzdGtleXRlc3RrZXl0ZXN0a2V5dGVzdGtleXRlc3Q", "signatures": {}}),
+                        )
+                    })
+                    .collect();
+                api.call(reqwest::Method::POST, "/_matrix/client/v3/keys/upload", Some(token), Some(json!({"one_time_keys": keys})))
+                    .await;
+            }
+        }
+    }))
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let claimer = members[0].1.clone();
+    let tasks: Vec<_> = (0..32)
+        .map(|w| {
+            let (api, stop, claimer, members) =
+                (api.clone(), stop.clone(), claimer.clone(), members.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (user, _, device) = &members[(w + n as usize) % members.len()];
+                    let v = api
+                        .call(
+                            reqwest::Method::POST,
+                            "/_matrix/client/v3/keys/claim",
+                            Some(&claimer),
+                            Some(json!({"one_time_keys": {user: {device: "signed_curve25519"}}})),
+                        )
+                        .await;
+                    assert!(v["one_time_keys"][user][device].is_object(), "keys ran out");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut claims = 0;
+    for t in tasks {
+        claims += t.await.unwrap();
+    }
+    println!(
+        "key claims: {:.0} claims/s with 32 concurrent claimers",
+        claims as f64 / started.elapsed().as_secs_f64()
+    );
+
+    // An encrypted room of all 50.
+    let (sender, token, _) = &members[0];
+    let invite: Vec<&str> = members[1..].iter().map(|(u, _, _)| u.as_str()).collect();
+    let room = api
+        .call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(token), Some(json!({"invite": invite, "initial_state": [{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]})))
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (_, t, _) in &members[1..] {
+        api.call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/join/{room}"),
+            Some(t),
+            Some(json!({})),
+        )
+        .await;
+    }
+    let ciphertext = "A".repeat(1_000);
+    let mut plain = Vec::new();
+    let mut encrypted = Vec::new();
+    for i in 0..50 {
+        let t = Instant::now();
+        api.send(token, &room, &format!("p{i}"), "Blutdruck 120/80")
+            .await;
+        plain.push(t.elapsed());
+        let t = Instant::now();
+        let users: serde_json::Map<String, Value> = members
+            .iter()
+            .map(|(u, _, _)| (u.clone(), json!([])))
+            .collect();
+        api.call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(token),
+            Some(json!({"device_keys": users})),
+        )
+        .await;
+        let wanted: serde_json::Map<String, Value> = members[1..]
+            .iter()
+            .map(|(u, _, d)| (u.clone(), json!({d.as_str(): "signed_curve25519"})))
+            .collect();
+        api.call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/keys/claim",
+            Some(token),
+            Some(json!({"one_time_keys": wanted})),
+        )
+        .await;
+        let messages: serde_json::Map<String, Value> = members[1..]
+            .iter()
+            .map(|(u, _, d)| (u.clone(), json!({d.as_str(): {"algorithm": "m.olm.v1.curve25519-aes-sha2", "sender_key": "x", "ciphertext": {"k": {"type": 0, "body": ciphertext}}}})))
+            .collect();
+        api.call(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/sendToDevice/m.room.encrypted/e{i}"),
+            Some(token),
+            Some(json!({"messages": messages})),
+        )
+        .await;
+        api.call(reqwest::Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/send/m.room.encrypted/e{i}"), Some(token), Some(json!({"algorithm": "m.megolm.v1.aes-sha2", "sender_key": "x", "session_id": "s", "device_id": "D", "ciphertext": ciphertext})))
+            .await;
+        encrypted.push(t.elapsed());
+    }
+    plain.sort();
+    encrypted.sort();
+    println!(
+        "encrypted room, 50 member devices, {sender}: first message of a session (keys/query + keys/claim + sendToDevice ×49 + send) p50 {} p99 {}; a plain send p50 {}",
+        ms(percentile(&encrypted, 0.5)),
+        ms(percentile(&encrypted, 0.99)),
+        ms(percentile(&plain, 0.5))
+    );
 }
 
 /// 32 senders in the 10 rooms for `seconds`: messages/s and sorted latencies.
@@ -527,7 +679,7 @@ async fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    // `--only tenants|send|initial-sync` runs one scenario ("send" includes registrations and
+    // `--only tenants|keys|send|initial-sync|media` runs one scenario ("send" includes registrations and
     // delivery latency, which use its users and rooms).
     let only = args
         .iter()

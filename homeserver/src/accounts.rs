@@ -523,6 +523,24 @@ impl Accounts {
         Ok(())
     }
 
+    /// Renames a device; false if there is no such device. Others see the name in the
+    /// device's keys, so it is a device-list change.
+    pub async fn rename_device(
+        &self,
+        user_id: &UserId,
+        device: &str,
+        name: Option<&str>,
+    ) -> Result<bool> {
+        let found = self
+            .sessions
+            .rename_device(user_id.as_str(), device, name)
+            .await?;
+        if found {
+            self.device_lists.record(user_id).await?;
+        }
+        Ok(found)
+    }
+
     pub async fn delete_devices(&self, user_id: &UserId, devices: &[String]) -> Result<()> {
         let removed = self.delete_device_rows(user_id, devices).await?;
         self.forget_tokens(&removed);

@@ -276,6 +276,24 @@ async fn device_keys_and_claims_on_both_stores() {
             Value::Null
         );
 
+        // Renaming a device is a change too (the name travels in its keys).
+        let before = bob.sync(None, 0).await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        alice2
+            .ok(
+                Method::PUT,
+                &format!("/_matrix/client/v3/devices/{}", alice2.device_id),
+                Some(json!({"display_name": "Praxis-PC"})),
+            )
+            .await;
+        assert!(listed(
+            &bob.sync(Some(&before), 0).await,
+            "changed",
+            &alice.user_id
+        ));
+
         // Bob leaves: Alice no longer shares a room with him.
         let a_before = alice2.sync(None, 0).await["next_batch"]
             .as_str()

@@ -62,7 +62,7 @@ fn check_key(raw: &Raw<CrossSigningKey>, user: &UserId, usage: KeyUsage) -> Resu
 }
 
 /// The public key of a stored cross-signing key.
-fn public_key(json: &str) -> Option<String> {
+pub fn public_key(json: &str) -> Option<String> {
     let v: Value = serde_json::from_str(json).ok()?;
     v.get("keys")?
         .as_object()?
@@ -348,8 +348,4 @@ pub fn merge_signatures<'a>(
             }
         }
     }
-}
-
-pub fn public_key_of(json: &str) -> Option<String> {
-    public_key(json)
 }

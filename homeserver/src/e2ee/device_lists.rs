@@ -47,6 +47,15 @@ impl DeviceLists {
         Ok(out)
     }
 
+    /// Records a change of the user's devices that touches no key (a renamed device).
+    pub async fn record(&self, user: &UserId) -> Result<()> {
+        let keys = self.keys.clone();
+        self.change(user, |pos| async move {
+            keys.record_device_list_change(user.as_str(), pos).await
+        })
+        .await
+    }
+
     /// The user and everyone sharing an encrypted room with them.
     pub async fn audience(&self, user: &UserId) -> Vec<OwnedUserId> {
         let mut out = vec![user.to_owned()];
@@ -81,26 +90,40 @@ pub async fn changes(
     from: i64,
     to: i64,
 ) -> Result<Changes> {
+    // Most syncs see neither: two range reads, and nothing more to do.
+    let key_changes = keys.device_list_changes(from, to).await?;
+    let sharing_changes = keys.sharing_changes(rooms, from, to).await?;
+    let mut out = Changes::default();
+    if key_changes.is_empty() && sharing_changes.is_empty() {
+        return Ok(out);
+    }
     let sharing: BTreeSet<String> = keys
         .users_sharing_encrypted_rooms(user)
         .await?
         .into_iter()
         .collect();
-    let mut out = Changes::default();
-    for u in keys.device_list_changes(from, to).await? {
+    for u in key_changes {
         if u == user || sharing.contains(&u) {
             out.changed.insert(u);
         }
     }
-    let encrypted: BTreeSet<String> = keys.encrypted_rooms(rooms).await?.into_iter().collect();
-    let rooms: Vec<String> = rooms
+    let changed_rooms: Vec<String> = sharing_changes
         .iter()
-        .filter(|r| encrypted.contains(*r))
-        .cloned()
+        .map(|c| c.room_id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let encrypted: BTreeSet<String> = keys
+        .encrypted_rooms(&changed_rooms)
+        .await?
+        .into_iter()
         .collect();
     let mut newly_shared_rooms = BTreeSet::new();
     let mut maybe_left = BTreeSet::new();
-    for c in keys.sharing_changes(&rooms, from, to).await? {
+    for c in sharing_changes
+        .into_iter()
+        .filter(|c| encrypted.contains(&c.room_id))
+    {
         let whole_room = c.event_type == "m.room.encryption" || c.state_key == user;
         match c.membership.as_deref() {
             _ if whole_room && c.membership.as_deref().is_none_or(|m| m == "join") => {

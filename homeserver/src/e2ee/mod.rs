@@ -266,7 +266,7 @@ impl Homeserver {
             let Ok(mut key) = serde_json::from_str::<serde_json::Map<String, Value>>(&json) else {
                 continue;
             };
-            if let Some(public) = cross_signing::public_key_of(&json) {
+            if let Some(public) = cross_signing::public_key(&json) {
                 cross_signing::merge_signatures(&mut key, signatures_on(user.as_str(), &public));
             }
             let raw: Raw<ruma::encryption::CrossSigningKey> =

@@ -96,9 +96,8 @@ async fn update_device(
     let found = ctx
         .hs
         .accounts
-        .sessions()
         .rename_device(
-            ctx.session().user_id.as_str(),
+            &ctx.session().user_id,
             req.device_id.as_str(),
             req.display_name.as_deref(),
         )

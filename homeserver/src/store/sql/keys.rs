@@ -301,6 +301,16 @@ impl KeyStore for SqlStore {
     }
 
     async fn ack_to_device(&self, user_id: &str, device_id: &str, upto: i64) -> StoreResult<()> {
+        // A read first: most syncs acknowledge nothing, and a write would queue behind sends.
+        let pending = sqlx::query("SELECT 1 FROM to_device WHERE user_id = $1 AND device_id = $2 AND stream_pos <= $3 LIMIT 1")
+            .bind(user_id)
+            .bind(device_id)
+            .bind(upto)
+            .fetch_optional(&self.read)
+            .await?;
+        if pending.is_none() {
+            return Ok(());
+        }
         sqlx::query("DELETE FROM to_device WHERE user_id = $1 AND device_id = $2 AND stream_pos <= $3")
             .bind(user_id)
             .bind(device_id)

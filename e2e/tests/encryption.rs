@@ -1,0 +1,305 @@
+//! End-to-end encryption with a stock client library (`matrix-sdk` with vodozemac inside)
+//! against the real binary, on SQLite and on PostgreSQL: two doctors with two devices each chat
+//! in an encrypted room and every message decrypts on every device; a device signed in later
+//! reads the history through the server-side key backup; a deleted device gets no more room
+//! keys; cross-signing set up on one side is visible on the other.
+
+use std::time::Duration;
+
+use matrix_sdk::{
+    Client,
+    config::SyncSettings,
+    ruma::{
+        OwnedEventId, OwnedRoomId,
+        api::client::{
+            room::create_room,
+            uiaa::{self, AuthData},
+        },
+        events::{
+            InitialStateEvent, room::encryption::RoomEncryptionEventContent,
+            room::message::RoomMessageEventContent,
+        },
+    },
+};
+use tim_e2e::{STORES, Server};
+
+const PASSWORD: &str = "secret-pw";
+
+async fn new_client(server: &Server) -> Client {
+    Client::builder()
+        .homeserver_url(server.base_url())
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn register(server: &Server, name: &str) -> Client {
+    let c = new_client(server).await;
+    c.matrix_auth()
+        .register({
+            let mut r = matrix_sdk::ruma::api::client::account::register::v3::Request::new();
+            r.username = Some(name.into());
+            r.password = Some(PASSWORD.into());
+            r.auth = Some(AuthData::Dummy(uiaa::Dummy::new()));
+            r
+        })
+        .await
+        .unwrap();
+    c
+}
+
+async fn login(server: &Server, name: &str) -> Client {
+    let c = new_client(server).await;
+    c.matrix_auth()
+        .login_username(name, PASSWORD)
+        .send()
+        .await
+        .unwrap();
+    c
+}
+
+async fn sync(c: &Client) {
+    c.sync_once(SyncSettings::default().timeout(Duration::from_millis(0)))
+        .await
+        .unwrap();
+}
+
+async fn sync_all(clients: &[&Client]) {
+    for c in clients {
+        sync(c).await;
+    }
+}
+
+/// The event's text as the client decrypts it, or None when it cannot.
+async fn text_of(c: &Client, room: &OwnedRoomId, event: &OwnedEventId) -> Option<String> {
+    let ev = c.get_room(room)?.event(event, None).await.ok()?;
+    let raw = ev.raw();
+    if raw.get_field::<String>("type").ok()?.as_deref() != Some("m.room.message") {
+        return None;
+    }
+    let content: serde_json::Value = raw.get_field("content").ok()??;
+    content["body"].as_str().map(str::to_owned)
+}
+
+/// Syncs everyone until `reader` can decrypt the event (keys travel as to-device messages).
+async fn wait_decrypted(
+    everyone: &[&Client],
+    reader: &Client,
+    room: &OwnedRoomId,
+    event: &OwnedEventId,
+) -> String {
+    for _ in 0..40 {
+        sync_all(everyone).await;
+        if let Some(text) = text_of(reader, room, event).await {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{} could not decrypt {event}",
+        reader
+            .device_id()
+            .map(|d| d.to_string())
+            .unwrap_or_default()
+    );
+}
+
+async fn encrypted_room(alice: &Client, bob: &Client) -> OwnedRoomId {
+    let mut req = create_room::v3::Request::new();
+    req.invite = vec![bob.user_id().unwrap().to_owned()];
+    req.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let room = alice.create_room(req).await.unwrap();
+    let id = room.room_id().to_owned();
+    sync(bob).await;
+    bob.join_room_by_id(&id).await.unwrap();
+    sync(alice).await;
+    id
+}
+
+async fn send(c: &Client, room: &OwnedRoomId, text: &str) -> OwnedEventId {
+    c.get_room(room)
+        .unwrap()
+        .send(RoomMessageEventContent::text_plain(text))
+        .await
+        .unwrap()
+        .response
+        .event_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_chat_with_matrix_sdk_on_both_stores() {
+    for store in STORES {
+        let server = Server::start(store);
+        encrypted_chat(&server).await;
+        server.cleanup().await;
+    }
+}
+
+async fn encrypted_chat(server: &Server) {
+    // Two doctors, two devices each.
+    let alice = register(server, "alice").await;
+    let bob = register(server, "bob").await;
+    let alice2 = login(server, "alice").await;
+    let bob2 = login(server, "bob").await;
+    let everyone = [&alice, &alice2, &bob, &bob2];
+    sync_all(&everyone).await;
+    let room = encrypted_room(&alice, &bob).await;
+    sync_all(&everyone).await;
+    assert!(
+        alice
+            .get_room(&room)
+            .unwrap()
+            .latest_encryption_state()
+            .await
+            .unwrap()
+            .is_encrypted()
+    );
+
+    // Every message, from any device, decrypts on every other device.
+    let mut sent = Vec::new();
+    for (i, sender) in everyone.iter().enumerate() {
+        let text = format!("Befund {i}: bitte Rückruf");
+        sync_all(&everyone).await;
+        sent.push((send(sender, &room, &text).await, text));
+    }
+    for (event, text) in &sent {
+        for reader in everyone {
+            assert_eq!(&wait_decrypted(&everyone, reader, &room, event).await, text);
+        }
+    }
+    // The server stored only ciphertext.
+    let raw = reqwest::Client::new()
+        .get(format!(
+            "{}/_matrix/client/v3/rooms/{room}/event/{}",
+            server.base_url(),
+            sent[0].0
+        ))
+        .bearer_auth(bob.access_token().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        raw.contains("m.room.encrypted") && !raw.contains("Befund"),
+        "{raw}"
+    );
+
+    // Cross-signing: Alice bootstraps; Bob sees her identity.
+    alice
+        .encryption()
+        .bootstrap_cross_signing(Some(AuthData::Password(uiaa::Password::new(
+            uiaa::UserIdentifier::Matrix(uiaa::MatrixUserIdentifier::new("alice".into())),
+            PASSWORD.into(),
+        ))))
+        .await
+        .unwrap();
+    sync_all(&everyone).await;
+    let identity = bob
+        .encryption()
+        .request_user_identity(alice.user_id().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        identity.is_some(),
+        "Bob does not see Alice's cross-signing identity"
+    );
+    let own = alice.encryption().get_own_device().await.unwrap().unwrap();
+    assert!(
+        own.is_cross_signed_by_owner(),
+        "Alice's device is not signed by her identity"
+    );
+
+    // Key backup: Alice enables recovery; her device signed in later reads the history.
+    let recovery_key = alice.encryption().recovery().enable().await.unwrap();
+    alice
+        .encryption()
+        .backups()
+        .wait_for_steady_state()
+        .await
+        .unwrap();
+    let alice3 = login(server, "alice").await;
+    sync(&alice3).await;
+    // Without the backup the new device has no keys for what was said before it existed.
+    assert_eq!(text_of(&alice3, &room, &sent[0].0).await, None);
+    alice3
+        .encryption()
+        .recovery()
+        .recover(&recovery_key)
+        .await
+        .unwrap();
+    for (event, text) in &sent {
+        let mut got = None;
+        for _ in 0..40 {
+            sync(&alice3).await;
+            if let Some(t) = text_of(&alice3, &room, event).await {
+                got = Some(t);
+                break;
+            }
+            let _ = alice3
+                .encryption()
+                .backups()
+                .download_room_keys_for_room(&room)
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            got.as_ref(),
+            Some(text),
+            "history not readable on a new device"
+        );
+    }
+
+    // A deleted device disappears from Alice's view of Bob and gets no more room keys.
+    let bob2_id = bob2.device_id().unwrap().to_owned();
+    let bob2_token = bob2.access_token().unwrap();
+    // User-interactive auth: the first call is answered with the password stage.
+    let challenge = bob
+        .delete_devices(std::slice::from_ref(&bob2_id), None)
+        .await
+        .unwrap_err();
+    let mut password = uiaa::Password::new(
+        uiaa::UserIdentifier::Matrix(uiaa::MatrixUserIdentifier::new("bob".into())),
+        PASSWORD.into(),
+    );
+    password.session = challenge.as_uiaa_response().and_then(|i| i.session.clone());
+    bob.delete_devices(
+        std::slice::from_ref(&bob2_id),
+        Some(AuthData::Password(password)),
+    )
+    .await
+    .unwrap();
+    sync_all(&[&alice, &bob]).await;
+    let devices = alice
+        .encryption()
+        .get_user_devices(bob.user_id().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        devices.get(&bob2_id).is_none(),
+        "a deleted device is still listed"
+    );
+    let after = send(&alice, &room, "nach dem Abmelden").await;
+    assert_eq!(
+        wait_decrypted(&[&alice, &bob], &bob, &room, &after).await,
+        "nach dem Abmelden"
+    );
+    // The deleted device's token is dead; its inbox is gone with it.
+    let status = reqwest::Client::new()
+        .get(format!(
+            "{}/_matrix/client/v3/sync?timeout=0",
+            server.base_url()
+        ))
+        .bearer_auth(bob2_token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 401);
+}
