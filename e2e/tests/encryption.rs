@@ -1,14 +1,16 @@
 //! End-to-end encryption with a stock client library (`matrix-sdk` with vodozemac inside)
 //! against the real binary, on SQLite and on PostgreSQL: two doctors with two devices each chat
 //! in an encrypted room and every message decrypts on every device; a device signed in later
-//! reads the history through the server-side key backup; a deleted device gets no more room
-//! keys; cross-signing set up on one side is visible on the other.
+//! reads the history through the server-side key backup, another through key forwarding from
+//! the user's first device; a deleted device gets no more room keys; cross-signing set up on
+//! one side is visible on the other.
 
 use std::time::Duration;
 
 use matrix_sdk::{
     Client,
     config::SyncSettings,
+    encryption::LocalTrust,
     ruma::{
         OwnedEventId, OwnedRoomId,
         api::client::{
@@ -255,6 +257,43 @@ async fn encrypted_chat(server: &Server) {
             "history not readable on a new device"
         );
     }
+
+    // Key forwarding: Bob's device signed in later asks his first device for the room keys
+    // (m.room_key_request) and gets them (m.forwarded_room_key), both as to-device messages.
+    // Clients forward only between own devices they trust, so both trust each other first.
+    let bob3 = login(server, "bob").await;
+    let bob_id = bob.user_id().unwrap().to_owned();
+    let (bob1_id, bob3_id) = (
+        bob.device_id().unwrap().to_owned(),
+        bob3.device_id().unwrap().to_owned(),
+    );
+    for (client, other) in [(&bob, &bob3_id), (&bob3, &bob1_id)] {
+        let mut device = None;
+        for _ in 0..40 {
+            sync_all(&[&bob, &bob3]).await;
+            device = client
+                .encryption()
+                .get_device(&bob_id, other)
+                .await
+                .unwrap();
+            if device.is_some() {
+                break;
+            }
+        }
+        device
+            .expect("Bob's devices see each other")
+            .set_local_trust(LocalTrust::Verified)
+            .await
+            .unwrap();
+    }
+    let (event, text) = &sent[0];
+    // The failed decryption sends the key request.
+    assert_eq!(text_of(&bob3, &room, event).await, None);
+    assert_eq!(
+        wait_decrypted(&[&bob3, &bob], &bob3, &room, event).await,
+        *text,
+        "history not readable through key forwarding"
+    );
 
     // A deleted device disappears from Alice's view of Bob and gets no more room keys.
     let bob2_id = bob2.device_id().unwrap().to_owned();
