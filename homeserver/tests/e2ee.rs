@@ -399,7 +399,7 @@ async fn to_device_messages_are_delivered_once_on_both_stores() {
 }
 
 /// 50 devices upload keys while 32 claimers claim them: every one-time key is handed out
-/// exactly once, the rest of the claims get the fallback key.
+/// exactly once, the rest of the claims get the fallback key, and the counts add up.
 #[tokio::test]
 async fn concurrent_claims_hand_out_each_key_once_on_both_stores() {
     for store in STORES {
@@ -411,10 +411,14 @@ async fn concurrent_claims_hand_out_each_key_once_on_both_stores() {
             devices.push((c, d));
         }
         let claimer = server.register("claimer").await;
+        // Half the keys first; the other half arrives while the claims run.
         let uploads = devices.iter().map(|(c, d)| {
-            upload(c, json!({"device_keys": d.device_keys(), "one_time_keys": d.one_time_keys("K", 10), "fallback_keys": d.one_time_keys("F", 1)}))
+            upload(c, json!({"device_keys": d.device_keys(), "one_time_keys": d.one_time_keys("K", 5), "fallback_keys": d.one_time_keys("F", 1)}))
         });
         futures::future::join_all(uploads).await;
+        let more = devices
+            .iter()
+            .map(|(c, d)| upload(c, json!({"one_time_keys": d.one_time_keys("L", 5)})));
         let targets: Vec<(String, String)> = devices
             .iter()
             .map(|(c, _)| (c.user_id.clone(), c.device_id.clone()))
@@ -436,7 +440,11 @@ async fn concurrent_claims_hand_out_each_key_once_on_both_stores() {
         });
         let mut otks = Vec::new();
         let mut fallbacks = 0;
-        for r in futures::future::join_all(claims).await {
+        let (_, claimed) = tokio::join!(
+            futures::future::join_all(more),
+            futures::future::join_all(claims)
+        );
+        for r in claimed {
             for id in r.unwrap() {
                 if id.ends_with(":F0") {
                     fallbacks += 1;
