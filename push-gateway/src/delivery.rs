@@ -124,13 +124,16 @@ mod tests {
     use super::*;
     use crate::webpush::{decrypt, public_bytes, verify_authorization};
 
+    /// Pushes received: headers and decrypted payload.
+    type Received = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
+
     /// A push service double: checks VAPID, decrypts with the browser's keys, records, and
     /// answers with the scripted status.
     #[derive(Clone)]
     struct Service {
         browser: Arc<SecretKey>,
         auth: [u8; 16],
-        got: Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>,
+        got: Received,
         status: Arc<Mutex<u16>>,
     }
 
