@@ -168,7 +168,7 @@ impl Homeserver {
                     .check_signed_key(me, target, key_id, object.get(), &own)
                     .await;
                 match outcome {
-                    Ok(mut new) => rows.append(&mut new),
+                    Ok(row) => rows.push(row),
                     Err(e) => {
                         let failure = serde_json::json!({"errcode": "M_INVALID_SIGNATURE", "error": e.to_string()});
                         if let Ok(f) = serde_json::from_value(failure) {
@@ -192,7 +192,7 @@ impl Homeserver {
         Ok(resp)
     }
 
-    /// The new signatures `me` put on `target`'s key `key_id`, each verified.
+    /// The new signature `me` put on `target`'s key `key_id`, verified.
     async fn check_signed_key(
         &self,
         me: &UserId,
@@ -200,7 +200,7 @@ impl Homeserver {
         key_id: &str,
         json: &str,
         own: &BTreeMap<String, String>,
-    ) -> Result<Vec<SignatureRow>> {
+    ) -> Result<SignatureRow> {
         let own_public = |usage: &str| own.get(usage).and_then(|j| public_key(j));
         let object: CanonicalJsonObject =
             serde_json::from_str(json).map_err(|e| Error::bad_json(format!("signed key: {e}")))?;
@@ -216,13 +216,14 @@ impl Homeserver {
                 ),
                 // My master key, signed by one of my devices.
                 None => {
-                    let master = self.own_cross_signing_keys(me).await?.remove(MASTER);
-                    let master = master
+                    let master = own
+                        .get(MASTER)
+                        .cloned()
                         .filter(|m| public_key(m).as_deref() == Some(key_id))
                         .ok_or_else(|| Error::not_found("no such device or key"))?;
                     let (signer, public) = self.signing_device(me, &object).await?;
                     return self
-                        .verified_rows(me, target, key_id, &master, &object, &signer, &public);
+                        .verified_row(me, target, key_id, &master, &object, &signer, &public);
                 }
             }
         } else {
@@ -245,7 +246,7 @@ impl Homeserver {
             )
         };
         let signer_key_id = format!("ed25519:{signer_public}");
-        self.verified_rows(
+        self.verified_row(
             me,
             target,
             key_id,
@@ -274,7 +275,7 @@ impl Homeserver {
                 continue;
             };
             if let Some(keys) = self.stores.keys.device_keys_of(me.as_str(), device).await?
-                && let Some(public) = super::device_ed25519_key(device)(&keys)
+                && let Some(public) = super::device_ed25519_key(device, &keys)
             {
                 return Ok((id.clone(), public));
             }
@@ -287,7 +288,7 @@ impl Homeserver {
     /// Checks that `object` is `stored` and carries a valid signature by `signer`, and returns
     /// that signature as a row.
     #[allow(clippy::too_many_arguments)]
-    fn verified_rows(
+    fn verified_row(
         &self,
         me: &UserId,
         target: &UserId,
@@ -296,7 +297,7 @@ impl Homeserver {
         object: &CanonicalJsonObject,
         signer_key_id: &str,
         signer_public: &str,
-    ) -> Result<Vec<SignatureRow>> {
+    ) -> Result<SignatureRow> {
         let unsigned = |v: &mut Value| {
             if let Some(o) = v.as_object_mut() {
                 o.remove("signatures");
@@ -320,13 +321,13 @@ impl Homeserver {
             .and_then(|s| s.as_str())
             .unwrap_or_default()
             .to_owned();
-        Ok(vec![SignatureRow {
+        Ok(SignatureRow {
             target_user: target.to_string(),
             target_key: key_id.to_owned(),
             signer: me.to_string(),
             signer_key_id: signer_key_id.to_owned(),
             signature,
-        }])
+        })
     }
 }
 

@@ -164,7 +164,9 @@ impl Homeserver {
         // The signing key to check signed one-time keys with: the new one, else the stored one.
         let ed25519 = match &new_device_keys {
             Some((_, k)) => Some(k.clone()),
-            None => stored.as_deref().and_then(device_ed25519_key(device)),
+            None => stored
+                .as_deref()
+                .and_then(|k| device_ed25519_key(device, k)),
         };
         let signer = ed25519.as_deref().map(|k| (user.as_ref(), device, k));
         let one_time = req
@@ -365,12 +367,10 @@ impl Homeserver {
 }
 
 /// The device's own ed25519 key in its stored device keys.
-fn device_ed25519_key(device: &str) -> impl Fn(&str) -> Option<String> + '_ {
-    move |json| {
-        let v: Value = serde_json::from_str(json).ok()?;
-        v.get("keys")?
-            .get(format!("ed25519:{device}"))?
-            .as_str()
-            .map(str::to_owned)
-    }
+fn device_ed25519_key(device: &str, keys: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(keys).ok()?;
+    v.get("keys")?
+        .get(format!("ed25519:{device}"))?
+        .as_str()
+        .map(str::to_owned)
 }

@@ -149,11 +149,14 @@ impl KeyStore for SqlStore {
     async fn claim_keys(&self, wanted: &[(String, String, String)]) -> StoreResult<Vec<ClaimedKey>> {
         let mut tx = self.write.begin().await?;
         let mut claimed = claim_one_time_keys(&mut tx, wanted).await?;
+        let served: std::collections::HashSet<(String, String, String)> =
+            claimed.iter().map(|c| (c.user_id.clone(), c.device_id.clone(), c.algorithm.clone())).collect();
         // Devices without a one-time key get their fallback key (it stays, marked used).
-        for (user_id, device_id, algorithm) in wanted {
-            if claimed.iter().any(|c| &c.user_id == user_id && &c.device_id == device_id && &c.algorithm == algorithm) {
+        for w in wanted {
+            if served.contains(w) {
                 continue;
             }
+            let (user_id, device_id, algorithm) = w;
             let row = sqlx::query(
                 "UPDATE fallback_keys SET used = TRUE WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 RETURNING key_id, json",
             )
