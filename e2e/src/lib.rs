@@ -1,5 +1,8 @@
 //! Starts the real `tim-homeserver` binary for black-box tests, on SQLite (a temp folder) or
-//! PostgreSQL (127.0.0.1:5432, a throw-away schema per tenant, dropped on `cleanup`).
+//! PostgreSQL (127.0.0.1:5432, a throw-away schema per tenant, dropped on `cleanup`), and the
+//! real `tim-push-gateway`; `push_service` is a local Web Push service double.
+
+pub mod push_service;
 
 use std::{
     net::TcpListener,
@@ -20,14 +23,19 @@ pub const STORES: [Store; 2] = [Store::Sqlite, Store::Postgres];
 
 /// The `tim-homeserver` binary next to the test executable (`target/<profile>/`).
 pub fn binary() -> PathBuf {
+    binary_named("tim-homeserver")
+}
+
+/// A workspace binary next to the test executable.
+pub fn binary_named(name: &str) -> PathBuf {
     // Tests live in target/<profile>/deps, binaries like tim-bench in target/<profile>.
     let exe = std::env::current_exe().expect("executable path");
     let dirs = [exe.parent(), exe.parent().and_then(|p| p.parent())];
     dirs.iter()
         .flatten()
-        .map(|d| d.join("tim-homeserver"))
+        .map(|d| d.join(name))
         .find(|b| b.exists())
-        .unwrap_or_else(|| panic!("no tim-homeserver binary next to {}: build it with `cargo build -p tim-homeserver` (cargo test --workspace --all-targets does)", exe.display()))
+        .unwrap_or_else(|| panic!("no {name} binary next to {}: build it with `cargo build -p {name}` (cargo test --workspace --all-targets does)", exe.display()))
 }
 
 fn free_port() -> u16 {
@@ -187,5 +195,69 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A running `tim-push-gateway` process, allowed to push to loopback `http` endpoints (the
+/// push service double) and retrying quickly.
+pub struct PushGateway {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl PushGateway {
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+        let mut cmd = Command::new(binary_named("tim-push-gateway"));
+        cmd.arg("serve")
+            .env("TIM_PUSH_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "TIM_PUSH_VAPID_PRIVATE_KEY_FILE",
+                dir.path().join("vapid.pem"),
+            )
+            .env("TIM_PUSH_VAPID_SUBJECT", "mailto:ops@e2e.test")
+            .env("TIM_PUSH_DELIVERY__ALLOW_LOOPBACK_HTTP", "true")
+            .env("TIM_PUSH_DELIVERY__BACKOFF_INITIAL_MS", "100")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start tim-push-gateway");
+        let gateway = Self { port, dir, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not come up; log:\n{}",
+                gateway.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        gateway
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL pushers name (`data.url`).
+    pub fn notify_url(&self) -> String {
+        format!("{}/_matrix/push/v1/notify", self.base_url())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PushGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

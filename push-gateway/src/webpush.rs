@@ -19,6 +19,8 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL
 const RECORD_SIZE: u32 = 4096;
 const TAG_LEN: usize = 16;
 const HEADER_LEN: usize = 16 + 4 + 1 + 65;
+/// The largest payload one push carries (RFC 8291: one 4096-byte record with header and tag).
+pub const MAX_PAYLOAD: usize = RECORD_SIZE as usize - HEADER_LEN - TAG_LEN - 1;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum WebPushError {
@@ -85,7 +87,7 @@ fn encrypt_with(
         return Err(WebPushError::BadAuthSecret);
     }
     // One record: the plaintext, the last-record delimiter, the tag.
-    if plaintext.len() + 1 + TAG_LEN + HEADER_LEN > RECORD_SIZE as usize {
+    if plaintext.len() > MAX_PAYLOAD {
         return Err(WebPushError::TooLarge);
     }
     let as_public = public_bytes(&sender.public_key());
