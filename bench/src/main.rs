@@ -4,10 +4,10 @@
 //! × 20 events (timeline limit 10), registrations/s (production argon2 cost), RSS idle and
 //! after load, the RSS of 100 extra idle tenants, the same send load while all 50 users
 //! long-poll sync with presence on and send typing notifications and read receipts, and media
-//! upload/download MB/s of a 100 MiB file.
+//! upload/download MB/s of a 100 MiB file, and Web Push through `tim-push-gateway` (`push`).
 //!
 //! `cargo run --release -p tim-bench [-- sqlite|postgres|both] [--seconds N]
-//!  [--only tenants|keys|send|initial-sync|media]`
+//!  [--only tenants|keys|send|initial-sync|media|push]`
 
 use std::{
     sync::{
@@ -19,6 +19,8 @@ use std::{
 
 use serde_json::{Value, json};
 use tim_e2e::{Server, Store};
+
+mod push;
 
 struct Api {
     http: reqwest::Client,
@@ -69,6 +71,40 @@ impl Api {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+}
+
+impl Api {
+    /// 10 rooms of 5 users each (`users` has 50): the first makes the room and invites the
+    /// others, who join.
+    async fn rooms_of_five(&self, users: &[(String, String)]) -> Vec<String> {
+        let mut rooms = Vec::new();
+        for r in 0..10 {
+            let members = &users[r * 5..r * 5 + 5];
+            let invite: Vec<&str> = members[1..].iter().map(|(u, _)| u.as_str()).collect();
+            let room = self
+                .call(
+                    reqwest::Method::POST,
+                    "/_matrix/client/v3/createRoom",
+                    Some(&members[0].1),
+                    Some(json!({"invite": invite})),
+                )
+                .await["room_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            for (_, token) in &members[1..] {
+                self.call(
+                    reqwest::Method::POST,
+                    &format!("/_matrix/client/v3/join/{room}"),
+                    Some(token),
+                    Some(json!({})),
+                )
+                .await;
+            }
+            rooms.push(room);
+        }
+        rooms
     }
 }
 
@@ -165,33 +201,7 @@ async fn run(store: Store, seconds: u64, only: Option<&str>) {
             50.0 / reg_secs
         );
 
-        // 10 rooms of 5 users.
-        let mut rooms = Vec::new();
-        for r in 0..10 {
-            let members = &users[r * 5..r * 5 + 5];
-            let invite: Vec<&str> = members[1..].iter().map(|(u, _)| u.as_str()).collect();
-            let room = api
-                .call(
-                    reqwest::Method::POST,
-                    "/_matrix/client/v3/createRoom",
-                    Some(&members[0].1),
-                    Some(json!({"invite": invite})),
-                )
-                .await["room_id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            for (_, token) in &members[1..] {
-                api.call(
-                    reqwest::Method::POST,
-                    &format!("/_matrix/client/v3/join/{room}"),
-                    Some(token),
-                    Some(json!({})),
-                )
-                .await;
-            }
-            rooms.push(room);
-        }
+        let rooms = api.rooms_of_five(&users).await;
 
         // 32 concurrent senders for `seconds`.
         let (rate, lat) = send_load(&api, &users, &rooms, seconds, "b").await;
@@ -312,6 +322,9 @@ async fn run(store: Store, seconds: u64, only: Option<&str>) {
     }
     if only.is_none_or(|o| o == "media") {
         media(&api, pid).await;
+    }
+    if only.is_none_or(|o| o == "push") {
+        push::bench(store, seconds).await;
     }
     if store == Store::Postgres {
         for t in 0..100 {
@@ -666,6 +679,8 @@ async fn main() {
                 "-p",
                 "tim-homeserver",
                 "-p",
+                "tim-push-gateway",
+                "-p",
                 "tim-bench",
             ])
             .status()
@@ -679,7 +694,7 @@ async fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    // `--only tenants|keys|send|initial-sync|media` runs one scenario ("send" includes registrations and
+    // `--only tenants|keys|send|initial-sync|media|push` runs one scenario ("send" includes registrations and
     // delivery latency, which use its users and rooms).
     let only = args
         .iter()

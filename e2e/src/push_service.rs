@@ -67,6 +67,9 @@ struct Inner {
     down_for: AtomicU32,
     /// Every request that reached the service, whatever the answer.
     requests: AtomicU64,
+    /// VAPID tokens whose signature verified, with their claims (push services verify a
+    /// sender's token once, as the sender reuses it for hours).
+    tokens: Mutex<HashMap<String, serde_json::Value>>,
     arrived: tokio::sync::Notify,
 }
 
@@ -185,8 +188,20 @@ async fn receive(
     let Some(authorization) = header("authorization") else {
         return refuse(StatusCode::UNAUTHORIZED, "VAPID authorization missing");
     };
-    let Ok(claims) = verify_authorization(authorization) else {
-        return refuse(StatusCode::FORBIDDEN, "VAPID token does not verify");
+    let known = inner.tokens.lock().unwrap().get(authorization).cloned();
+    let claims = match known {
+        Some(claims) => claims,
+        None => match verify_authorization(authorization) {
+            Ok(claims) => {
+                inner
+                    .tokens
+                    .lock()
+                    .unwrap()
+                    .insert(authorization.to_owned(), claims.clone());
+                claims
+            }
+            Err(_) => return refuse(StatusCode::FORBIDDEN, "VAPID token does not verify"),
+        },
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

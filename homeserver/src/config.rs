@@ -97,7 +97,8 @@ pub struct PushConfig {
     pub gateway_url_prefixes: Vec<String>,
     /// Timeout of one request to a gateway, in seconds.
     pub timeout_secs: u64,
-    /// Pushes delivered at the same time per tenant.
+    /// Gateway requests in flight at the same time per tenant (each waits up to the gateway's
+    /// answer, about one push service round trip).
     pub concurrency: usize,
     /// Allow gateways on loopback, private and link-local addresses (tests, a gateway on the
     /// same host). Off: pushers cannot make the server call internal services.
@@ -109,7 +110,7 @@ impl Default for PushConfig {
         Self {
             gateway_url_prefixes: vec![],
             timeout_secs: 10,
-            concurrency: 16,
+            concurrency: 64,
             allow_private_addresses: false,
         }
     }

@@ -215,6 +215,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_the_defaults() {
+        // The documented example stays true: what it shows are the defaults.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tim-push-gateway.example.toml");
+        let loaded = Config::load(Some(&path)).unwrap();
+        assert_eq!(format!("{loaded:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         let mut c = Config {
             vapid_subject: "ops@example.org".into(),

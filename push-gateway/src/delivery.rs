@@ -10,8 +10,6 @@ use sha2::Digest;
 use crate::webpush::{Vapid, WebPushError, encrypt};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-/// VAPID tokens live 12 hours (RFC 8292 allows up to 24).
-const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 /// A browser's push subscription (`PushSubscription.toJSON()`).
 #[derive(Clone, Debug)]
@@ -76,10 +74,7 @@ pub async fn send(http: &reqwest::Client, vapid: &Vapid, push: &Push<'_>) -> Out
     };
     let mut req = http
         .post(&sub.endpoint)
-        .header(
-            "Authorization",
-            vapid.authorization(&sub.endpoint, now() + TOKEN_LIFETIME.as_secs()),
-        )
+        .header("Authorization", vapid.header_for(&sub.endpoint, now()))
         .header("Content-Encoding", "aes128gcm")
         .header("Content-Type", "application/octet-stream")
         .header("TTL", push.ttl.to_string())

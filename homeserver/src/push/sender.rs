@@ -5,25 +5,33 @@
 //! per tenant, woken when pushes are queued or the next retry is due; nothing polls.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Weak},
     time::Duration,
 };
 
 use futures::StreamExt;
-use serde_json::{Map, Value, json};
+use ruma::{
+    EventId, RoomId, SecondsSinceUnixEpoch, UInt,
+    api::push_gateway::send_event_notification::v1::{
+        Device, Notification, NotificationCounts, NotificationPriority, PusherData,
+    },
+    push::{Action, HttpPusherData, Tweak},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::{
     ephemeral::now_ms,
     error::{Error, Result},
     homeserver::Homeserver,
-    store::{PusherRow, QueuedPush},
+    store::{PushRetry, PusherRow, QueuedPush},
 };
 
 /// Attempts before a push is given up (backoff 1 s doubling up to 5 min: about an hour).
 const MAX_ATTEMPTS: i64 = 16;
 const MAX_BACKOFF_MS: i64 = 5 * 60_000;
-const BATCH: i64 = 200;
+const BATCH: i64 = 500;
 
 /// What happened to one push.
 enum Outcome {
@@ -75,7 +83,9 @@ pub async fn run(hs: Weak<Homeserver>, wake: Arc<tokio::sync::Notify>, first_due
     }
 }
 
-/// Delivers the pushes due now; true if there may be more.
+/// Delivers the pushes due now; true if there may be more. A batch costs one query for the
+/// pushers of its users, one unread count per user (the badge, shared by that user's pushes),
+/// the gateway requests, and one transaction settling every push of the batch.
 async fn deliver_due(hs: &Arc<Homeserver>, client: &reqwest::Client) -> Result<bool> {
     let due = hs.stores.push.due_pushes(now_ms(), BATCH).await?;
     if due.is_empty() {
@@ -83,49 +93,65 @@ async fn deliver_due(hs: &Arc<Homeserver>, client: &reqwest::Client) -> Result<b
     }
     let full = due.len() as i64 == BATCH;
     let concurrency = hs.config.push.concurrency.max(1);
-    futures::stream::iter(due)
-        .for_each_concurrent(concurrency, |item| async move {
-            let outcome = match deliver(hs, client, &item).await {
-                Ok(o) => o,
-                Err(e) => {
+    let mut users: Vec<String> = due.iter().map(|p| p.user_id.clone()).collect();
+    users.sort();
+    users.dedup();
+    let mut pushers: HashMap<String, Vec<PusherRow>> = HashMap::new();
+    for p in hs.stores.push.pushers_of(&users).await? {
+        pushers.entry(p.user_id.clone()).or_default().push(p);
+    }
+    let with_pushers: Vec<String> = pushers.keys().cloned().collect();
+    let unread: HashMap<String, Result<u64>> = futures::stream::iter(with_pushers)
+        .map(|user| async move {
+            let n = total_unread(hs, &user).await;
+            (user, n)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let outcomes: Vec<(QueuedPush, Outcome)> = futures::stream::iter(due)
+        .map(|item| {
+            let (pushers, unread) = (&pushers, &unread);
+            async move {
+                let outcome = match (pushers.get(&item.user_id), unread.get(&item.user_id)) {
+                    // The pushers are gone since the push was queued: nothing to do.
+                    (None, _) => Ok(Outcome::Delivered),
+                    (Some(p), Some(Ok(n))) => deliver(hs, client, &item, p, *n).await,
+                    (Some(_), Some(Err(e))) => Err(Error::Internal(e.to_string())),
+                    (Some(_), None) => Err(Error::Internal("no unread count".into())),
+                };
+                let outcome = outcome.unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "push not delivered");
                     Outcome::RetryLater
-                }
-            };
-            let result = match outcome {
-                Outcome::Delivered => {
-                    hs.stores
-                        .push
-                        .push_done(&item.user_id, item.stream_pos)
-                        .await
-                }
-                Outcome::RetryLater if item.attempts + 1 >= MAX_ATTEMPTS => {
-                    tracing::warn!(attempts = item.attempts + 1, "push given up");
-                    hs.stores
-                        .push
-                        .push_done(&item.user_id, item.stream_pos)
-                        .await
-                }
-                Outcome::RetryLater => {
-                    let backoff = (1000i64 << item.attempts.min(20)).min(MAX_BACKOFF_MS);
-                    hs.stores
-                        .push
-                        .push_retry(
-                            &item.user_id,
-                            item.stream_pos,
-                            item.attempts + 1,
-                            now_ms() + backoff,
-                        )
-                        .await
-                }
-            };
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "push queue not updated");
+                });
+                (item, outcome)
             }
-            metrics::counter!("tim_pushes_total", "server_name" => hs.server_name.to_string())
-                .increment(1);
         })
+        .buffer_unordered(concurrency)
+        .collect()
         .await;
+    let (mut done, mut retries) = (Vec::new(), Vec::new());
+    for (item, outcome) in outcomes {
+        match outcome {
+            Outcome::RetryLater if item.attempts + 1 < MAX_ATTEMPTS => {
+                let backoff = (1000i64 << item.attempts.min(20)).min(MAX_BACKOFF_MS);
+                retries.push(PushRetry {
+                    user_id: item.user_id,
+                    stream_pos: item.stream_pos,
+                    attempts: item.attempts + 1,
+                    next_attempt_ts: now_ms() + backoff,
+                });
+            }
+            Outcome::RetryLater => {
+                tracing::warn!(attempts = item.attempts + 1, "push given up");
+                done.push((item.user_id, item.stream_pos));
+            }
+            Outcome::Delivered => done.push((item.user_id, item.stream_pos)),
+        }
+    }
+    metrics::counter!("tim_pushes_total", "server_name" => hs.server_name.to_string())
+        .increment((done.len() + retries.len()) as u64);
+    hs.stores.push.settle_pushes(&done, &retries).await?;
     Ok(full
         || hs
             .stores
@@ -135,71 +161,75 @@ async fn deliver_due(hs: &Arc<Homeserver>, client: &reqwest::Client) -> Result<b
             .is_some_and(|t| t <= now_ms()))
 }
 
-/// The tweaks among push actions (`set_tweak` entries) as an object.
-fn tweaks(actions: &str) -> Map<String, Value> {
-    let mut out = Map::new();
-    let actions: Vec<Value> = serde_json::from_str(actions).unwrap_or_default();
-    for a in actions {
-        if let Some(name) = a.get("set_tweak").and_then(Value::as_str) {
-            let value = a.get("value").cloned().unwrap_or(Value::Bool(true));
-            out.insert(name.to_owned(), value);
-        }
-    }
-    out
+/// The tweaks among push actions (`set_tweak` entries).
+fn tweaks(actions: &str) -> Vec<Tweak> {
+    serde_json::from_str::<Vec<Action>>(actions)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::SetTweak(t) => Some(t),
+            _ => None,
+        })
+        .collect()
 }
 
+/// The Push Gateway API request body.
+#[derive(Serialize)]
+struct NotifyBody<'a> {
+    notification: &'a Notification,
+}
+
+/// The Push Gateway API answer.
+#[derive(Deserialize)]
+struct NotifyAnswer {
+    #[serde(default)]
+    rejected: Vec<String>,
+}
+
+/// Sends one queued push to the gateways of the user's pushers (one request per gateway).
 async fn deliver(
     hs: &Arc<Homeserver>,
     client: &reqwest::Client,
     item: &QueuedPush,
+    pushers: &[PusherRow],
+    unread: u64,
 ) -> Result<Outcome> {
-    let pushers = hs.stores.push.pushers(&item.user_id).await?;
-    if pushers.is_empty() {
-        return Ok(Outcome::Delivered);
-    }
-    let unread = total_unread(hs, &item.user_id).await?;
     let tweaks = tweaks(&item.actions);
-    let mut by_url: BTreeMap<String, Vec<&PusherRow>> = BTreeMap::new();
-    for p in &pushers {
-        if let Some(url) = serde_json::from_str::<Value>(&p.data)
-            .ok()
-            .and_then(|d| d.get("url")?.as_str().map(str::to_owned))
-        {
-            by_url.entry(url).or_default().push(p);
-        }
+    let mut by_url: BTreeMap<String, Vec<(&PusherRow, Device)>> = BTreeMap::new();
+    for p in pushers {
+        let Ok(data) = serde_json::from_str::<HttpPusherData>(&p.data) else {
+            continue;
+        };
+        let url = data.url.clone();
+        let mut device = Device::new(p.app_id.clone(), p.pushkey.clone());
+        device.pushkey_ts = Some(SecondsSinceUnixEpoch(UInt::new_saturating(
+            (p.created_ts / 1000).max(0) as u64,
+        )));
+        device.data = PusherData::from(data);
+        device.tweaks = tweaks.clone();
+        by_url.entry(url).or_default().push((p, device));
     }
     let mut outcome = Outcome::Delivered;
-    for (url, pushers) in by_url {
-        let devices: Vec<Value> = pushers
-            .iter()
-            .map(|p| {
-                let mut data: Map<String, Value> =
-                    serde_json::from_str(&p.data).unwrap_or_default();
-                data.remove("url");
-                json!({
-                    "app_id": p.app_id,
-                    "pushkey": p.pushkey,
-                    "pushkey_ts": p.created_ts / 1000,
-                    "data": data,
-                    "tweaks": tweaks,
-                })
-            })
-            .collect();
-        // `event_id_only`: nothing of the message leaves the server.
-        let body = json!({
-            "notification": {
-                "event_id": item.event_id,
-                "room_id": item.room_id,
-                "prio": if item.highlight { "high" } else { "low" },
-                "counts": { "unread": unread },
-                "devices": devices,
-            }
-        });
+    for (url, targets) in by_url {
+        let (pushers, devices): (Vec<&PusherRow>, Vec<Device>) = targets.into_iter().unzip();
+        // `event_id_only`: nothing of the message leaves the server (TI-M C-03).
+        let mut notification = Notification::new(devices);
+        notification.event_id = EventId::parse(&item.event_id).ok();
+        notification.room_id = RoomId::parse(&item.room_id).ok();
+        notification.prio = if item.highlight {
+            NotificationPriority::High
+        } else {
+            NotificationPriority::Low
+        };
+        notification.counts = NotificationCounts::new(UInt::new_saturating(unread), UInt::MIN);
         if let Err(e) = hs.check_gateway(&url).await {
             // The gateway became unacceptable (config, DNS): this push is dropped.
             tracing::warn!(error = %e, "push gateway refused by policy");
             continue;
         }
+        let body = NotifyBody {
+            notification: &notification,
+        };
         let resp = match client.post(&url).json(&body).send().await {
             Ok(r) => r,
             Err(e) => {
@@ -210,10 +240,10 @@ async fn deliver(
         };
         let status = resp.status();
         if status.is_success() {
-            let rejected: Vec<String> = read_limited(resp, 64 * 1024)
+            let rejected = read_limited(resp, 64 * 1024)
                 .await
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .and_then(|v| serde_json::from_value(v.get("rejected")?.clone()).ok())
+                .and_then(|b| serde_json::from_slice::<NotifyAnswer>(&b).ok())
+                .map(|a| a.rejected)
                 .unwrap_or_default();
             for pushkey in rejected {
                 if let Some(p) = pushers.iter().find(|p| p.pushkey == pushkey) {
@@ -269,7 +299,7 @@ fn internal(ip: std::net::IpAddr) -> bool {
 }
 
 /// Unread notifications of the user in all joined rooms (the app badge).
-async fn total_unread(hs: &Homeserver, user: &str) -> Result<i64> {
+async fn total_unread(hs: &Homeserver, user: &str) -> Result<u64> {
     let rooms: Vec<String> = hs
         .stores
         .events
@@ -285,7 +315,7 @@ async fn total_unread(hs: &Homeserver, user: &str) -> Result<i64> {
         .unread_counts(user, &rooms)
         .await?
         .iter()
-        .map(|(_, n, _)| n)
+        .map(|(_, n, _)| (*n).max(0) as u64)
         .sum())
 }
 

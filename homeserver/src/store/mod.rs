@@ -420,14 +420,21 @@ pub trait PushStore: Send + Sync {
     async fn due_pushes(&self, now: i64, limit: i64) -> StoreResult<Vec<QueuedPush>>;
     /// When the next queued push is due.
     async fn next_push_due(&self) -> StoreResult<Option<i64>>;
-    async fn push_done(&self, user_id: &str, stream_pos: i64) -> StoreResult<()>;
-    async fn push_retry(
-        &self,
-        user_id: &str,
-        stream_pos: i64,
-        attempts: i64,
-        next_attempt_ts: i64,
-    ) -> StoreResult<()>;
+    /// The pushers of several users (the push sender's batch), in one query.
+    async fn pushers_of(&self, user_ids: &[String]) -> StoreResult<Vec<PusherRow>>;
+    /// Settles a batch of pushes in one transaction: `done` (user, position) leave the queue,
+    /// `retries` get their new attempt count and due time.
+    async fn settle_pushes(&self, done: &[(String, i64)], retries: &[PushRetry])
+    -> StoreResult<()>;
+}
+
+/// A queued push to be tried again.
+#[derive(Clone, Debug)]
+pub struct PushRetry {
+    pub user_id: String,
+    pub stream_pos: i64,
+    pub attempts: i64,
+    pub next_attempt_ts: i64,
 }
 
 /// A one-time or fallback key as uploaded: `algorithm:key_id` split, the key object as JSON.

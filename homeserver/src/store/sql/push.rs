@@ -287,19 +287,48 @@ impl PushStore for SqlStore {
         Ok(sqlx::query("SELECT MIN(next_attempt_ts) FROM push_queue").fetch_one(&self.read).await?.try_get(0)?)
     }
 
-    async fn push_done(&self, user_id: &str, stream_pos: i64) -> StoreResult<()> {
-        sqlx::query("DELETE FROM push_queue WHERE user_id = $1 AND stream_pos = $2").bind(user_id).bind(stream_pos).execute(&self.write).await?;
-        Ok(())
+    async fn pushers_of(&self, user_ids: &[String]) -> StoreResult<Vec<PusherRow>> {
+        let mut out = Vec::new();
+        for chunk in user_ids.chunks(500) {
+            let sql = format!(
+                "SELECT user_id, app_id, pushkey, app_display_name, device_display_name, profile_tag, lang, data, created_ts, device_id FROM pushers WHERE user_id IN ({}) ORDER BY created_ts",
+                in_list(1, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for u in chunk {
+                q = q.bind(u);
+            }
+            for r in q.fetch_all(&self.read).await? {
+                out.push(pusher_row(&r)?);
+            }
+        }
+        Ok(out)
     }
 
-    async fn push_retry(&self, user_id: &str, stream_pos: i64, attempts: i64, next_attempt_ts: i64) -> StoreResult<()> {
-        sqlx::query("UPDATE push_queue SET attempts = $3, next_attempt_ts = $4 WHERE user_id = $1 AND stream_pos = $2")
-            .bind(user_id)
-            .bind(stream_pos)
-            .bind(attempts)
-            .bind(next_attempt_ts)
-            .execute(&self.write)
-            .await?;
+    async fn settle_pushes(&self, done: &[(String, i64)], retries: &[PushRetry]) -> StoreResult<()> {
+        if done.is_empty() && retries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin().await?;
+        for chunk in done.chunks(400) {
+            let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+            let sql = format!("DELETE FROM push_queue WHERE (user_id, stream_pos) IN ({})", pairs.join(", "));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (user, pos) in chunk {
+                q = q.bind(user).bind(pos);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for r in retries {
+            sqlx::query("UPDATE push_queue SET attempts = $3, next_attempt_ts = $4 WHERE user_id = $1 AND stream_pos = $2")
+                .bind(&r.user_id)
+                .bind(r.stream_pos)
+                .bind(r.attempts)
+                .bind(r.next_attempt_ts)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }
