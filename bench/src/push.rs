@@ -4,7 +4,7 @@
 //!    256 subscriptions); notifications/s delivered to the double, and the time from sending the
 //!    notification to the push arriving (what the gateway adds).
 //! 2. Homeserver → gateway → double: 32 senders in 10 rooms of 5 users, every user with a Web
-//!    Push pusher (4 pushes per message), at 250 and 500 messages/s offered and unthrottled;
+//!    Push pusher (4 pushes per message), at 50, 250 and 500 messages/s offered and unthrottled;
 //!    pushes/s delivered and the time from sending a message to its pushes arriving.
 
 use std::{
@@ -32,6 +32,35 @@ pub async fn bench(store: Store, seconds: u64) {
 }
 
 async fn gateway_alone(service: &PushService, gateway: &PushGateway, seconds: u64) {
+    // Light load first: one notification at a time.
+    {
+        let sub = service.subscribe();
+        let http = reqwest::Client::new();
+        let mut lat = Vec::new();
+        for i in 0..200 {
+            let before = service.received().len();
+            let body = json!({"notification": {
+                "event_id": format!("$light{i}:bench.test"), "room_id": "!r:bench.test",
+                "devices": [{"app_id": "de.tim.web", "pushkey": sub.p256dh,
+                             "data": {"endpoint": sub.endpoint, "auth": sub.auth}}],
+            }});
+            let at = Instant::now();
+            http.post(gateway.notify_url())
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let got = service.wait_for(before + 1, Duration::from_secs(5)).await;
+            lat.push(got[before].at - at);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        lat.sort();
+        println!(
+            "push gateway alone, one at a time: notify→push p50 {} p99 {}",
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99))
+        );
+    }
     let subs: Arc<Vec<BrowserSubscription>> =
         Arc::new((0..256).map(|_| service.subscribe()).collect());
     let http = reqwest::Client::builder()
@@ -139,7 +168,7 @@ async fn through_homeserver(
     // Let the invite and join pushes pass before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Offered loads (messages/s, 4 pushes each), then as fast as the senders can.
-    for rate in [Some(250.0), Some(500.0), None] {
+    for rate in [Some(50.0), Some(250.0), Some(500.0), None] {
         phase(&api, &users, &rooms, service, rate, seconds).await;
     }
     server.cleanup().await;
@@ -165,8 +194,13 @@ async fn phase(
             let room_idx = s % 10;
             let (_, token) = users[room_idx * 5 + (s / 10) % 5].clone();
             tokio::spawn(async move {
+                // Each sender every 32/rate s, the 32 of them spread evenly over that period
+                // (in step they would send bursts of 32 messages).
                 let mut tick = rate.map(|r| {
-                    let mut t = tokio::time::interval(Duration::from_secs_f64(32.0 / r));
+                    let period = Duration::from_secs_f64(32.0 / r);
+                    let offset = period.mul_f64(s as f64 / 32.0);
+                    let mut t =
+                        tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
                     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     t
                 });

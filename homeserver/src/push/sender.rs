@@ -5,7 +5,7 @@
 //! per tenant, woken when pushes are queued or the next retry is due; nothing polls.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Weak},
     time::Duration,
 };
@@ -20,6 +20,7 @@ use ruma::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::{
     ephemeral::now_ms,
@@ -42,7 +43,7 @@ enum Outcome {
 /// Runs the tenant's push sender. `first_due`: when the oldest push left from before a restart
 /// is due. Idle tenants hold nothing but this waiting task: the HTTP client is made on first use
 /// and database connections only while delivering.
-pub async fn run(hs: Weak<Homeserver>, wake: Arc<tokio::sync::Notify>, first_due: Option<i64>) {
+pub async fn run(hs: Weak<Homeserver>, wake: Arc<Notify>, first_due: Option<i64>) {
     let mut client: Option<reqwest::Client> = None;
     let mut next = first_due;
     loop {
@@ -63,19 +64,14 @@ pub async fn run(hs: Weak<Homeserver>, wake: Arc<tokio::sync::Notify>, first_due
                 .build()
                 .expect("http client")
         });
-        next = loop {
-            match deliver_due(&hs, client).await {
-                Ok(true) => continue,
-                Ok(false) => {
-                    break hs.stores.push.next_push_due().await.unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "push queue unreadable");
-                        Some(now_ms() + 5_000)
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "push queue unreadable");
-                    break Some(now_ms() + 5_000);
-                }
+        next = match deliver_due(&hs, client, &wake).await {
+            Ok(()) => hs.stores.push.next_push_due().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "push queue unreadable");
+                Some(now_ms() + 5_000)
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "push queue unreadable");
+                Some(now_ms() + 5_000)
             }
         };
         // Wait without keeping the tenant alive.
@@ -83,22 +79,68 @@ pub async fn run(hs: Weak<Homeserver>, wake: Arc<tokio::sync::Notify>, first_due
     }
 }
 
-/// Delivers the pushes due now; true if there may be more. A batch costs one query for the
-/// pushers of its users, one unread count per user (the badge, shared by that user's pushes),
-/// the gateway requests, and one transaction settling every push of the batch.
-async fn deliver_due(hs: &Arc<Homeserver>, client: &reqwest::Client) -> Result<bool> {
-    let due = hs.stores.push.due_pushes(now_ms(), BATCH).await?;
-    if due.is_empty() {
-        return Ok(false);
+/// Delivers pushes until none is due, as a pipeline: newly queued pushes are fetched while
+/// others are in flight (at most `push.concurrency` gateway requests at a time), and finished
+/// pushes are settled together — one transaction per wave of results. A fetch costs one query
+/// for the pushers of its users and one unread count per user (the badge, shared by that
+/// user's pushes in the fetch).
+async fn deliver_due(hs: &Arc<Homeserver>, client: &reqwest::Client, wake: &Notify) -> Result<()> {
+    let requests = Arc::new(Semaphore::new(hs.config.push.concurrency.max(1)));
+    let (results, mut finished) = mpsc::unbounded_channel::<(QueuedPush, Outcome)>();
+    let mut in_flight: HashSet<(String, i64)> = HashSet::new();
+    let mut maybe_due = true;
+    loop {
+        if maybe_due && in_flight.len() < BATCH as usize {
+            let limit = in_flight.len() as i64 + BATCH;
+            let due = hs.stores.push.due_pushes(now_ms(), limit).await?;
+            maybe_due = due.len() as i64 == limit;
+            let fresh: Vec<QueuedPush> = due
+                .into_iter()
+                .filter(|p| in_flight.insert((p.user_id.clone(), p.stream_pos)))
+                .collect();
+            start(hs, client, &requests, &results, fresh).await?;
+        }
+        if in_flight.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            Some(first) = finished.recv() => {
+                let mut wave = vec![first];
+                while let Ok(more) = finished.try_recv() {
+                    wave.push(more);
+                }
+                for (item, _) in &wave {
+                    in_flight.remove(&(item.user_id.clone(), item.stream_pos));
+                }
+                settle(hs, wave).await?;
+            }
+            _ = wake.notified() => maybe_due = true,
+        }
     }
-    let full = due.len() as i64 == BATCH;
-    let concurrency = hs.config.push.concurrency.max(1);
-    let mut users: Vec<String> = due.iter().map(|p| p.user_id.clone()).collect();
+}
+
+/// Starts the deliveries of freshly fetched pushes (each a task waiting for a request permit).
+async fn start(
+    hs: &Arc<Homeserver>,
+    client: &reqwest::Client,
+    requests: &Arc<Semaphore>,
+    results: &mpsc::UnboundedSender<(QueuedPush, Outcome)>,
+    fresh: Vec<QueuedPush>,
+) -> Result<()> {
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let mut users: Vec<String> = fresh.iter().map(|p| p.user_id.clone()).collect();
     users.sort();
     users.dedup();
-    let mut pushers: HashMap<String, Vec<PusherRow>> = HashMap::new();
+    let mut pushers: HashMap<String, Arc<Vec<PusherRow>>> = HashMap::new();
     for p in hs.stores.push.pushers_of(&users).await? {
-        pushers.entry(p.user_id.clone()).or_default().push(p);
+        match pushers.get_mut(&p.user_id) {
+            Some(list) => Arc::make_mut(list).push(p),
+            None => {
+                pushers.insert(p.user_id.clone(), Arc::new(vec![p]));
+            }
+        }
     }
     let with_pushers: Vec<String> = pushers.keys().cloned().collect();
     let unread: HashMap<String, Result<u64>> = futures::stream::iter(with_pushers)
@@ -106,32 +148,49 @@ async fn deliver_due(hs: &Arc<Homeserver>, client: &reqwest::Client) -> Result<b
             let n = total_unread(hs, &user).await;
             (user, n)
         })
-        .buffer_unordered(concurrency)
+        .buffer_unordered(8)
         .collect()
         .await;
-    let outcomes: Vec<(QueuedPush, Outcome)> = futures::stream::iter(due)
-        .map(|item| {
-            let (pushers, unread) = (&pushers, &unread);
-            async move {
-                let outcome = match (pushers.get(&item.user_id), unread.get(&item.user_id)) {
-                    // The pushers are gone since the push was queued: nothing to do.
-                    (None, _) => Ok(Outcome::Delivered),
-                    (Some(p), Some(Ok(n))) => deliver(hs, client, &item, p, *n).await,
-                    (Some(_), Some(Err(e))) => Err(Error::Internal(e.to_string())),
-                    (Some(_), None) => Err(Error::Internal("no unread count".into())),
-                };
-                let outcome = outcome.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "push not delivered");
-                    Outcome::RetryLater
-                });
-                (item, outcome)
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+    for item in fresh {
+        let Some(targets) = pushers.get(&item.user_id).cloned() else {
+            // The pushers are gone since the push was queued: nothing to do.
+            let _ = results.send((item, Outcome::Delivered));
+            continue;
+        };
+        let count = match unread.get(&item.user_id) {
+            Some(Ok(n)) => Ok(*n),
+            Some(Err(e)) => Err(Error::Internal(e.to_string())),
+            None => Err(Error::Internal("no unread count".into())),
+        };
+        let (hs, client, requests, results) = (
+            hs.clone(),
+            client.clone(),
+            requests.clone(),
+            results.clone(),
+        );
+        tokio::spawn(async move {
+            let outcome = match count {
+                Ok(n) => {
+                    let _permit = requests.acquire().await.expect("never closed");
+                    deliver(&hs, &client, &item, &targets, n).await
+                }
+                Err(e) => Err(e),
+            };
+            let outcome = outcome.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "push not delivered");
+                Outcome::RetryLater
+            });
+            let _ = results.send((item, outcome));
+        });
+    }
+    Ok(())
+}
+
+/// Records a wave of finished pushes in one transaction: delivered (or given up) ones leave the
+/// queue, the others are due again after their backoff.
+async fn settle(hs: &Homeserver, wave: Vec<(QueuedPush, Outcome)>) -> Result<()> {
     let (mut done, mut retries) = (Vec::new(), Vec::new());
-    for (item, outcome) in outcomes {
+    for (item, outcome) in wave {
         match outcome {
             Outcome::RetryLater if item.attempts + 1 < MAX_ATTEMPTS => {
                 let backoff = (1000i64 << item.attempts.min(20)).min(MAX_BACKOFF_MS);
@@ -152,13 +211,7 @@ async fn deliver_due(hs: &Arc<Homeserver>, client: &reqwest::Client) -> Result<b
     metrics::counter!("tim_pushes_total", "server_name" => hs.server_name.to_string())
         .increment((done.len() + retries.len()) as u64);
     hs.stores.push.settle_pushes(&done, &retries).await?;
-    Ok(full
-        || hs
-            .stores
-            .push
-            .next_push_due()
-            .await?
-            .is_some_and(|t| t <= now_ms()))
+    Ok(())
 }
 
 /// The tweaks among push actions (`set_tweak` entries).
