@@ -562,3 +562,53 @@ async fn a_signed_out_device_loses_its_pushers() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn the_push_badge_agrees_with_the_exact_count_within_its_window() {
+    for store in STORES {
+        let server = TestServer::start(store).await;
+        let (alice, bob, room) = pair(&server).await;
+        // A second shared room without anything unread.
+        let other = alice
+            .create_room(json!({"preset": "private_chat", "invite": [bob.user_id]}))
+            .await;
+        bob.ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{other}/join"),
+            Some(json!({})),
+        )
+        .await;
+        let hs = server.hs();
+        let rooms = vec![room.clone(), other.clone()];
+        let exact = || async {
+            let counts = hs
+                .stores
+                .push
+                .unread_counts(&bob.user_id, &rooms)
+                .await
+                .unwrap();
+            counts.iter().map(|(_, n, _)| n).sum::<i64>()
+        };
+        for i in 0..5 {
+            alice.send(&room, &format!("b{i}"), "Befund").await;
+        }
+        let badge = |per_room| hs.stores.push.unread_badge(&bob.user_id, &rooms, per_room);
+        assert_eq!(badge(100).await.unwrap(), 5);
+        assert_eq!(badge(100).await.unwrap(), exact().await);
+        // Only the newest events of a room are looked at.
+        assert_eq!(badge(3).await.unwrap(), 3);
+        // Bob writes: what came before counts as read; then a receipt reads the rest.
+        bob.send(&room, "own", "Danke").await;
+        let last = alice.send(&room, "b5", "Noch einer").await;
+        assert_eq!(badge(100).await.unwrap(), 1);
+        assert_eq!(exact().await, 1);
+        bob.ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{last}"),
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(badge(100).await.unwrap(), 0);
+        assert_eq!(badge(100).await.unwrap(), exact().await);
+    }
+}

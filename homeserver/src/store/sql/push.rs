@@ -175,6 +175,54 @@ impl PushStore for SqlStore {
         Ok(out)
     }
 
+    async fn unread_badge(&self, user_id: &str, room_ids: &[String], per_room: i64) -> StoreResult<i64> {
+        let read = self.receipt_positions(user_id, room_ids).await?;
+        let pattern = member_pattern(user_id);
+        let mut total = 0;
+        for chunk in room_ids.chunks(50) {
+            // Per room the newest events after the receipt, newest first: notifying ones count
+            // until the user's own message (whoever writes has read what came before).
+            let branches: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "SELECT * FROM (SELECT room_id, stream_pos, CASE WHEN sender = $2 AND read_by_sender THEN 1 ELSE 0 END AS own, \
+                         CASE WHEN push_notify LIKE $1 ESCAPE '\\' THEN 1 ELSE 0 END AS n FROM events \
+                         WHERE room_id = ${} AND stream_pos > ${} ORDER BY stream_pos DESC LIMIT $3) AS r{i}",
+                        4 + i * 2,
+                        5 + i * 2
+                    )
+                })
+                .collect();
+            let sql = branches.join(" UNION ALL ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&pattern).bind(user_id).bind(per_room);
+            for id in chunk {
+                q = q.bind(id).bind(read.get(id).copied().unwrap_or(0));
+            }
+            let mut rows: Vec<(String, i64, i32, i32)> = Vec::new();
+            for r in q.fetch_all(&self.read).await? {
+                rows.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
+            }
+            rows.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            let mut room: Option<&str> = None;
+            let mut stopped = false;
+            for (room_id, _, own, n) in &rows {
+                if room != Some(room_id.as_str()) {
+                    room = Some(room_id);
+                    stopped = false;
+                }
+                if stopped {
+                    continue;
+                }
+                if *own == 1 {
+                    stopped = true;
+                } else if *n == 1 {
+                    total += 1;
+                }
+            }
+        }
+        Ok(total)
+    }
+
     async fn notifications(&self, user_id: &str, room_ids: &[String], before: Option<i64>, limit: i64, only_highlight: bool) -> StoreResult<Vec<NotificationRow>> {
         if room_ids.is_empty() {
             return Ok(vec![]);
