@@ -1,7 +1,8 @@
 //! A circuit breaker per push service host: after repeated failures (or a `Retry-After` from
 //! the service) no request goes to that host until the breaker's time is over; then one probe
-//! goes, and its success lets the waiting pushes through at once. Only unhealthy hosts have an
-//! entry, so the map stays as small as the number of push services in trouble.
+//! goes, and its success lets the waiting pushes through at once. Only hosts that failed have
+//! an entry (a healthy answer removes it); at `MAX_HOSTS` entries the closed ones are dropped,
+//! since endpoint hosts come from users.
 
 use std::{
     collections::HashMap,
@@ -10,6 +11,8 @@ use std::{
 };
 
 use tokio::sync::Notify;
+
+const MAX_HOSTS: usize = 10_000;
 
 /// Whether a request may go to a host now.
 pub enum Gate {
@@ -73,6 +76,13 @@ impl Breakers {
                 b.recovered.notify_waiters();
             }
             return false;
+        }
+        if hosts.len() >= MAX_HOSTS && !hosts.contains_key(host) {
+            // Endpoint hosts come from users: keep only breakers that are still open.
+            hosts.retain(|_, b| b.open_until.is_some_and(|u| u > now));
+            if hosts.len() >= MAX_HOSTS {
+                return false;
+            }
         }
         let b = hosts.entry(host.to_owned()).or_insert_with(|| Breaker {
             failures: 0,

@@ -45,8 +45,14 @@ pub enum Outcome {
     Delivered,
     /// The subscription no longer exists (404/410): the pusher should go.
     Gone,
-    /// Try again later (429/5xx, or no answer), after `Retry-After` if the service said so.
+    /// The push service is in trouble (5xx, or no answer): try again later, after
+    /// `Retry-After` if the service said so.
     Retry(Option<Duration>),
+    /// Too many requests (429) for this subscription or sender: this push waits, at least
+    /// `Retry-After`; the service itself is fine.
+    Throttled(Option<Duration>),
+    /// Not sent: the endpoint's host resolves to an address the gateway must not call.
+    Blocked,
     /// Refused for good (another 4xx, or a subscription we cannot encrypt for).
     Failed(String),
 }
@@ -101,12 +107,26 @@ pub async fn send(http: &reqwest::Client, vapid: &Vapid, push: &Push<'_>) -> Out
             match status {
                 200..=299 => Outcome::Delivered,
                 404 | 410 => Outcome::Gone,
-                429 | 500..=599 => Outcome::Retry(retry_after),
+                429 => Outcome::Throttled(retry_after),
+                500..=599 => Outcome::Retry(retry_after),
                 _ => Outcome::Failed(format!("push service answered {status}")),
             }
         }
+        Err(e) if refused_by_guard(&e) => Outcome::Blocked,
         Err(_) => Outcome::Retry(None),
     }
+}
+
+/// Whether the request failed because the guarded resolver refused every address.
+fn refused_by_guard(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<crate::guard::AddressRefused>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -202,7 +222,7 @@ mod tests {
         for (status, outcome) in [
             (410, Outcome::Gone),
             (404, Outcome::Gone),
-            (429, Outcome::Retry(Some(Duration::from_secs(7)))),
+            (429, Outcome::Throttled(Some(Duration::from_secs(7)))),
             (503, Outcome::Retry(Some(Duration::from_secs(7)))),
             (400, Outcome::Failed("push service answered 400".into())),
         ] {

@@ -106,7 +106,7 @@ impl Dispatcher {
     }
 
     /// Queues the pushes (all or none) and returns, in the jobs' order, a receiver per push for
-    /// its first result.
+    /// its first result. Repeats of a push already accepted are answered without sending.
     pub fn submit(
         self: &Arc<Self>,
         jobs: Vec<Job>,
@@ -114,25 +114,24 @@ impl Dispatcher {
         let now = Instant::now();
         let mut receivers = Vec::with_capacity(jobs.len());
         let mut fresh = Vec::with_capacity(jobs.len());
-        {
-            // Repeats of a push already accepted are answered without sending.
-            let mut seen = self.seen.lock().expect("seen lock");
-            for job in jobs {
-                let (tx, rx) = oneshot::channel();
-                receivers.push(rx);
-                let key = job
-                    .event_id
-                    .as_ref()
-                    .map(|e| (job.app_id.clone(), job.pushkey.clone(), e.clone()));
-                if let Some(key) = &key
-                    && !seen.insert(key.clone(), now)
-                {
-                    self.metrics.duplicates.fetch_add(1, Relaxed);
-                    let _ = tx.send(First::Duplicate);
-                    continue;
-                }
-                fresh.push((job, key, tx));
+        // Under the lock from the look-up to the insert: two notifications racing with the
+        // same push cannot both send it, and a refused batch leaves nothing behind.
+        let mut seen = self.seen.lock().expect("seen lock");
+        for job in jobs {
+            let (tx, rx) = oneshot::channel();
+            receivers.push(rx);
+            let key = job
+                .event_id
+                .as_ref()
+                .map(|e| (job.app_id.clone(), job.pushkey.clone(), e.clone()));
+            let repeated = key.as_ref().is_some_and(|k| seen.contains(k, now))
+                || key.is_some() && fresh.iter().any(|(_, k, _)| k == &key);
+            if repeated {
+                self.metrics.duplicates.fetch_add(1, Relaxed);
+                let _ = tx.send(First::Duplicate);
+                continue;
             }
+            fresh.push((job, key, tx));
         }
         if fresh.is_empty() {
             return Ok(receivers);
@@ -142,14 +141,13 @@ impl Dispatcher {
             .clone()
             .try_acquire_many_owned(fresh.len() as u32)
         else {
-            // Not accepted: a later repeat must be sent.
-            let mut seen = self.seen.lock().expect("seen lock");
-            for key in fresh.iter().filter_map(|(_, k, _)| k.as_ref()) {
-                seen.remove(key);
-            }
             self.metrics.queue_full.fetch_add(1, Relaxed);
             return Err(QueueFull);
         };
+        for key in fresh.iter().filter_map(|(_, k, _)| k.clone()) {
+            seen.insert(key, now);
+        }
+        drop(seen);
         for (job, _, tx) in fresh {
             let permit = permits.split(1).expect("one permit per push");
             self.metrics.queued.fetch_add(1, Relaxed);
@@ -207,7 +205,7 @@ impl Dispatcher {
             }
         };
         let expires = accepted + Duration::from_secs(job.ttl as u64);
-        let push = Push {
+        let mut push = Push {
             subscription: &job.subscription,
             payload: &job.payload,
             ttl: job.ttl,
@@ -230,17 +228,29 @@ impl Dispatcher {
                     _ = recovered.notified() => {}
                 }
             }
+            // A retried push may only live for what is left of its TTL.
+            if attempt > 0 {
+                push.ttl = expires
+                    .saturating_duration_since(Instant::now())
+                    .as_secs()
+                    .min(job.ttl as u64) as u32;
+            }
             let outcome = {
                 let _conn = host_permits.acquire().await.expect("never closed");
                 delivery::send(&self.http, &self.vapid, &push).await
             };
             attempt += 1;
             let now = Instant::now();
-            let (healthy, retry_after) = match &outcome {
-                Outcome::Retry(after) => (false, *after),
-                _ => (true, None),
+            // The breaker hears only what the service said about itself: 5xx or silence is
+            // trouble, any other answer health; 429 concerns this push, not the host.
+            let health = match &outcome {
+                Outcome::Retry(after) => Some((false, *after)),
+                Outcome::Blocked => None,
+                _ => Some((true, None)),
             };
-            if self.breakers.record(&job.host, healthy, retry_after, now) {
+            if let Some((healthy, retry_after)) = health
+                && self.breakers.record(&job.host, healthy, retry_after, now)
+            {
                 self.metrics.breaker_opened.fetch_add(1, Relaxed);
                 tracing::warn!(host = %job.host, "push service unavailable: circuit breaker open");
             }
@@ -266,7 +276,13 @@ impl Dispatcher {
                     report(First::Failed);
                     return;
                 }
-                Outcome::Retry(after) => {
+                Outcome::Blocked => {
+                    self.metrics.blocked.fetch_add(1, Relaxed);
+                    tracing::warn!(host = %job.host, "push endpoint resolves to an internal address: dropped");
+                    report(First::Failed);
+                    return;
+                }
+                Outcome::Retry(after) | Outcome::Throttled(after) => {
                     self.metrics.retried.fetch_add(1, Relaxed);
                     let wait = self.backoff(attempt, after);
                     if attempt >= self.config.max_attempts || now + wait >= expires {

@@ -21,31 +21,60 @@ pub enum Refusal {
     Blocked(String),
 }
 
-/// Whether an address is one a user-chosen URL must not reach.
+/// Whether an address is one a user-chosen URL must not reach: anything but public unicast,
+/// including IPv4 addresses carried inside IPv6 (mapped, compatible, NAT64, 6to4).
 pub fn internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
-                || v4.is_unspecified()
                 || v4.is_broadcast()
                 || v4.is_multicast()
-                // Carrier-grade NAT 100.64.0.0/10.
+                || v4.is_documentation()
+                // 0.0.0.0/8 ("this network"), 240.0.0.0/4 (reserved).
+                || a == 0
+                || a >= 240
+                // Carrier-grade NAT 100.64.0.0/10, IETF protocol assignments 192.0.0.0/24,
+                // benchmarking 198.18.0.0/15.
                 || (a == 100 && (b & 0xc0) == 64)
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (b & 0xfe) == 18)
         }
         IpAddr::V6(v6) => {
-            let s0 = v6.segments()[0];
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (s0 & 0xfe00) == 0xfc00
-                || (s0 & 0xffc0) == 0xfe80
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
                 || v6.to_ipv4_mapped().is_some_and(|v4| internal(v4.into()))
+                // IPv4-compatible ::a.b.c.d (deprecated, still routed by some stacks).
+                || (s[..6] == [0; 6] && internal(embedded(s[6], s[7]).into()))
+                // NAT64 64:ff9b::/96 and 64:ff9b:1::/48 reach the IPv4 address they carry.
+                || (s[0] == 0x64 && s[1] == 0xff9b && internal(embedded(s[6], s[7]).into()))
+                // 6to4 2002:a.b.c.d::/48.
+                || (s[0] == 0x2002 && internal(embedded(s[1], s[2]).into()))
         }
     }
 }
+
+/// The resolver's refusal (every address of a host internal), told apart from network errors
+/// so that such a push is dropped rather than retried.
+#[derive(Debug)]
+pub struct AddressRefused(String);
+
+impl std::fmt::Display for AddressRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} resolves to no permitted address", self.0)
+    }
+}
+
+impl std::error::Error for AddressRefused {}
 
 /// The address rule for one connection attempt.
 #[derive(Clone, Copy, Debug)]
@@ -145,7 +174,9 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 .filter(|a| policy.permits(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(format!("{host} resolves to no permitted address").into());
+                return Err(
+                    Box::new(AddressRefused(host)) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
@@ -156,6 +187,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
 /// resolver, timeouts.
 pub fn http_client(d: &DeliveryConfig) -> reqwest::Client {
     reqwest::Client::builder()
+        // A proxy would resolve endpoint host names itself, past the guarded resolver.
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(Arc::new(GuardedResolver {
             policy: AddressPolicy::from_config(d),
@@ -187,6 +220,8 @@ mod tests {
         let app = AppConfig::default();
         let strict = delivery(false, false);
         assert!(check_endpoint("https://fcm.googleapis.com/fcm/send/x", &app, &strict).is_ok());
+        assert!(check_endpoint("https://[2606:4700::1111]/x", &app, &strict).is_ok());
+        assert!(check_endpoint("https://142.250.1.1/x", &app, &strict).is_ok());
         for bad in [
             "http://push.example.org/x",
             "ftp://push.example.org/x",
@@ -208,6 +243,11 @@ mod tests {
             "https://[fd00::1]/x",
             "https://[::ffff:10.0.0.1]/x",
             "https://100.64.0.1/x",
+            "https://0.1.2.3/x",
+            "https://198.18.0.1/x",
+            "https://[64:ff9b::a9fe:a9fe]/x",
+            "https://[2002:a00:1::]/x",
+            "https://[::10.0.0.1]/x",
         ] {
             assert!(
                 matches!(

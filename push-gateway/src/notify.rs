@@ -36,28 +36,31 @@ impl Gateway {
     /// Handles a notification; returns the rejected pushkeys, or `QueueFull`.
     pub async fn notify(&self, n: Notification) -> Result<Vec<String>, QueueFull> {
         let metrics = self.metrics();
-        metrics
-            .notifications
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        metrics
-            .devices
-            .fetch_add(n.devices.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let mut rejected = Vec::new();
         let mut jobs = Vec::new();
         for device in &n.devices {
             match self.job_for(&n, device) {
                 Ok(job) => jobs.push(job),
                 Err(Skip::Reject(why)) => {
-                    tracing::warn!(app_id = %device.app_id, reason = why, "pushkey rejected");
-                    rejected.push(device.pushkey.clone());
+                    let app_id: String = device.app_id.chars().take(MAX_APP_ID).collect();
+                    tracing::warn!(%app_id, reason = why, "pushkey rejected");
+                    if !rejected.contains(&device.pushkey) {
+                        rejected.push(device.pushkey.clone());
+                    }
                 }
                 Err(Skip::Drop(why)) => {
-                    tracing::debug!(app_id = %device.app_id, reason = why, "no push for device");
+                    tracing::debug!(reason = why, "no push for device");
                 }
             }
         }
         let pushkeys: Vec<String> = jobs.iter().map(|j| j.pushkey.clone()).collect();
         let firsts = self.dispatcher.submit(jobs)?;
+        metrics
+            .notifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics
+            .devices
+            .fetch_add(n.devices.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let wait = Duration::from_millis(self.config.delivery.answer_within_ms);
         let results = futures::future::join_all(firsts.into_iter().map(|rx| async move {
             tokio::time::timeout(wait, rx)
@@ -133,7 +136,7 @@ fn subscription(
         return Err(Skip::Reject("data.endpoint or data.auth missing"));
     };
     let p256dh = decode_b64(&device.pushkey)
-        .filter(|k| k.len() == 65 && k[0] == 4)
+        .filter(|k| k.len() == 65 && p256::PublicKey::from_sec1_bytes(k).is_ok())
         .ok_or(Skip::Reject(
             "pushkey is not a P-256 public key (base64url, uncompressed)",
         ))?;

@@ -40,9 +40,8 @@ pub fn build(
     if let Some(kind) = &n.event_type {
         put("type", json!(kind.to_string()));
     }
-    if n.counts.unread > 0u32.into() {
-        put("unread", json!(n.counts.unread));
-    }
+    // Always, also 0: a push after everything was read clears the app badge.
+    put("unread", json!(n.counts.unread));
     if n.counts.missed_calls > 0u32.into() {
         put("missed_calls", json!(n.counts.missed_calls));
     }

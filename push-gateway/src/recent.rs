@@ -51,12 +51,6 @@ impl<K: Hash + Eq + Clone> Recent<K> {
         self.since.contains_key(key)
     }
 
-    pub fn remove(&mut self, key: &K) {
-        // Its queue entry goes when it expires; a re-insert before that gets a second entry,
-        // and the first one then must not remove it: see `expire`.
-        self.since.remove(key);
-    }
-
     fn expire(&mut self, now: Instant) {
         while let Some((at, _)) = self.order.front() {
             if now.duration_since(*at) < self.keep {
@@ -89,10 +83,5 @@ mod tests {
         // Bounded: the oldest went.
         assert!(!r.contains(&"a", t0 + Duration::from_secs(12)));
         assert!(r.contains(&"d", t0 + Duration::from_secs(12)));
-        // Removed and re-added: the old queue entry does not take the new one along.
-        let t1 = t0 + Duration::from_secs(13);
-        r.remove(&"b");
-        assert!(r.insert("b", t1));
-        assert!(r.contains(&"b", t0 + Duration::from_secs(22)));
     }
 }

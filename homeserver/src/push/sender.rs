@@ -20,6 +20,7 @@ use ruma::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tim_push_gateway::guard::{self, AddressPolicy, GuardedResolver};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::{
@@ -33,7 +34,7 @@ use crate::{
 const MAX_ATTEMPTS: i64 = 16;
 const MAX_BACKOFF_MS: i64 = 5 * 60_000;
 const BATCH: i64 = 500;
-/// Events per room the push badge looks at (a badge shows "99+" beyond).
+/// Unread notifications per room the push badge counts at most (a badge shows "99+" beyond).
 const BADGE_PER_ROOM: i64 = 100;
 
 /// What happened to one push.
@@ -59,10 +60,21 @@ pub async fn run(hs: Weak<Homeserver>, wake: Arc<Notify>, first_due: Option<i64>
         }
         let Some(hs) = hs.upgrade() else { return };
         let client = client.get_or_insert_with(|| {
+            let allow = hs.config.push.allow_private_addresses;
             reqwest::Client::builder()
                 .timeout(Duration::from_secs(hs.config.push.timeout_secs))
-                // A redirect could lead the POST anywhere, past the gateway checks.
+                // A redirect could lead the POST anywhere, past the gateway checks; a proxy
+                // would resolve the gateway's name itself.
                 .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                // Every address is checked again when connecting (DNS may have changed since
+                // the pusher was set).
+                .dns_resolver(Arc::new(GuardedResolver {
+                    policy: AddressPolicy {
+                        allow_loopback: allow,
+                        allow_private: allow,
+                    },
+                }))
                 .build()
                 .expect("http client")
         });
@@ -91,19 +103,35 @@ async fn deliver_due(hs: &Arc<Homeserver>, client: &reqwest::Client, wake: &Noti
     let (results, mut finished) = mpsc::unbounded_channel::<(QueuedPush, Outcome)>();
     let mut in_flight: HashSet<(String, i64)> = HashSet::new();
     let mut maybe_due = true;
+    // After a store error nothing new is fetched, but what is in flight still finishes and is
+    // settled: returning early would send those pushes again on the next round.
+    let mut failed: Option<Error> = None;
     loop {
-        if maybe_due && in_flight.len() < BATCH as usize {
+        if failed.is_none() && maybe_due && in_flight.len() < BATCH as usize {
             let limit = in_flight.len() as i64 + BATCH;
-            let due = hs.stores.push.due_pushes(now_ms(), limit).await?;
-            maybe_due = due.len() as i64 == limit;
-            let fresh: Vec<QueuedPush> = due
-                .into_iter()
-                .filter(|p| in_flight.insert((p.user_id.clone(), p.stream_pos)))
-                .collect();
-            start(hs, client, &requests, &results, fresh).await?;
+            match hs.stores.push.due_pushes(now_ms(), limit).await {
+                Ok(due) => {
+                    maybe_due = due.len() as i64 == limit;
+                    let fresh: Vec<QueuedPush> = due
+                        .into_iter()
+                        .filter(|p| in_flight.insert((p.user_id.clone(), p.stream_pos)))
+                        .collect();
+                    let keys: Vec<(String, i64)> = fresh
+                        .iter()
+                        .map(|p| (p.user_id.clone(), p.stream_pos))
+                        .collect();
+                    if let Err(e) = start(hs, client, &requests, &results, fresh).await {
+                        for key in &keys {
+                            in_flight.remove(key);
+                        }
+                        failed = Some(e);
+                    }
+                }
+                Err(e) => failed = Some(e.into()),
+            }
         }
         if in_flight.is_empty() {
-            return Ok(());
+            return failed.map_or(Ok(()), Err);
         }
         tokio::select! {
             Some(first) = finished.recv() => {
@@ -111,10 +139,21 @@ async fn deliver_due(hs: &Arc<Homeserver>, client: &reqwest::Client, wake: &Noti
                 while let Ok(more) = finished.try_recv() {
                     wave.push(more);
                 }
+                // Until settled, a push stays in flight (not fetched again); a store that
+                // keeps failing leaves it queued, to be sent again once it is back.
+                let mut tries = 0;
+                while let Err(e) = settle(hs, &wave).await {
+                    tries += 1;
+                    tracing::warn!(error = %e, tries, "pushes not settled");
+                    if tries == 5 {
+                        failed = Some(e);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
                 for (item, _) in &wave {
                     in_flight.remove(&(item.user_id.clone(), item.stream_pos));
                 }
-                settle(hs, wave).await?;
             }
             _ = wake.notified() => maybe_due = true,
         }
@@ -190,14 +229,14 @@ async fn start(
 
 /// Records a wave of finished pushes in one transaction: delivered (or given up) ones leave the
 /// queue, the others are due again after their backoff.
-async fn settle(hs: &Homeserver, wave: Vec<(QueuedPush, Outcome)>) -> Result<()> {
+async fn settle(hs: &Homeserver, wave: &[(QueuedPush, Outcome)]) -> Result<()> {
     let (mut done, mut retries) = (Vec::new(), Vec::new());
     for (item, outcome) in wave {
         match outcome {
             Outcome::RetryLater if item.attempts + 1 < MAX_ATTEMPTS => {
                 let backoff = (1000i64 << item.attempts.min(20)).min(MAX_BACKOFF_MS);
                 retries.push(PushRetry {
-                    user_id: item.user_id,
+                    user_id: item.user_id.clone(),
                     stream_pos: item.stream_pos,
                     attempts: item.attempts + 1,
                     next_attempt_ts: now_ms() + backoff,
@@ -205,9 +244,9 @@ async fn settle(hs: &Homeserver, wave: Vec<(QueuedPush, Outcome)>) -> Result<()>
             }
             Outcome::RetryLater => {
                 tracing::warn!(attempts = item.attempts + 1, "push given up");
-                done.push((item.user_id, item.stream_pos));
+                done.push((item.user_id.clone(), item.stream_pos));
             }
-            Outcome::Delivered => done.push((item.user_id, item.stream_pos)),
+            Outcome::Delivered => done.push((item.user_id.clone(), item.stream_pos)),
         }
     }
     metrics::counter!("tim_pushes_total", "server_name" => hs.server_name.to_string())
@@ -332,29 +371,8 @@ async fn read_limited(mut resp: reqwest::Response, max: usize) -> Option<Vec<u8>
     Some(out)
 }
 
-/// Whether an address is one a user-chosen URL must not reach.
-fn internal(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
-        }
-        std::net::IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|v4| internal(v4.into()))
-        }
-    }
-}
-
-/// Unread notifications of the user in all joined rooms (the app badge), counting at most the
-/// newest `BADGE_PER_ROOM` events of each room: exact for what a badge shows, and cheap for a
+/// Unread notifications of the user in all joined rooms (the app badge), at most
+/// `BADGE_PER_ROOM` per room: exact for what a badge shows ("99+" beyond), and cheap for a
 /// doctor who has been offline for a while.
 async fn total_unread(hs: &Homeserver, user: &str) -> Result<u64> {
     let rooms: Vec<String> = hs
@@ -411,7 +429,7 @@ impl Homeserver {
                 .await
                 .map_err(|e| Error::invalid_param(format!("data.url: cannot resolve: {e}")))?
                 .collect();
-            if addrs.is_empty() || addrs.iter().any(|a| internal(a.ip())) {
+            if addrs.is_empty() || addrs.iter().any(|a| guard::internal(a.ip())) {
                 return Err(Error::invalid_param(
                     "data.url points to an internal address",
                 ));

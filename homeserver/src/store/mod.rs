@@ -400,9 +400,9 @@ pub trait PushStore: Send + Sync {
         user_id: &str,
         room_ids: &[String],
     ) -> StoreResult<Vec<(String, i64, i64)>>;
-    /// The app badge: unread notifications over these rooms, counting at most the newest
-    /// `per_room` events of each room (one short backwards index scan per room, however much
-    /// is unread; `unread_counts` is exact but reads everything after the receipt).
+    /// The app badge: unread notifications over these rooms, at most `per_room` per room (a
+    /// backwards scan per room that stops there, however much is unread; `unread_counts` is
+    /// exact but reads everything after the receipt).
     async fn unread_badge(
         &self,
         user_id: &str,

@@ -187,7 +187,8 @@ impl PushStore for SqlStore {
                     format!(
                         "SELECT * FROM (SELECT room_id, stream_pos, CASE WHEN sender = $2 AND read_by_sender THEN 1 ELSE 0 END AS own, \
                          CASE WHEN push_notify LIKE $1 ESCAPE '\\' THEN 1 ELSE 0 END AS n FROM events \
-                         WHERE room_id = ${} AND stream_pos > ${} ORDER BY stream_pos DESC LIMIT $3) AS r{i}",
+                         WHERE room_id = ${} AND stream_pos > ${} AND (push_notify LIKE $1 ESCAPE '\\' OR (sender = $2 AND read_by_sender)) \
+                         ORDER BY stream_pos DESC LIMIT $3) AS r{i}",
                         4 + i * 2,
                         5 + i * 2
                     )
