@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use matrix_sdk::{
     Client,
-    config::SyncSettings,
     encryption::LocalTrust,
     ruma::{
         OwnedEventId, OwnedRoomId,
@@ -25,30 +24,8 @@ use matrix_sdk::{
 };
 use tim_e2e::{STORES, Server};
 
-const PASSWORD: &str = "secret-pw";
-
-async fn new_client(server: &Server) -> Client {
-    Client::builder()
-        .homeserver_url(server.base_url())
-        .build()
-        .await
-        .unwrap()
-}
-
-async fn register(server: &Server, name: &str) -> Client {
-    let c = new_client(server).await;
-    c.matrix_auth()
-        .register({
-            let mut r = matrix_sdk::ruma::api::client::account::register::v3::Request::new();
-            r.username = Some(name.into());
-            r.password = Some(PASSWORD.into());
-            r.auth = Some(AuthData::Dummy(uiaa::Dummy::new()));
-            r
-        })
-        .await
-        .unwrap();
-    c
-}
+mod common;
+use common::{PASSWORD, new_client, register, sync_once};
 
 async fn login(server: &Server, name: &str) -> Client {
     let c = new_client(server).await;
@@ -60,15 +37,9 @@ async fn login(server: &Server, name: &str) -> Client {
     c
 }
 
-async fn sync(c: &Client) {
-    c.sync_once(SyncSettings::default().timeout(Duration::from_millis(0)))
-        .await
-        .unwrap();
-}
-
 async fn sync_all(clients: &[&Client]) {
     for c in clients {
-        sync(c).await;
+        sync_once(c).await;
     }
 }
 
@@ -117,9 +88,9 @@ async fn encrypted_room(alice: &Client, bob: &Client) -> OwnedRoomId {
     ];
     let room = alice.create_room(req).await.unwrap();
     let id = room.room_id().to_owned();
-    sync(bob).await;
+    sync_once(bob).await;
     bob.join_room_by_id(&id).await.unwrap();
-    sync(alice).await;
+    sync_once(alice).await;
     id
 }
 
@@ -227,7 +198,7 @@ async fn encrypted_chat(server: &Server) {
         .await
         .unwrap();
     let alice3 = login(server, "alice").await;
-    sync(&alice3).await;
+    sync_once(&alice3).await;
     // Without the backup the new device has no keys for what was said before it existed.
     assert_eq!(text_of(&alice3, &room, &sent[0].0).await, None);
     alice3
@@ -239,7 +210,7 @@ async fn encrypted_chat(server: &Server) {
     for (event, text) in &sent {
         let mut got = None;
         for _ in 0..40 {
-            sync(&alice3).await;
+            sync_once(&alice3).await;
             if let Some(t) = text_of(&alice3, &room, event).await {
                 got = Some(t);
                 break;

@@ -10,8 +10,7 @@ use std::{
 };
 
 use matrix_sdk::{
-    Client, RoomMemberships,
-    config::SyncSettings,
+    RoomMemberships,
     media::{MediaFormat, MediaRequestParameters, MediaThumbnailSettings},
     ruma::{
         OwnedUserId, UInt,
@@ -29,28 +28,10 @@ use matrix_sdk::{
 };
 use tim_e2e::{STORES, Server};
 
-const MIB: usize = 1024 * 1024;
+mod common;
+use common::{register, sync_once};
 
-async fn login(server: &Server, name: &str) -> Client {
-    let c = Client::builder()
-        .homeserver_url(server.base_url())
-        .build()
-        .await
-        .unwrap();
-    c.matrix_auth()
-        .register({
-            let mut r = matrix_sdk::ruma::api::client::account::register::v3::Request::new();
-            r.username = Some(name.into());
-            r.password = Some("secret-pw".into());
-            r.auth = Some(matrix_sdk::ruma::api::client::uiaa::AuthData::Dummy(
-                matrix_sdk::ruma::api::client::uiaa::Dummy::new(),
-            ));
-            r
-        })
-        .await
-        .unwrap();
-    c
-}
+const MIB: usize = 1024 * 1024;
 
 /// The server process's peak resident memory (VmHWM) in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -60,12 +41,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
-}
-
-async fn sync_once(c: &Client) {
-    c.sync_once(SyncSettings::default().timeout(Duration::from_millis(0)))
-        .await
-        .unwrap();
 }
 
 /// A push gateway recording what it receives; its notify URL.
@@ -137,8 +112,8 @@ async fn everyday_features_with_matrix_sdk_on_both_stores() {
 }
 
 async fn everyday(server: &Server) {
-    let alice = login(server, "alice").await;
-    let bob = login(server, "bob").await;
+    let alice = register(server, "alice").await;
+    let bob = register(server, "bob").await;
     let bob_id: OwnedUserId = bob.user_id().unwrap().to_owned();
     let mut req = create_room::v3::Request::new();
     req.invite = vec![bob_id.clone()];

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use matrix_sdk::{
     Client,
-    config::SyncSettings,
     ruma::{
         OwnedEventId,
         api::client::{
@@ -24,34 +23,10 @@ use tim_e2e::{
     push_service::{BrowserSubscription, PushService, Received},
 };
 
+mod common;
+use common::{register, sync_once};
+
 const APP_ID: &str = "de.tim.web";
-
-async fn register(server: &Server, name: &str) -> Client {
-    let c = Client::builder()
-        .homeserver_url(server.base_url())
-        .build()
-        .await
-        .unwrap();
-    c.matrix_auth()
-        .register({
-            let mut r = matrix_sdk::ruma::api::client::account::register::v3::Request::new();
-            r.username = Some(name.into());
-            r.password = Some("secret-pw".into());
-            r.auth = Some(matrix_sdk::ruma::api::client::uiaa::AuthData::Dummy(
-                matrix_sdk::ruma::api::client::uiaa::Dummy::new(),
-            ));
-            r
-        })
-        .await
-        .unwrap();
-    c
-}
-
-async fn sync_once(c: &Client) {
-    c.sync_once(SyncSettings::default().timeout(Duration::from_millis(0)))
-        .await
-        .unwrap();
-}
 
 /// What the web app does with `PushSubscription.toJSON()`: a pusher whose pushkey is the
 /// `p256dh` key and whose data carries the endpoint and auth secret.
