@@ -31,6 +31,34 @@ pub async fn bench(store: Store, seconds: u64) {
     through_homeserver(store, &service, &gateway, seconds).await;
 }
 
+/// Lets the sender tasks run for `seconds`, stops them and collects when each event was sent.
+async fn run_for(
+    seconds: u64,
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<Vec<(String, Instant)>>>,
+) -> HashMap<String, Instant> {
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = HashMap::new();
+    for t in tasks {
+        sent.extend(t.await.unwrap());
+    }
+    sent
+}
+
+/// Send → arrival of each push, sorted.
+fn latencies(
+    got: &[tim_e2e::push_service::Received],
+    sent: &HashMap<String, Instant>,
+) -> Vec<Duration> {
+    let mut lat: Vec<Duration> = got
+        .iter()
+        .filter_map(|r| Some(r.at - *sent.get(r.payload["event_id"].as_str()?)?))
+        .collect();
+    lat.sort();
+    lat
+}
+
 /// Seconds from `started` to the last push's arrival.
 fn last_arrival(got: &[tim_e2e::push_service::Received], started: Instant) -> f64 {
     got.iter()
@@ -107,21 +135,12 @@ async fn gateway_alone(service: &PushService, gateway: &PushGateway, seconds: u6
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut sent = HashMap::new();
-    for t in tasks {
-        sent.extend(t.await.unwrap());
-    }
+    let sent = run_for(seconds, &stop, tasks).await;
     let got = service
         .wait_for(before + sent.len(), Duration::from_secs(30))
         .await;
     let elapsed = last_arrival(&got[before..], started);
-    let mut lat: Vec<Duration> = got[before..]
-        .iter()
-        .filter_map(|r| Some(r.at - *sent.get(r.payload["event_id"].as_str()?)?))
-        .collect();
-    lat.sort();
+    let lat = latencies(&got[before..], &sent);
     println!(
         "push gateway alone: {:.0} notifications/s delivered to the push service ({} of {} sent, 32 concurrent senders), notify→push p50 {} p99 {}",
         lat.len() as f64 / elapsed,
@@ -230,23 +249,14 @@ async fn phase(
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut sent = HashMap::new();
-    for t in tasks {
-        sent.extend(t.await.unwrap());
-    }
+    let sent = run_for(seconds, &stop, tasks).await;
     let send_secs = started.elapsed().as_secs_f64();
     let expected = sent.len() * 4;
     let got = service
         .wait_for(before + expected, Duration::from_secs(60))
         .await;
     let drained = last_arrival(&got[before..], started);
-    let mut lat: Vec<Duration> = got[before..]
-        .iter()
-        .filter_map(|r| Some(r.at - *sent.get(r.payload["event_id"].as_str()?)?))
-        .collect();
-    lat.sort();
+    let lat = latencies(&got[before..], &sent);
     println!(
         "homeserver → gateway → push service, {}: {:.0} messages/s sent, {} of {expected} pushes delivered, {:.0} pushes/s (over {drained:.1} s); send→push p50 {} p99 {}",
         rate.map_or("senders unthrottled".to_owned(), |r| format!(
