@@ -44,53 +44,17 @@ fn error(status: StatusCode, errcode: &str, message: impl Into<String>) -> Respo
 }
 
 async fn notify_handler(State(gateway): State<Arc<Gateway>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
     let limit = gateway.config.max_request_bytes;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+    let Ok(bytes) = axum::body::to_bytes(req.into_body(), limit).await else {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "M_TOO_LARGE",
             format!("the notification is larger than {limit} bytes"),
         );
     };
-    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "M_NOT_JSON",
-            "the body is not JSON",
-        );
-    };
-    // The spec makes a device's `tweaks` optional; Ruma's type requires the field.
-    let mut patched = false;
-    if let Some(devices) = json
-        .pointer_mut("/notification/devices")
-        .and_then(serde_json::Value::as_array_mut)
-    {
-        for device in devices
-            .iter_mut()
-            .filter_map(serde_json::Value::as_object_mut)
-        {
-            if !device.contains_key("tweaks") {
-                device.insert("tweaks".into(), json!({}));
-                patched = true;
-            }
-        }
-    }
-    let bytes = if patched {
-        serde_json::to_vec(&json).expect("JSON value").into()
-    } else {
-        bytes
-    };
-    let http_req = http::Request::from_parts(parts, &bytes[..]);
-    let request = match notify::Request::try_from_http_request(http_req, &[]) {
+    let request = match parse(&bytes) {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "M_BAD_JSON",
-                format!("not a Push Gateway API notification: {e}"),
-            );
-        }
+        Err((errcode, message)) => return error(StatusCode::BAD_REQUEST, errcode, message),
     };
     match gateway.notify(request.notification).await {
         Ok(rejected) => Json(json!({"rejected": rejected})).into_response(),
@@ -111,6 +75,51 @@ async fn notify_handler(State(gateway): State<Arc<Gateway>>, req: Request) -> Re
             resp
         }
     }
+}
+
+/// The typed notification, or the errcode and message. One parse for what homeservers send; only a body that fails it is
+/// looked at again, to tell broken JSON apart and to fill in the devices' `tweaks`, which the
+/// spec makes optional and Ruma's type requires.
+fn parse(bytes: &[u8]) -> Result<notify::Request, (&'static str, String)> {
+    let typed = |body: &[u8]| {
+        let post = http::Request::post("/_matrix/push/v1/notify")
+            .body(body)
+            .expect("static request");
+        notify::Request::try_from_http_request(post, &[])
+    };
+    let first = match typed(bytes) {
+        Ok(r) => return Ok(r),
+        Err(e) => e,
+    };
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Err(("M_NOT_JSON", "the body is not JSON".into()));
+    };
+    let mut patched = false;
+    if let Some(devices) = json
+        .pointer_mut("/notification/devices")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for device in devices
+            .iter_mut()
+            .filter_map(serde_json::Value::as_object_mut)
+        {
+            if !device.contains_key("tweaks") {
+                device.insert("tweaks".into(), json!({}));
+                patched = true;
+            }
+        }
+    }
+    let result = if patched {
+        typed(&serde_json::to_vec(&json).expect("JSON value"))
+    } else {
+        Err(first)
+    };
+    result.map_err(|e| {
+        (
+            "M_BAD_JSON",
+            format!("not a Push Gateway API notification: {e}"),
+        )
+    })
 }
 
 async fn vapid_public_key(State(gateway): State<Arc<Gateway>>) -> Response {

@@ -112,21 +112,9 @@ pub async fn send(http: &reqwest::Client, vapid: &Vapid, push: &Push<'_>) -> Out
                 _ => Outcome::Failed(format!("push service answered {status}")),
             }
         }
-        Err(e) if refused_by_guard(&e) => Outcome::Blocked,
+        Err(e) if crate::guard::is_address_refusal(&e) => Outcome::Blocked,
         Err(_) => Outcome::Retry(None),
     }
-}
-
-/// Whether the request failed because the guarded resolver refused every address.
-fn refused_by_guard(e: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<crate::guard::AddressRefused>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
 
 #[cfg(test)]

@@ -76,6 +76,18 @@ impl std::fmt::Display for AddressRefused {
 
 impl std::error::Error for AddressRefused {}
 
+/// Whether a request failed because the guarded resolver refused every address of its host.
+pub fn is_address_refusal(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<AddressRefused>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// The address rule for one connection attempt.
 #[derive(Clone, Copy, Debug)]
 pub struct AddressPolicy {

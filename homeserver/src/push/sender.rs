@@ -316,8 +316,8 @@ async fn deliver(
             NotificationPriority::Low
         };
         notification.counts = NotificationCounts::new(UInt::new_saturating(unread), UInt::MIN);
-        if let Err(e) = hs.check_gateway(&url).await {
-            // The gateway became unacceptable (config, DNS): this push is dropped.
+        if let Err(e) = hs.gateway_url_allowed(&url) {
+            // The gateway became unacceptable (config): this push is dropped.
             tracing::warn!(error = %e, "push gateway refused by policy");
             continue;
         }
@@ -326,6 +326,11 @@ async fn deliver(
         };
         let resp = match client.post(&url).json(&body).send().await {
             Ok(r) => r,
+            // Its name now resolves to an internal address: dropped, like a refused URL.
+            Err(e) if guard::is_address_refusal(&e) => {
+                tracing::warn!("push gateway refused by policy: internal address");
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "push gateway unreachable");
                 outcome = Outcome::RetryLater;
@@ -396,6 +401,29 @@ impl Homeserver {
     /// A pusher's gateway URL: `http(s)`, the spec's notify path, one of the configured gateways
     /// if any are configured, and no internal address unless allowed (SSRF).
     pub async fn check_gateway(&self, url: &str) -> Result<()> {
+        let parsed = self.gateway_url_allowed(url)?;
+        if !self.config.push.allow_private_addresses {
+            let host = parsed
+                .host_str()
+                .unwrap_or_default()
+                .trim_matches(['[', ']']);
+            let port = parsed.port_or_known_default().unwrap_or(443);
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| Error::invalid_param(format!("data.url: cannot resolve: {e}")))?
+                .collect();
+            if addrs.is_empty() || addrs.iter().any(|a| guard::internal(a.ip())) {
+                return Err(Error::invalid_param(
+                    "data.url points to an internal address",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks that need no DNS (scheme, path, configured gateways, IP literals), also made
+    /// before every push; host names are checked when connecting, by the guarded resolver.
+    fn gateway_url_allowed(&self, url: &str) -> Result<reqwest::Url> {
         let parsed =
             reqwest::Url::parse(url).map_err(|e| Error::invalid_param(format!("data.url: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https")
@@ -419,23 +447,15 @@ impl Homeserver {
                 "this push gateway is not allowed here",
             ));
         }
-        if !self.config.push.allow_private_addresses {
-            let host = parsed
-                .host_str()
-                .unwrap_or_default()
-                .trim_matches(['[', ']']);
-            let port = parsed.port_or_known_default().unwrap_or(443);
-            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| Error::invalid_param(format!("data.url: cannot resolve: {e}")))?
-                .collect();
-            if addrs.is_empty() || addrs.iter().any(|a| guard::internal(a.ip())) {
-                return Err(Error::invalid_param(
-                    "data.url points to an internal address",
-                ));
-            }
+        let literal: Option<std::net::IpAddr> = parsed
+            .host_str()
+            .and_then(|h| h.trim_matches(['[', ']']).parse().ok());
+        if !self.config.push.allow_private_addresses && literal.is_some_and(guard::internal) {
+            return Err(Error::invalid_param(
+                "data.url points to an internal address",
+            ));
         }
-        Ok(())
+        Ok(parsed)
     }
 
     pub async fn delete_pusher(&self, user: &str, app_id: &str, pushkey: &str) -> Result<bool> {
