@@ -1,8 +1,10 @@
 //! Starts the real `tim-homeserver` binary for black-box tests, on SQLite (a temp folder) or
 //! PostgreSQL (127.0.0.1:5432, a throw-away schema per tenant, dropped on `cleanup`), and the
-//! real `tim-push-gateway`; `push_service` is a local Web Push service double.
+//! real `tim-push-gateway` and `tim-vzd-sync`; `push_service` is a local Web Push service
+//! double, `vzd` a double of the gematik VZD-FHIR-Directory.
 
 pub mod push_service;
+pub mod vzd;
 
 use std::{
     net::TcpListener,
@@ -259,5 +261,139 @@ impl Drop for PushGateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A running `tim-vzd-sync` process talking to a directory double, its store on SQLite (a
+/// file in its folder) or PostgreSQL (a schema of its own, dropped on `cleanup`).
+pub struct VzdSyncProcess {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub store: Store,
+    schema: String,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl VzdSyncProcess {
+    /// Starts it against `directory` (the double's base URL, token URL and CA files), polling
+    /// the federation list every second.
+    pub fn start(store: Store, directory: &vzd::VzdDouble, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, sub) = directory.inner.ca.write_pems(dir.path());
+        let schema = format!("vzd_e2e_{}_{}", std::process::id(), rand::random::<u32>());
+        let db = match store {
+            Store::Sqlite => format!("sqlite://{}", dir.path().join("vzd-sync.db").display()),
+            Store::Postgres => PG_URL.to_owned(),
+        };
+        let mut all: Vec<(String, String)> = [
+            ("TIM_VZD_DATA_DIR", dir.path().display().to_string()),
+            ("TIM_VZD_DATABASE_URL", db),
+            ("TIM_VZD_DATABASE_SCHEMA", schema.clone()),
+            ("TIM_VZD_DIRECTORY__BASE_URL", directory.base_url()),
+            ("TIM_VZD_DIRECTORY__TOKEN_URL", directory.token_url()),
+            ("TIM_VZD_DIRECTORY__CLIENT_ID", "tim-provider-e2e".into()),
+            ("TIM_VZD_DIRECTORY__CLIENT_SECRET", "e2e-secret".into()),
+            ("TIM_VZD_DIRECTORY__REQUEST_TIMEOUT_MS", "2000".into()),
+            (
+                "TIM_VZD_FEDERATION_LIST__TRUST_ANCHORS",
+                format!("[\"{}\"]", root.display()),
+            ),
+            (
+                "TIM_VZD_FEDERATION_LIST__INTERMEDIATES",
+                format!("[\"{}\"]", sub.display()),
+            ),
+            ("TIM_VZD_FEDERATION_LIST__REFRESH_SECS", "1".into()),
+            ("TIM_VZD_FEDERATION_LIST__RETRY_SECS", "1".into()),
+            ("TIM_VZD_RECONCILE__RETRY_INITIAL_MS", "200".into()),
+            ("TIM_VZD_RECONCILE__RETRY_MAX_MS", "1000".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut p = Self {
+            port: free_port(),
+            dir,
+            store,
+            schema,
+            env: all,
+            child: None,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("vzd-sync.log"))
+            .unwrap();
+        let mut cmd = Command::new(binary_named("tim-vzd-sync"));
+        cmd.arg("serve")
+            .env("TIM_VZD_LISTEN", format!("127.0.0.1:{}", self.port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start tim-vzd-sync"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tim-vzd-sync did not come up; log:\n{}",
+                self.log()
+            );
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("tim-vzd-sync exited ({status}); log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vzd-sync.log")).unwrap_or_default()
+    }
+
+    /// The internal API's token (made on first start).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("internal.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub async fn cleanup(mut self) {
+        self.kill9();
+        if self.store == Store::Postgres {
+            tim_vzd_sync::store::drop_pg_schema(PG_URL, &self.schema)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for VzdSyncProcess {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }

@@ -81,6 +81,9 @@ pub struct Accounts {
     uia: Mutex<HashMap<String, (OwnedUserId, Instant)>>,
 }
 
+/// How long an OpenID token is valid (Synapse and the spec's example use an hour).
+const OPENID_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
 pub fn hash_token(token: &str) -> String {
     base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(token.as_bytes()))
 }
@@ -369,6 +372,33 @@ impl Accounts {
                 expires_in,
             },
         ))
+    }
+
+    /// An OpenID token for `user_id`, valid for an hour, to prove the user's identity to a
+    /// third party (the VZD-FHIR-Directory's `/tim-authenticate`, D-AUTH-01).
+    pub async fn request_openid_token(&self, user_id: &UserId) -> Result<(String, Duration)> {
+        let token = new_token("timo");
+        let now = now_ms();
+        self.sessions
+            .create_openid_token(
+                &hash_token(&token),
+                user_id.as_str(),
+                now + OPENID_TOKEN_LIFETIME.as_millis() as i64,
+                now,
+            )
+            .await?;
+        Ok((token, OPENID_TOKEN_LIFETIME))
+    }
+
+    /// The user an OpenID token was issued to (`/_matrix/federation/v1/openid/userinfo`);
+    /// an unknown or expired token is `M_UNKNOWN_TOKEN`.
+    pub async fn openid_user(&self, token: &str) -> Result<OwnedUserId> {
+        let user = self
+            .sessions
+            .openid_token_user(&hash_token(token), now_ms())
+            .await?
+            .ok_or(Error::UnknownToken { soft_logout: false })?;
+        OwnedUserId::try_from(user).map_err(Error::internal)
     }
 
     pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens> {

@@ -21,7 +21,7 @@ pub fn router(
     metrics: Option<PrometheusHandle>,
 ) -> Router {
     let max = tenants.config().max_request_bytes;
-    let matrix = api::client::router(Router::new())
+    let matrix = api::federation::router(api::client::router(Router::new()))
         .route("/.well-known/matrix/server", get(well_known_server))
         .route("/health", get(|| async { "OK" }))
         .route(

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod client;
 pub mod error;
+pub mod federation;
 pub mod operator;
 
 use std::{any::TypeId, future::Future, net::SocketAddr, sync::Arc};

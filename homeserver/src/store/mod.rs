@@ -191,6 +191,16 @@ pub trait SessionStore: Send + Sync {
     ) -> StoreResult<Option<(Vec<String>, TokenRow)>>;
     /// The first use of a refreshed session: the refresh token it came from is revoked.
     async fn confirm_refresh(&self, token_hash: &str) -> StoreResult<()>;
+    /// Stores an OpenID token (and drops the expired ones).
+    async fn create_openid_token(
+        &self,
+        token_hash: &str,
+        user_id: &str,
+        expires_ts: i64,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// The user behind an OpenID token that has not expired at `now`.
+    async fn openid_token_user(&self, token_hash: &str, now: i64) -> StoreResult<Option<String>>;
     /// Deletes devices, their tokens, keys and to-device inboxes (a device-list change at
     /// `change_pos`); returns the token hashes removed.
     async fn delete_devices(

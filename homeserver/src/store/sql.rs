@@ -135,6 +135,7 @@ impl AccountStore for SqlStore {
         let rows = sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 RETURNING token_hash").bind(user_id).fetch_all(&mut *tx).await?;
         sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM pushers WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM openid_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         delete_device_keys(&mut tx, user_id, None, "", change_pos).await?;
         tx.commit().await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
@@ -335,6 +336,28 @@ impl SessionStore for SqlStore {
         .map_err(unique)?;
         tx.commit().await?;
         Ok(Some((revoked, TokenRow { user_id, device_id, expires_ts, unconfirmed: true })))
+    }
+
+    async fn create_openid_token(&self, token_hash: &str, user_id: &str, expires_ts: i64, now: i64) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("DELETE FROM openid_tokens WHERE expires_ts <= $1").bind(now).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO openid_tokens (token_hash, user_id, expires_ts) VALUES ($1, $2, $3)")
+            .bind(token_hash)
+            .bind(user_id)
+            .bind(expires_ts)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn openid_token_user(&self, token_hash: &str, now: i64) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT user_id FROM openid_tokens WHERE token_hash = $1 AND expires_ts > $2")
+            .bind(token_hash)
+            .bind(now)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     async fn confirm_refresh(&self, token_hash: &str) -> StoreResult<()> {

@@ -7,6 +7,7 @@ mod directory;
 mod discovery;
 mod keys;
 mod media;
+mod openid;
 mod presence;
 mod profile;
 mod push;
@@ -37,5 +38,6 @@ pub fn router(r: Router<Tenants>) -> Router<Tenants> {
     let r = directory::routes(r);
     let r = keys::routes(r);
     let r = backup::routes(r);
+    let r = openid::routes(r);
     sync::routes(r)
 }

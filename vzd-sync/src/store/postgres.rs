@@ -1,0 +1,71 @@
+//! PostgreSQL: our tables in a schema of their own.
+
+use std::{str::FromStr, sync::Arc};
+
+use sqlx::{
+    Connection,
+    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
+};
+
+use super::*;
+
+type Db = sqlx::Postgres;
+type DbPool = sqlx::PgPool;
+
+mod imp {
+    use super::{Db, DbPool};
+    include!("sql.rs");
+}
+
+fn valid_schema(schema: &str) -> Result<(), String> {
+    match !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        true => Ok(()),
+        false => Err(format!(
+            "database_schema {schema:?}: lower-case letters, digits and _ only"
+        )),
+    }
+}
+
+pub async fn open(url: &str, schema: &str) -> Result<Arc<dyn Store>, String> {
+    valid_schema(schema)?;
+    let base = PgConnectOptions::from_str(url).map_err(|e| format!("database_url: {e}"))?;
+    let mut conn = PgConnection::connect_with(&base)
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}"
+    )))
+    .execute(&mut conn)
+    .await
+    .map_err(|e| format!("cannot make schema {schema}: {e}"))?;
+    conn.close().await.ok();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(base.options([("search_path", schema)]))
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    imp::MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|e| format!("migrating {url} ({schema}): {e}"))?;
+    Ok(Arc::new(imp::SqlStore { pool }))
+}
+
+pub async fn drop_schema(url: &str, schema: &str) -> Result<(), String> {
+    valid_schema(schema)?;
+    let mut conn = PgConnection::connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&mut conn)
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
