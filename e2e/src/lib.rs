@@ -268,6 +268,7 @@ impl Drop for PushGateway {
 /// file in its folder) or PostgreSQL (a schema of its own, dropped on `cleanup`).
 pub struct VzdSyncProcess {
     pub port: u16,
+    pub search_port: u16,
     pub dir: tempfile::TempDir,
     pub store: Store,
     schema: String,
@@ -281,6 +282,18 @@ impl VzdSyncProcess {
     pub fn start(store: Store, directory: &vzd::VzdDouble, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (root, sub) = directory.inner.ca.write_pems(dir.path());
+        // Our RegService signature certificate (C.FD.SIG), registered with the directory.
+        let (cert, key) = directory.inner.ca.issue(
+            "TIM e2e RegService C.FD.SIG",
+            tim_vzd_sync::crypto::Alg::BP256R1,
+        );
+        directory.register_owner_certificate(&cert);
+        let (key_file, cert_file) = (
+            dir.path().join("regservice.key.pem"),
+            dir.path().join("regservice.cert.pem"),
+        );
+        std::fs::write(&key_file, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        std::fs::write(&cert_file, cert.to_pem().unwrap()).unwrap();
         let schema = format!("vzd_e2e_{}_{}", std::process::id(), rand::random::<u32>());
         let db = match store {
             Store::Sqlite => format!("sqlite://{}", dir.path().join("vzd-sync.db").display()),
@@ -305,6 +318,14 @@ impl VzdSyncProcess {
             ),
             ("TIM_VZD_FEDERATION_LIST__REFRESH_SECS", "1".into()),
             ("TIM_VZD_FEDERATION_LIST__RETRY_SECS", "1".into()),
+            (
+                "TIM_VZD_OWNER__SIGNING_KEY_FILE",
+                key_file.display().to_string(),
+            ),
+            (
+                "TIM_VZD_OWNER__SIGNING_CERT_FILE",
+                cert_file.display().to_string(),
+            ),
             ("TIM_VZD_RECONCILE__RETRY_INITIAL_MS", "200".into()),
             ("TIM_VZD_RECONCILE__RETRY_MAX_MS", "1000".into()),
         ]
@@ -314,6 +335,7 @@ impl VzdSyncProcess {
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut p = Self {
             port: free_port(),
+            search_port: free_port(),
             dir,
             store,
             schema,
@@ -333,6 +355,10 @@ impl VzdSyncProcess {
         let mut cmd = Command::new(binary_named("tim-vzd-sync"));
         cmd.arg("serve")
             .env("TIM_VZD_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env(
+                "TIM_VZD_SEARCH_LISTEN",
+                format!("127.0.0.1:{}", self.search_port),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -356,6 +382,14 @@ impl VzdSyncProcess {
 
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The directory search the messenger clients call.
+    pub fn search_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/_tim/directory/v1/search",
+            self.search_port
+        )
     }
 
     pub fn log(&self) -> String {

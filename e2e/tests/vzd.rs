@@ -2,12 +2,15 @@
 //! our domains enter and leave the federation list, the signed list reaches our homeservers
 //! through `I_internVerification`, changes made while the directory is down are applied once it
 //! is back (none lost, none twice), a tampered list is refused while the last good one stays,
-//! and a restart without the directory serves the cached list.
+//! and a restart without the directory serves the cached list. An org admin's departments with
+//! their Matrix endpoints become directory entries and searchable by doctors, whose Matrix
+//! OpenID token from our homeserver gets them a search token at the double's
+//! `/tim-authenticate`.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
-use tim_e2e::{STORES, Store, VzdSyncProcess, vzd::VzdDouble};
+use tim_e2e::{STORES, Server, Store, VzdSyncProcess, vzd::VzdDouble};
 use tim_vzd_sync::federation_list::SignedList;
 
 struct Client {
@@ -461,5 +464,404 @@ async fn scenario(store: Store) {
 async fn domains_and_the_federation_list_against_the_directory_double() {
     for store in STORES {
         scenario(store).await;
+    }
+}
+
+/// A user on `hs` (open registration) and an OpenID token of theirs.
+async fn openid_token(hs: &Server, name: &str) -> (String, Value) {
+    let http = reqwest::Client::new();
+    let reg: Value = http
+        .post(format!("{}/_matrix/client/v3/register", hs.base_url()))
+        .json(&json!({"username": name, "password": "Passwort-1234", "auth": {"type": "m.login.dummy"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user = reg["user_id"].as_str().unwrap().to_owned();
+    let token = reg["access_token"].as_str().unwrap();
+    // Only for oneself.
+    let other = http
+        .post(format!(
+            "{}/_matrix/client/v3/user/@someone:{}/openid/request_token",
+            hs.base_url(),
+            hs.server_name
+        ))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 403);
+    let openid: Value = http
+        .post(format!(
+            "{}/_matrix/client/v3/user/{user}/openid/request_token",
+            hs.base_url()
+        ))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (user, openid)
+}
+
+async fn search(sync: &VzdSyncProcess, openid: &Value, query: &[(&str, &str)]) -> (u16, Value) {
+    let mut q: Vec<(&str, &str)> = vec![("mxId", openid["matrix_server_name"].as_str().unwrap())];
+    q.extend_from_slice(query);
+    let r = reqwest::Client::new()
+        .get(sync.search_url())
+        .query(&q)
+        .header(
+            "X-Matrix-OpenID-Token",
+            openid["access_token"].as_str().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn mxids(results: &Value) -> Vec<String> {
+    let mut v: Vec<String> = results["results"]
+        .as_array()
+        .unwrap_or(&vec![])
+        .iter()
+        .map(|r| r["mxid"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn entries_scenario(store: Store) {
+    let hs = Server::start(store);
+    let domain = hs.server_name.clone();
+    let mut directory = VzdDouble::start().await;
+    directory.add_provider("tim-provider-e2e", "e2e-secret", "ORG-0001:BT-0001");
+    directory
+        .set_organization_entry("5-SMC-B-Klinik", "Klinik am See", "Potsdam", true)
+        .await;
+    directory.set_homeserver(&domain, &hs.base_url());
+    let sync = VzdSyncProcess::start(store, &directory, &[]);
+    let c = Client::new(&sync);
+    let org = "/_tim/vzd/v1/organizations/5-SMC-B-Klinik";
+
+    // The homeserver's domain is the organisation's messenger service.
+    let (status, _) = c
+        .call(
+            reqwest::Method::PUT,
+            &format!("/_tim/vzd/v1/domains/{domain}"),
+            Some(json!({"telematikID": "5-SMC-B-Klinik"})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    eventually("domain in the list", 20, async || {
+        c.handout(&directory, None)
+            .await
+            .ok()
+            .filter(|l| l.contains(&domain))
+    })
+    .await;
+
+    // Entries need the organisation registered, and Matrix IDs of its own domains.
+    let kardio = json!({
+        "name": "Kardiologie",
+        "telecom": [{"system": "phone", "value": "0331 123456", "use": "work"}],
+        "specialty": [{"system": "urn:oid:1.2.276.0.76.5.114", "code": "010", "display": "Kardiologie"}],
+        "endpoints": [
+            {"mxid": format!("@kardio:{domain}"), "name": "Kardiologie Anmeldung"},
+            {"mxid": format!("@chefarzt:{domain}"), "name": "Chefarzt Kardiologie", "hideFromInsured": true},
+            {"mxid": format!("@pflege:{domain}"), "name": "Pflege"}
+        ]
+    });
+    let (status, err) = c
+        .call(
+            reqwest::Method::PUT,
+            &format!("{org}/services/kardio"),
+            Some(kardio.clone()),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("not registered"),
+        "{err}"
+    );
+    let (status, _) = c
+        .call(
+            reqwest::Method::PUT,
+            org,
+            Some(json!({"professionOID": "1.2.276.0.76.4.53"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let mut foreign = kardio.clone();
+    foreign["endpoints"][0]["mxid"] = "@kardio:elsewhere.example".into();
+    let (status, err) = c
+        .call(
+            reqwest::Method::PUT,
+            &format!("{org}/services/kardio"),
+            Some(foreign),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("messenger domain"),
+        "{err}"
+    );
+    let (status, err) = c
+        .call(
+            reqwest::Method::PUT,
+            &format!("{org}/services/kardio"),
+            Some(json!({"name": ""})),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+
+    // Someone else already made an Endpoint for @pflege (one Endpoint per MXID): it is referred
+    // to, never changed or deleted.
+    let pflege = directory
+        .add_foreign_endpoint(
+            "1-other-owner",
+            &format!("@pflege:{domain}"),
+            "Pflege (eigener Eintrag)",
+        )
+        .await;
+
+    let (status, body) = c
+        .call(
+            reqwest::Method::PUT,
+            &format!("{org}/services/kardio"),
+            Some(kardio.clone()),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["synced"], false);
+    eventually("service synced", 20, async || {
+        let (_, b) = c
+            .call(
+                reqwest::Method::GET,
+                &format!("{org}/services/kardio"),
+                None,
+            )
+            .await;
+        (b["synced"] == true).then_some(())
+    })
+    .await;
+    let services = directory.resources("HealthcareService").await;
+    assert_eq!(services.len(), 1);
+    let hs_entry = &services[0];
+    assert_eq!(hs_entry["name"], "Kardiologie");
+    assert_eq!(hs_entry["meta"]["tag"][0]["code"], "owner");
+    assert_eq!(hs_entry["endpoint"].as_array().unwrap().len(), 3);
+    let endpoints = directory.resources("Endpoint").await;
+    assert_eq!(endpoints.len(), 3);
+    let chef = endpoints
+        .iter()
+        .find(|e| e["address"] == format!("matrix:u/chefarzt:{domain}"))
+        .unwrap();
+    assert_eq!(
+        chef["extension"][0]["valueCoding"]["code"],
+        "hide-versicherte"
+    );
+    assert_eq!(chef["connectionType"]["code"], "tim");
+    assert_eq!(chef["payloadType"][0]["coding"][0]["code"], "tim-chat");
+    let changes = directory.changes();
+    assert_eq!(count(&changes, "POST Endpoint"), 2, "{changes:?}");
+    assert_eq!(count(&changes, "POST HealthcareService"), 1, "{changes:?}");
+
+    // A doctor of the clinic searches the directory with an OpenID token of our homeserver.
+    let (user, openid) = openid_token(&hs, "doktor").await;
+    assert_eq!(openid["matrix_server_name"], domain.as_str());
+    let userinfo = reqwest::get(format!(
+        "{}/_matrix/federation/v1/openid/userinfo?access_token={}",
+        hs.base_url(),
+        openid["access_token"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(userinfo.status(), 200);
+    assert_eq!(
+        userinfo.json::<Value>().await.unwrap()["sub"],
+        user.as_str()
+    );
+    let bad = reqwest::get(format!(
+        "{}/_matrix/federation/v1/openid/userinfo?access_token=nope",
+        hs.base_url()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(bad.status(), 401);
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["errcode"],
+        "M_UNKNOWN_TOKEN"
+    );
+
+    let (status, found) = search(&sync, &openid, &[("name", "kardio")]).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(
+        mxids(&found),
+        [
+            format!("@chefarzt:{domain}"),
+            format!("@kardio:{domain}"),
+            format!("@pflege:{domain}")
+        ]
+    );
+    let hit = found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["mxid"] == format!("@kardio:{domain}"))
+        .unwrap();
+    assert_eq!(hit["organization"], "Klinik am See");
+    assert_eq!(hit["service"], "Kardiologie");
+    assert_eq!(hit["telematikID"], "5-SMC-B-Klinik");
+    assert_eq!(hit["city"], "Potsdam");
+    assert_eq!(hit["kind"], "organization");
+    let (_, by_city) = search(&sync, &openid, &[("city", "Potsdam"), ("limit", "1")]).await;
+    assert_eq!(by_city["results"].as_array().unwrap().len(), 1);
+    let (_, nothing) = search(&sync, &openid, &[("organization", "Praxis Nirgendwo")]).await;
+    assert!(mxids(&nothing).is_empty());
+    let (status, _) = search(&sync, &openid, &[]).await;
+    assert_eq!(status, 400);
+    let mut forged = openid.clone();
+    forged["access_token"] = "forged".into();
+    let (status, _) = search(&sync, &forged, &[("name", "kardio")]).await;
+    assert_eq!(status, 401);
+    let mut stranger = openid.clone();
+    stranger["matrix_server_name"] = "not-federated.example".into();
+    let (status, _) = search(&sync, &stranger, &[("name", "kardio")]).await;
+    assert_eq!(status, 403);
+
+    // The org admin switches @kardio off and drops @chefarzt: only those change.
+    let mut changed = kardio.clone();
+    changed["endpoints"][0]["active"] = false.into();
+    changed["endpoints"].as_array_mut().unwrap().remove(1);
+    c.call(
+        reqwest::Method::PUT,
+        &format!("{org}/services/kardio"),
+        Some(changed),
+    )
+    .await;
+    eventually("change synced", 20, async || {
+        let (_, b) = c
+            .call(
+                reqwest::Method::GET,
+                &format!("{org}/services/kardio"),
+                None,
+            )
+            .await;
+        (b["synced"] == true).then_some(())
+    })
+    .await;
+    let endpoints = directory.resources("Endpoint").await;
+    assert_eq!(endpoints.len(), 2, "chefarzt's endpoint is gone");
+    let off = endpoints
+        .iter()
+        .find(|e| e["address"] == format!("matrix:u/kardio:{domain}"))
+        .unwrap();
+    assert_eq!(off["status"], "off");
+    let (_, found) = search(&sync, &openid, &[("organization", "Klinik am")]).await;
+    assert_eq!(
+        mxids(&found),
+        [format!("@pflege:{domain}")],
+        "off endpoints are not found"
+    );
+
+    // The directory down for a while: a new department waits and is made once when it is back.
+    directory.stop().await;
+    let (status, _) = c
+        .call(
+            reqwest::Method::PUT,
+            &format!("{org}/services/notaufnahme"),
+            Some(json!({"name": "Notaufnahme", "endpoints": [{"mxid": format!("@notaufnahme:{domain}"), "name": "Notaufnahme"}]})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, pending) = c
+        .call(
+            reqwest::Method::GET,
+            &format!("{org}/services/notaufnahme"),
+            None,
+        )
+        .await;
+    assert_eq!(pending["synced"], false);
+    assert!(
+        pending["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{pending}"
+    );
+    directory.resume().await;
+    // An answer lost on the way: the endpoint was made, the retry finds it by its address.
+    directory.lose_answers(1);
+    eventually("department synced", 30, async || {
+        let (_, b) = c
+            .call(
+                reqwest::Method::GET,
+                &format!("{org}/services/notaufnahme"),
+                None,
+            )
+            .await;
+        (b["synced"] == true).then_some(())
+    })
+    .await;
+    let changes = directory.changes();
+    assert_eq!(count(&changes, "POST Endpoint"), 3, "{changes:?}");
+    assert_eq!(count(&changes, "POST HealthcareService"), 2, "{changes:?}");
+    assert_eq!(directory.resources("HealthcareService").await.len(), 2);
+
+    // Removing a department removes what we made for it and nothing else.
+    let (status, _) = c
+        .call(
+            reqwest::Method::DELETE,
+            &format!("{org}/services/kardio"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    eventually("department removed", 20, async || {
+        let (s, _) = c
+            .call(
+                reqwest::Method::GET,
+                &format!("{org}/services/kardio"),
+                None,
+            )
+            .await;
+        (s == 404).then_some(())
+    })
+    .await;
+    let left: Vec<String> = directory
+        .resources("Endpoint")
+        .await
+        .iter()
+        .map(|e| e["address"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&format!("matrix:u/pflege:{domain}")));
+    assert!(left.contains(&format!("matrix:u/notaufnahme:{domain}")));
+    let kept = directory.resource("Endpoint", &pflege).await.unwrap();
+    assert_eq!(kept["name"], "Pflege (eigener Eintrag)");
+    assert_eq!(
+        kept["meta"]["versionId"], "1",
+        "the foreign endpoint was never written"
+    );
+    assert_eq!(directory.resources("Organization").await.len(), 1);
+    assert_eq!(directory.resources("HealthcareService").await.len(), 1);
+
+    sync.cleanup().await;
+    hs.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_entries_and_search_against_the_directory_double() {
+    for store in STORES {
+        entries_scenario(store).await;
     }
 }

@@ -116,6 +116,89 @@ pub fn router(sync: Arc<VzdSync>) -> Router {
         .with_state(sync)
 }
 
+/// The directory search for messenger clients (its own, public listener).
+pub fn search_router(sync: Arc<VzdSync>) -> Router {
+    Router::new()
+        .route("/_tim/directory/v1/search", get(search))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "TIM_UNRECOGNIZED",
+                "unknown endpoint",
+            )
+        })
+        .layer(tower_http::cors::CorsLayer::permissive())
+        .with_state(sync)
+}
+
+/// `GET /_tim/directory/v1/search?mxId=<the user's homeserver domain>&name=…&organization=…
+/// &specialty=…&city=…&telematikID=…&limit=…` with header `X-Matrix-OpenID-Token`.
+async fn search(
+    State(sync): State<Arc<VzdSync>>,
+    headers: axum::http::HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    use crate::search::SearchError;
+    let Query(pairs) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "TIM_INVALID", e.body_text()))?;
+    let openid = headers
+        .get("x-matrix-openid-token")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "TIM_MISSING_TOKEN",
+                "X-Matrix-OpenID-Token is required",
+            )
+        })?;
+    let mut domain = None;
+    let mut rest = serde_json::Map::new();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "mxId" => domain = Some(v),
+            "limit" => {
+                let n: u64 = v.parse().map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "TIM_INVALID",
+                        "limit is not a number",
+                    )
+                })?;
+                rest.insert(k, n.into());
+            }
+            _ => {
+                rest.insert(k, v.into());
+            }
+        }
+    }
+    let domain = domain.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "TIM_INVALID",
+            "mxId (the homeserver's domain) is required",
+        )
+    })?;
+    let criteria: crate::search::Criteria = serde_json::from_value(rest.into())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "TIM_INVALID", e.to_string()))?;
+    match sync.search.search(openid, &domain, &criteria).await {
+        Ok(hits) => Ok(Json(serde_json::json!({ "results": hits }))),
+        Err(SearchError::Invalid(m)) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "TIM_INVALID", m))
+        }
+        Err(e @ SearchError::Unauthorized) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "TIM_UNKNOWN_TOKEN",
+            e.to_string(),
+        )),
+        Err(e @ SearchError::NotFederated(_)) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "TIM_NOT_FEDERATED",
+            e.to_string(),
+        )),
+        Err(SearchError::Directory(e)) => Err(e.into()),
+    }
+}
+
 /// Constant-time comparison of the token's hash with the configured token's hash.
 async fn authenticate(State(sync): State<Arc<VzdSync>>, request: Request, next: Next) -> Response {
     let given = request

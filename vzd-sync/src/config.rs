@@ -50,6 +50,10 @@ pub struct Config {
     /// directory-entry management for the registration service and org-admin backend).
     /// Internal: do not expose it to the internet.
     pub listen: SocketAddr,
+    /// Address of the directory search the messenger clients call
+    /// (`GET /_tim/directory/v1/search`, authenticated with the user's Matrix OpenID token).
+    /// Public: put it behind the same TLS front as the homeserver.
+    pub search_listen: SocketAddr,
     /// Folder of the federation-list cache (`federation-list.jws`) and the internal token.
     pub data_dir: PathBuf,
     /// `sqlite://FILE` (the embedded default) or `postgres://user@host:port/db`: the domains
@@ -170,6 +174,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8010)),
+            search_listen: SocketAddr::from(([127, 0, 0, 1], 8011)),
             data_dir: PathBuf::from("./data/vzd-sync"),
             database_url: "sqlite://./data/vzd-sync/vzd-sync.db".into(),
             database_schema: "tim_vzd_sync".into(),

@@ -22,6 +22,7 @@ pub mod owner;
 pub mod provider;
 pub mod reconcile;
 pub mod regservice_token;
+pub mod search;
 pub mod services;
 pub mod store;
 
@@ -43,6 +44,7 @@ pub struct VzdSync {
     pub provider: Arc<ProviderClient>,
     pub federation: Arc<FederationSync>,
     pub reconciler: Arc<Reconciler>,
+    pub search: search::Search,
     pub metrics: Arc<Metrics>,
     internal_token_hash: [u8; 32],
 }
@@ -136,6 +138,12 @@ impl VzdSync {
             config.directory.clone(),
             issuer,
         ));
+        let search = search::Search::new(
+            http_client()?,
+            &config.directory.base_url,
+            std::time::Duration::from_millis(config.directory.request_timeout_ms),
+            federation.clone(),
+        );
         let reconciler = Reconciler::new(
             store,
             provider.clone(),
@@ -149,25 +157,41 @@ impl VzdSync {
             provider,
             federation,
             reconciler,
+            search,
             metrics,
         }))
     }
 }
 
-/// Runs the jobs and serves the internal API on `listener` until `shutdown` completes. Every
-/// change is stored before it is acknowledged, so stopping at any point loses none.
+/// Runs the jobs, serves the internal API on `internal` and the directory search on `search`
+/// until `shutdown` completes. Every change is stored before it is acknowledged, so stopping
+/// at any point loses none.
 pub async fn serve(
     sync: Arc<VzdSync>,
-    listener: tokio::net::TcpListener,
+    internal: tokio::net::TcpListener,
+    search: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let jobs = [
         tokio::spawn(sync.federation.clone().run()),
         tokio::spawn(sync.reconciler.clone().run()),
     ];
-    let result = axum::serve(listener, api::router(sync.clone()))
-        .with_graceful_shutdown(shutdown)
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let search_server = tokio::spawn(
+        axum::serve(search, api::search_router(sync.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    let result = axum::serve(internal, api::router(sync.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
         .await;
+    let _ = search_server.await;
     for job in jobs {
         job.abort();
     }

@@ -60,13 +60,16 @@ async fn run() -> Result<(), String> {
             Ok(())
         }
         Command::Serve => {
-            let listen = config.listen;
+            let (listen, search_listen) = (config.listen, config.search_listen);
             let sync = tim_vzd_sync::VzdSync::open(config).await?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            tracing::info!(%listen, "vzd sync listening");
-            tim_vzd_sync::serve(sync, listener, shutdown_signal())
+            let bind = |addr| async move {
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))
+            };
+            let (internal, search) = (bind(listen).await?, bind(search_listen).await?);
+            tracing::info!(%listen, %search_listen, "vzd sync listening (internal API, directory search)");
+            tim_vzd_sync::serve(sync, internal, search, shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())
         }

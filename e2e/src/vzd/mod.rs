@@ -12,6 +12,9 @@
 //!   /federationCheck`, `GET /FederationList/federationList.jws?version=&sigAlg=` (200 with the
 //!   list signed by the asked algorithm's key, 204 when not newer). Domains are accepted only
 //!   for active organisations (400), with the IK rules of B-PROV-03 (400, duplicates 409).
+//! - Owner and search side (`fhir.rs`): `/owner-authenticate` (RegService-OpenID-Token),
+//!   `/tim-authenticate` (Matrix OpenID token, checked at the homeserver's
+//!   `/_matrix/federation/v1/openid/userinfo`), FHIR `/owner/{type}` and `/search/{type}`.
 //! - Scriptable for tests: stop and resume (the port stays), a list whose payload is tampered
 //!   with after signing, an answer lost after the change was made, a log of the changes made.
 
@@ -39,10 +42,13 @@ use serde_json::{Value, json};
 use sqlx::{Row, SqlitePool, sqlite::SqliteConnectOptions};
 use tim_vzd_sync::crypto::{Alg, jws, testca::TestCa};
 
+mod fhir;
+
 pub const TOKEN_PATH: &str = "/auth/realms/TI-Provider/protocol/openid-connect/token";
 
 struct Token {
     kind: &'static str,
+    /// The provider's client id, the organisation's TelematikID or the user's MXID.
     client_id: String,
     expires: Instant,
 }
@@ -61,6 +67,11 @@ pub struct Inner {
     tokens: Mutex<std::collections::HashMap<String, Token>>,
     faults: Mutex<Faults>,
     changes: Mutex<Vec<String>>,
+    /// Fingerprints of the RegService certificates registered with provider credentials.
+    owner_certificates: Mutex<Vec<String>>,
+    /// Where a Matrix domain's homeserver answers (what `.well-known/matrix/server` says).
+    homeservers: Mutex<std::collections::HashMap<String, String>>,
+    http: reqwest::Client,
 }
 
 /// The running double.
@@ -72,11 +83,11 @@ pub struct VzdDouble {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "message": message }))).into_response()
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let bytes: [u8; 24] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -98,6 +109,8 @@ impl VzdDouble {
                client_id TEXT NOT NULL, tim_anbieter TEXT NOT NULL)",
             "CREATE TABLE list_version (version INTEGER NOT NULL)",
             "INSERT INTO list_version VALUES (1)",
+            "CREATE TABLE resources (rtype TEXT NOT NULL, id TEXT NOT NULL, owner TEXT NOT NULL,
+               body TEXT NOT NULL, PRIMARY KEY (rtype, id))",
         ] {
             sqlx::query(stmt).execute(&pool).await.unwrap();
         }
@@ -117,6 +130,9 @@ impl VzdDouble {
             tokens: Mutex::default(),
             faults: Mutex::default(),
             changes: Mutex::default(),
+            owner_certificates: Mutex::default(),
+            homeservers: Mutex::default(),
+            http: reqwest::Client::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -191,6 +207,24 @@ impl VzdDouble {
 
     /// An organisation (its Organization entry, from the LDAP-VZD sync) and whether it is active.
     pub async fn set_organization(&self, telematik_id: &str, active: bool) {
+        self.set_organization_entry(
+            telematik_id,
+            &format!("Organisation {telematik_id}"),
+            "Berlin",
+            active,
+        )
+        .await;
+    }
+
+    /// An organisation with its name and city, as the LDAP-VZD sync would enter it.
+    pub async fn set_organization_entry(
+        &self,
+        telematik_id: &str,
+        name: &str,
+        city: &str,
+        active: bool,
+    ) {
+        fhir::put_ldap_organization(&self.inner, telematik_id, name, city, active).await;
         sqlx::query(
             "INSERT INTO organizations VALUES ($1, $2)
              ON CONFLICT (telematik_id) DO UPDATE SET active = excluded.active",
@@ -200,6 +234,48 @@ impl VzdDouble {
         .execute(&self.inner.pool)
         .await
         .unwrap();
+    }
+
+    /// Registers our RegService signing certificate (`/owner-auth-certificate-hash`).
+    pub fn register_owner_certificate(&self, cert: &X509) {
+        self.inner
+            .owner_certificates
+            .lock()
+            .unwrap()
+            .push(jws::fingerprint(cert));
+    }
+
+    /// Where the homeserver of `domain` answers (its `.well-known/matrix/server`).
+    pub fn set_homeserver(&self, domain: &str, base_url: &str) {
+        self.inner
+            .homeservers
+            .lock()
+            .unwrap()
+            .insert(domain.into(), base_url.into());
+    }
+
+    /// A doctor from the LDAP-VZD sync: Practitioner and PractitionerRole; returns the role's id.
+    pub async fn add_practitioner(&self, telematik_id: &str, given: &str, family: &str) -> String {
+        fhir::put_ldap_practitioner(&self.inner, telematik_id, given, family).await
+    }
+
+    /// An Endpoint another organisation (`owner`) made for `mxid`; returns its id.
+    pub async fn add_foreign_endpoint(&self, owner: &str, mxid: &str, name: &str) -> String {
+        fhir::put_foreign_endpoint(&self.inner, owner, mxid, name).await
+    }
+
+    /// A resource as the directory holds it.
+    pub async fn resource(&self, rtype: &str, id: &str) -> Option<Value> {
+        fhir::load(&self.inner, rtype, id).await.map(|(_, v)| v)
+    }
+
+    /// All resources of a type.
+    pub async fn resources(&self, rtype: &str) -> Vec<Value> {
+        fhir::all(&self.inner, rtype)
+            .await
+            .into_iter()
+            .map(|(_, _, v)| v)
+            .collect()
     }
 
     /// Lists handed out from now on have their payload changed after signing.
@@ -255,11 +331,12 @@ fn router(inner: Arc<Inner>) -> Router {
             "/tim-provider-services/FederationList/federationList.jws",
             get(federation_list),
         )
+        .merge(fhir::routes())
         .with_state(inner)
 }
 
 impl Inner {
-    fn bearer(&self, headers: &HeaderMap, kind: &str) -> Option<String> {
+    pub(crate) fn bearer(&self, headers: &HeaderMap, kind: &str) -> Option<String> {
         let token = headers
             .get(header::AUTHORIZATION)?
             .to_str()
@@ -270,7 +347,7 @@ impl Inner {
         (t.kind == kind && t.expires > Instant::now()).then(|| t.client_id.clone())
     }
 
-    fn issue(&self, kind: &'static str, client_id: &str, secs: u64) -> String {
+    pub(crate) fn issue(&self, kind: &'static str, client_id: &str, secs: u64) -> String {
         let token = random_token();
         self.tokens.lock().unwrap().insert(
             token.clone(),
@@ -294,7 +371,7 @@ impl Inner {
     }
 
     /// A change was made; returns the answer to give (504 while answers are being lost).
-    fn changed(&self, what: String, answer: Response) -> Response {
+    pub(crate) fn changed(&self, what: String, answer: Response) -> Response {
         self.changes.lock().unwrap().push(what);
         let mut faults = self.faults.lock().unwrap();
         if faults.lose_answers > 0 {
@@ -312,7 +389,7 @@ impl Inner {
     }
 }
 
-fn unauthorized() -> Response {
+pub(crate) fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
