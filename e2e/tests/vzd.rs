@@ -547,7 +547,8 @@ async fn entries_scenario(store: Store) {
         .set_organization_entry("5-SMC-B-Klinik", "Klinik am See", "Potsdam", true)
         .await;
     directory.set_homeserver(&domain, &hs.base_url());
-    let sync = VzdSyncProcess::start(store, &directory, &[]);
+    let homeservers = format!("{{\"{domain}\" = \"{}\"}}", hs.base_url());
+    let sync = VzdSyncProcess::start(store, &directory, &[("TIM_VZD_HOMESERVERS", &homeservers)]);
     let c = Client::new(&sync);
     let org = "/_tim/vzd/v1/organizations/5-SMC-B-Klinik";
 
@@ -854,6 +855,94 @@ async fn entries_scenario(store: Store) {
     );
     assert_eq!(directory.resources("Organization").await.len(), 1);
     assert_eq!(directory.resources("HealthcareService").await.len(), 1);
+
+    // A doctor with an eHBA makes themselves findable, and withdraws again (D-PR-01).
+    let role = directory
+        .add_practitioner("1-HBA-Dr-Weber", "Anna", "Weber")
+        .await;
+    let (weber, openid) = openid_token(&hs, "weber").await;
+    let sessions = format!(
+        "http://127.0.0.1:{}/_tim/directory/v1/practitioner/sessions",
+        sync.search_port
+    );
+    let http = reqwest::Client::new();
+    let start = async |body: Value, token: &str| {
+        let r = http
+            .post(&sessions)
+            .header("X-Matrix-OpenID-Token", token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    };
+    let token = openid["access_token"].as_str().unwrap();
+    let (status, _) = start(
+        json!({"mxId": domain, "action": "publish", "name": "Dr. Anna Weber"}),
+        "forged",
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = start(
+        json!({"mxId": "elsewhere.example", "action": "publish", "name": "x"}),
+        token,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = start(json!({"mxId": domain, "action": "delete"}), token).await;
+    assert_eq!(status, 400);
+    let sign_in = async |action: Value| {
+        let (status, started) = start(action, token).await;
+        assert_eq!(status, 201, "{started}");
+        // The browser: the IDP with the eHBA, then back to the directory.
+        let idp = http
+            .get(format!(
+                "{}&card=1-HBA-Dr-Weber",
+                started["redirect_uri"].as_str().unwrap()
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(idp.status(), 200);
+        let done: Value = http
+            .get(format!(
+                "{sessions}/{}?wait_ms=15000",
+                started["session"].as_str().unwrap()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(done["status"], "done", "{done}");
+    };
+    sign_in(json!({"mxId": domain, "action": "publish", "name": "Dr. Anna Weber"})).await;
+    let r = directory.resource("PractitionerRole", &role).await.unwrap();
+    let endpoint_id = r["endpoint"][0]["reference"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("Endpoint/")
+        .unwrap()
+        .to_owned();
+    let e = directory.resource("Endpoint", &endpoint_id).await.unwrap();
+    assert_eq!(e["address"], format!("matrix:u/weber:{domain}"));
+    assert_eq!(e["status"], "active");
+    let (_, found) = search(&sync, &openid, &[("name", "Weber")]).await;
+    assert_eq!(mxids(&found), [weber]);
+    assert_eq!(found["results"][0]["kind"], "practitioner");
+    assert_eq!(found["results"][0]["practitioner"], "Anna Weber");
+    sign_in(json!({"mxId": domain, "action": "withdraw"})).await;
+    let r = directory.resource("PractitionerRole", &role).await.unwrap();
+    assert!(r["endpoint"].as_array().is_none_or(|e| e.is_empty()), "{r}");
+    assert!(directory.resource("Endpoint", &endpoint_id).await.is_none());
+    let (_, found) = search(&sync, &openid, &[("telematikID", "1-HBA-Dr-Weber")]).await;
+    assert!(mxids(&found).is_empty());
+    let unknown = http.get(format!("{sessions}/nope")).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
 
     sync.cleanup().await;
     hs.cleanup().await;

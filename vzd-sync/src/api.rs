@@ -120,6 +120,14 @@ pub fn router(sync: Arc<VzdSync>) -> Router {
 pub fn search_router(sync: Arc<VzdSync>) -> Router {
     Router::new()
         .route("/_tim/directory/v1/search", get(search))
+        .route(
+            "/_tim/directory/v1/practitioner/sessions",
+            axum::routing::post(start_practitioner_session),
+        )
+        .route(
+            "/_tim/directory/v1/practitioner/sessions/{id}",
+            get(practitioner_session),
+        )
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -197,6 +205,84 @@ async fn search(
         )),
         Err(SearchError::Directory(e)) => Err(e.into()),
     }
+}
+
+fn openid_header(headers: &axum::http::HeaderMap) -> ApiResult<&str> {
+    headers
+        .get("x-matrix-openid-token")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "TIM_MISSING_TOKEN",
+                "X-Matrix-OpenID-Token is required",
+            )
+        })
+}
+
+/// Starts an eHBA session: body `{mxId, action: "publish", name, hideFromInsured}` or
+/// `{mxId, action: "withdraw"}`; answers the IDP address to open and the session id.
+async fn start_practitioner_session(
+    State(sync): State<Arc<VzdSync>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<crate::practitioner::Started>)> {
+    use crate::practitioner::PractitionerError;
+    let openid = openid_header(&headers)?;
+    let mut value: serde_json::Value = parse(&body)?;
+    let domain = value
+        .as_object_mut()
+        .and_then(|o| o.remove("mxId"))
+        .and_then(|d| d.as_str().map(str::to_owned))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "TIM_INVALID",
+                "mxId (the homeserver's domain) is required",
+            )
+        })?;
+    let action = serde_json::from_value(value)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "TIM_INVALID", e.to_string()))?;
+    match sync.practitioners.start(openid, &domain, action).await {
+        Ok(started) => Ok((StatusCode::CREATED, Json(started))),
+        Err(PractitionerError::Invalid(m)) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "TIM_INVALID", m))
+        }
+        Err(e @ PractitionerError::Unauthorized) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "TIM_UNKNOWN_TOKEN",
+            e.to_string(),
+        )),
+        Err(PractitionerError::Directory(e)) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct SessionQuery {
+    /// Wait up to this long for the session to end (at most 30 s).
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn practitioner_session(
+    State(sync): State<Arc<VzdSync>>,
+    Path(id): Path<String>,
+    query: Result<Query<SessionQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<crate::practitioner::Status>> {
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "TIM_INVALID", e.body_text()))?;
+    let wait = std::time::Duration::from_millis(q.wait_ms.min(30_000));
+    sync.practitioners
+        .status(&id, wait)
+        .await
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "TIM_NOT_FOUND",
+                "no such session (they end after the sign-in)",
+            )
+        })
 }
 
 /// Constant-time comparison of the token's hash with the configured token's hash.

@@ -3,7 +3,7 @@
 //! `TIM_VZD_DIRECTORY__CLIENT_SECRET`). The doc comment of each field is the reference;
 //! `tim-vzd-sync.example.toml` shows them all.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use figment::{
     Figment,
@@ -64,6 +64,10 @@ pub struct Config {
     /// Bearer token of the internal API. Empty: one is made on first start and kept in
     /// `{data_dir}/internal.token`.
     pub internal_token: Secret,
+    /// Where our homeservers answer, by Matrix domain (e.g. `"praxis.example.de" =
+    /// "http://127.0.0.1:8008"`), to check users' OpenID tokens; domains not listed are found
+    /// through `https://<domain>/.well-known/matrix/server`.
+    pub homeservers: BTreeMap<String, String>,
     /// The VZD-FHIR-Directory and our provider credentials.
     pub directory: DirectoryConfig,
     /// Fetching, verifying and handing on the federation list.
@@ -179,6 +183,7 @@ impl Default for Config {
             database_url: "sqlite://./data/vzd-sync/vzd-sync.db".into(),
             database_schema: "tim_vzd_sync".into(),
             internal_token: Secret::default(),
+            homeservers: BTreeMap::new(),
             directory: DirectoryConfig::default(),
             federation_list: FederationListConfig::default(),
             owner: OwnerConfig::default(),

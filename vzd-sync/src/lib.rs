@@ -19,6 +19,7 @@ pub mod fhir;
 pub mod ik;
 pub mod metrics;
 pub mod owner;
+pub mod practitioner;
 pub mod provider;
 pub mod reconcile;
 pub mod regservice_token;
@@ -45,6 +46,7 @@ pub struct VzdSync {
     pub federation: Arc<FederationSync>,
     pub reconciler: Arc<Reconciler>,
     pub search: search::Search,
+    pub practitioners: Arc<practitioner::Practitioners>,
     pub metrics: Arc<Metrics>,
     internal_token_hash: [u8; 32],
 }
@@ -144,6 +146,12 @@ impl VzdSync {
             std::time::Duration::from_millis(config.directory.request_timeout_ms),
             federation.clone(),
         );
+        let practitioners = practitioner::Practitioners::new(
+            owner.clone(),
+            store.clone(),
+            http_client()?,
+            config.homeservers.clone(),
+        );
         let reconciler = Reconciler::new(
             store,
             provider.clone(),
@@ -158,6 +166,7 @@ impl VzdSync {
             federation,
             reconciler,
             search,
+            practitioners,
             metrics,
         }))
     }

@@ -17,6 +17,21 @@ use crate::{
 };
 
 const FHIR_JSON: &str = "application/fhir+json";
+const DECOUPLED_GRANT: &str = "urn:telematik:params:grant-type:decoupled";
+
+/// A started decoupled sign-in (`DecoupledAuthorizationResponse`).
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct Decoupled {
+    pub auth_req_id: String,
+    #[serde(default)]
+    pub poll_uri: Option<String>,
+    /// Where the person signs in (the IDP with the eHBA).
+    pub redirect_uri: String,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    #[serde(default)]
+    pub interval: Option<u64>,
+}
 
 /// An organisation as its RegService token names it.
 #[derive(Clone, Debug)]
@@ -115,6 +130,60 @@ impl OwnerClient {
             },
         );
         Ok(answer.access_token)
+    }
+
+    /// Starts the decoupled IDP sign-in of a person with an eHBA (`/owner-authenticate-decoupled`).
+    pub async fn decoupled(&self) -> Result<Decoupled, DirectoryError> {
+        let r = self
+            .http
+            .post(format!("{}/owner-authenticate-decoupled", self.base()))
+            .form(&[("grant_type", DECOUPLED_GRANT)])
+            .timeout(self.timeout())
+            .send()
+            .await
+            .map_err(DirectoryError::from_reqwest)?;
+        Self::ok(r)
+            .await?
+            .json()
+            .await
+            .map_err(DirectoryError::from_reqwest)
+    }
+
+    /// Asks whether the sign-in of `d` is done (`/owner-authenticate-poll`): the owner token,
+    /// None while pending, an error when it was refused or expired.
+    pub async fn poll(&self, d: &Decoupled) -> Result<Option<String>, DirectoryError> {
+        let uri = d.poll_uri.as_deref().unwrap_or("/owner-authenticate-poll");
+        let url = match uri.starts_with("http") {
+            true => uri.to_owned(),
+            false => format!("{}{uri}", self.base()),
+        };
+        let r = self
+            .http
+            .post(url)
+            .form(&[
+                ("grant_type", DECOUPLED_GRANT),
+                ("auth_req_id", d.auth_req_id.as_str()),
+            ])
+            .timeout(self.timeout())
+            .send()
+            .await
+            .map_err(DirectoryError::from_reqwest)?;
+        if r.status() == reqwest::StatusCode::BAD_REQUEST {
+            let body: serde_json::Value = r.json().await.map_err(DirectoryError::from_reqwest)?;
+            return match body["error"].as_str() {
+                Some("authorization_pending" | "slow_down") => Ok(None),
+                other => Err(DirectoryError::Status {
+                    status: 400,
+                    message: other.unwrap_or("sign-in failed").to_owned(),
+                }),
+            };
+        }
+        let answer: TokenAnswer = Self::ok(r)
+            .await?
+            .json()
+            .await
+            .map_err(DirectoryError::from_reqwest)?;
+        Ok(Some(answer.access_token))
     }
 
     /// Drops a token the directory no longer takes (a 401).

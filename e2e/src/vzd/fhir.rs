@@ -35,6 +35,13 @@ fn new_id() -> String {
 pub(super) fn routes() -> Router<Arc<Inner>> {
     Router::new()
         .route("/owner-authenticate", get(owner_authenticate))
+        .route(
+            "/owner-authenticate-decoupled",
+            axum::routing::post(decoupled),
+        )
+        .route("/owner-authenticate-poll", axum::routing::post(poll))
+        .route("/idp/authorize", get(idp_authorize))
+        .route("/signin-gematik-idp-dienst-decoupled", get(idp_signin))
         .route("/tim-authenticate", get(tim_authenticate))
         .route("/owner/{rtype}", get(owner_search).post(owner_create))
         .route(
@@ -211,6 +218,137 @@ async fn owner_authenticate(State(s): State<Arc<Inner>>, headers: HeaderMap) -> 
                 .into_response()
         }
         Err(e) => error(StatusCode::UNAUTHORIZED, &e.to_string()),
+    }
+}
+
+fn form(body: &[u8]) -> std::collections::HashMap<String, String> {
+    serde_urlencoded::from_bytes(body).unwrap_or_default()
+}
+
+const DECOUPLED: &str = "urn:telematik:params:grant-type:decoupled";
+
+/// Starts the backchannel sign-in of a person with an eHBA at the IDP.
+async fn decoupled(State(s): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    if form(&body).get("grant_type").map(String::as_str) != Some(DECOUPLED) {
+        return error(StatusCode::BAD_REQUEST, "missing or wrong grant type");
+    }
+    let id = new_id();
+    s.auth_requests.lock().unwrap().insert(
+        id.clone(),
+        (
+            None,
+            std::time::Instant::now() + std::time::Duration::from_secs(300),
+        ),
+    );
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    Json(json!({
+        "auth_req_id": id,
+        "poll_uri": "/owner-authenticate-poll",
+        "redirect_uri": format!("http://{host}/idp/authorize?auth_req_id={id}"),
+        "expires_in": 300,
+        "interval": 1
+    }))
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct IdpQuery {
+    auth_req_id: String,
+    /// The eHBA in the card reader: its holder's TelematikID.
+    card: String,
+}
+
+/// The IDP: the person signs in with the card and is sent back to the directory.
+async fn idp_authorize(State(s): State<Arc<Inner>>, Query(q): Query<IdpQuery>) -> Response {
+    if !s.auth_requests.lock().unwrap().contains_key(&q.auth_req_id) {
+        return error(StatusCode::BAD_REQUEST, "unknown authorization request");
+    }
+    let code = new_id();
+    s.idp_codes
+        .lock()
+        .unwrap()
+        .insert(code.clone(), (q.auth_req_id.clone(), q.card));
+    (
+        StatusCode::FOUND,
+        [(
+            "location",
+            format!(
+                "/signin-gematik-idp-dienst-decoupled?code={code}&state={}",
+                q.auth_req_id
+            ),
+        )],
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct SigninQuery {
+    code: String,
+    state: String,
+}
+
+async fn idp_signin(State(s): State<Arc<Inner>>, Query(q): Query<SigninQuery>) -> Response {
+    let Some((req, card)) = s.idp_codes.lock().unwrap().remove(&q.code) else {
+        return error(StatusCode::UNAUTHORIZED, "unknown code");
+    };
+    if req != q.state {
+        return error(StatusCode::UNAUTHORIZED, "state does not fit the code");
+    }
+    match s.auth_requests.lock().unwrap().get_mut(&req) {
+        Some(r) => r.0 = Some(card),
+        None => return error(StatusCode::UNAUTHORIZED, "authorization request ended"),
+    }
+    StatusCode::OK.into_response()
+}
+
+/// The owner token of a signed-in person: an ES256 JWT naming their TelematikID.
+async fn poll(State(s): State<Arc<Inner>>, body: Bytes) -> Response {
+    let f = form(&body);
+    if f.get("grant_type").map(String::as_str) != Some(DECOUPLED) {
+        return error(StatusCode::BAD_REQUEST, "missing or wrong grant type");
+    }
+    let id = f.get("auth_req_id").cloned().unwrap_or_default();
+    let state = s.auth_requests.lock().unwrap().get(&id).cloned();
+    let pending = |e: &str| (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response();
+    match state {
+        None => pending("access_denied"),
+        Some((_, until)) if until < std::time::Instant::now() => pending("expired_token"),
+        Some((None, _)) => pending("authorization_pending"),
+        Some((Some(tid), _)) => {
+            s.auth_requests.lock().unwrap().remove(&id);
+            let exp = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 3600;
+            let (_, cert, key) = s
+                .signers
+                .iter()
+                .find(|(a, ..)| *a == tim_vzd_sync::crypto::Alg::ES256)
+                .unwrap();
+            let claims = json!({"sub": tid, "idNummer": tid, "exp": exp});
+            let jwt = tim_vzd_sync::crypto::jws::sign(
+                tim_vzd_sync::crypto::Alg::ES256,
+                key,
+                std::slice::from_ref(cert),
+                Some("JWT"),
+                claims.to_string().as_bytes(),
+            )
+            .unwrap();
+            s.tokens.lock().unwrap().insert(
+                jwt.clone(),
+                super::Token {
+                    kind: "owner",
+                    client_id: tid,
+                    expires: std::time::Instant::now() + std::time::Duration::from_secs(3600),
+                },
+            );
+            Json(json!({"access_token": jwt, "token_type": "Bearer", "expires_in": 3600}))
+                .into_response()
+        }
     }
 }
 
@@ -585,7 +723,7 @@ async fn check_owned(
                 && t["code"] == "owner"
         })
     });
-    if !origin_owner {
+    if !origin_owner && rtype != "PractitionerRole" {
         return Err(outcome(
             StatusCode::UNPROCESSABLE_ENTITY,
             "meta.tag Origin must be owner",
@@ -650,10 +788,52 @@ async fn check_owned(
                 }
             }
         }
+        "PractitionerRole" => {
+            let Some(id) = id else {
+                return Err(outcome(
+                    StatusCode::FORBIDDEN,
+                    "PractitionerRoles come from the LDAP directory",
+                ));
+            };
+            let (_, old) = load(s, "PractitionerRole", id).await.unwrap_or_default();
+            if old["practitioner"] != body["practitioner"] {
+                return Err(outcome(
+                    StatusCode::FORBIDDEN,
+                    "the practitioner of a role cannot change",
+                ));
+            }
+            let person = load(
+                s,
+                "Practitioner",
+                reference_id(&body["practitioner"], "Practitioner").unwrap_or_default(),
+            )
+            .await;
+            if person.as_ref().and_then(|(_, p)| telematik_of(p)) != Some(org) {
+                return Err(outcome(
+                    StatusCode::FORBIDDEN,
+                    "not the token's practitioner",
+                ));
+            }
+            for r in body["endpoint"].as_array().cloned().unwrap_or_default() {
+                if load(
+                    s,
+                    "Endpoint",
+                    reference_id(&r, "Endpoint").unwrap_or_default(),
+                )
+                .await
+                .is_none()
+                {
+                    return Err(outcome(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "endpoint reference to nothing",
+                    ));
+                }
+            }
+        }
         _ => {
             return Err(outcome(
                 StatusCode::FORBIDDEN,
-                "owners write Endpoints and HealthcareServices here",
+                "owners write Endpoints, HealthcareServices and their PractitionerRoles here",
             ));
         }
     }

@@ -72,6 +72,10 @@ pub struct Inner {
     /// Where a Matrix domain's homeserver answers (what `.well-known/matrix/server` says).
     homeservers: Mutex<std::collections::HashMap<String, String>>,
     http: reqwest::Client,
+    /// Decoupled sign-ins: auth_req_id → (TelematikID of the eHBA once signed in, expiry).
+    auth_requests: Mutex<std::collections::HashMap<String, (Option<String>, Instant)>>,
+    /// IDP codes: code → (auth_req_id, TelematikID of the eHBA).
+    idp_codes: Mutex<std::collections::HashMap<String, (String, String)>>,
 }
 
 /// The running double.
@@ -133,6 +137,8 @@ impl VzdDouble {
             owner_certificates: Mutex::default(),
             homeservers: Mutex::default(),
             http: reqwest::Client::new(),
+            auth_requests: Mutex::default(),
+            idp_codes: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
