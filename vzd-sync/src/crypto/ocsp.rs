@@ -108,3 +108,135 @@ async fn check_one(
         Err(format!("{name}: OCSP status unknown"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, process::Command};
+
+    use super::*;
+    use crate::crypto::{Alg, testca::TestCa};
+
+    /// An OCSP response of the sub-CA about `leaf`, made by the `openssl ocsp` responder from an
+    /// index file (`V` good, `R` revoked).
+    fn response(dir: &Path, ca: &TestCa, leaf: &X509, revoked: bool) -> Vec<u8> {
+        let serial = leaf
+            .serial_number()
+            .to_bn()
+            .unwrap()
+            .to_hex_str()
+            .unwrap()
+            .to_string();
+        let subject: Vec<String> = leaf
+            .subject_name()
+            .entries()
+            .map(|e| {
+                format!(
+                    "/{}={}",
+                    e.object().nid().short_name().unwrap(),
+                    e.data().to_string().unwrap()
+                )
+            })
+            .collect();
+        let line = match revoked {
+            true => format!(
+                "R\t351231235959Z\t240101000000Z\t{serial}\tunknown\t{}\n",
+                subject.concat()
+            ),
+            false => format!(
+                "V\t351231235959Z\t\t{serial}\tunknown\t{}\n",
+                subject.concat()
+            ),
+        };
+        std::fs::write(dir.join("index.txt"), line).unwrap();
+        std::fs::write(dir.join("sub.pem"), ca.sub.to_pem().unwrap()).unwrap();
+        std::fs::write(
+            dir.join("sub.key"),
+            ca.sub_key().private_key_to_pem_pkcs8().unwrap(),
+        )
+        .unwrap();
+        let mut req = OcspRequest::new().unwrap();
+        req.add_id(OcspCertId::from_cert(MessageDigest::sha1(), leaf, &ca.sub).unwrap())
+            .unwrap();
+        std::fs::write(dir.join("req.der"), req.to_der().unwrap()).unwrap();
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args([
+                "ocsp",
+                "-index",
+                "index.txt",
+                "-rsigner",
+                "sub.pem",
+                "-rkey",
+                "sub.key",
+                "-CA",
+                "sub.pem",
+                "-reqin",
+                "req.der",
+                "-respout",
+                "resp.der",
+                "-ndays",
+                "1",
+            ])
+            .output()
+            .expect("the openssl command (Debian package openssl)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(dir.join("resp.der")).unwrap()
+    }
+
+    async fn responder(answer: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move || {
+                let a = answer.clone();
+                async move { ([("content-type", "application/ocsp-response")], a) }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}/")
+    }
+
+    #[tokio::test]
+    async fn good_revoked_and_foreign_responses() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new(Alg::BP256R1);
+        let (leaf, _) = ca.issue("signer", Alg::BP256R1);
+        let chain = [leaf.clone(), ca.sub.clone()];
+        let http = reqwest::Client::new();
+        let t = Duration::from_secs(5);
+
+        let good = responder(response(dir.path(), &ca, &leaf, false)).await;
+        check_chain(&http, &chain, &ca.trust(), Some(&good), t)
+            .await
+            .unwrap();
+
+        let revoked = responder(response(dir.path(), &ca, &leaf, true)).await;
+        let err = check_chain(&http, &chain, &ca.trust(), Some(&revoked), t)
+            .await
+            .unwrap_err();
+        assert!(err.contains("revoked"), "{err}");
+
+        // Signed by a responder outside the trusted PKI.
+        let stranger = TestCa::new(Alg::BP256R1);
+        let (other, _) = stranger.issue("signer", Alg::BP256R1);
+        let foreign = responder(response(dir.path(), &stranger, &other, false)).await;
+        let err = check_chain(&http, &chain, &ca.trust(), Some(&foreign), t)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("not trusted") || err.contains("does not name"),
+            "{err}"
+        );
+
+        // No responder at all: a clear error, not a pass.
+        let err = check_chain(&http, &chain, &ca.trust(), Some("http://127.0.0.1:9/"), t)
+            .await
+            .unwrap_err();
+        assert!(err.contains("unreachable"), "{err}");
+    }
+}
