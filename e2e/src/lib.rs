@@ -317,6 +317,17 @@ impl VzdSyncProcess {
                 format!("[\"{}\"]", sub.display()),
             ),
             ("TIM_VZD_FEDERATION_LIST__REFRESH_SECS", "1".into()),
+            // The double's list signers; its PKI has no OCSP responder (OCSP is tested with
+            // the openssl responder in vzd-sync's unit tests).
+            (
+                "TIM_VZD_FEDERATION_LIST__SIGNER_COMMON_NAMES",
+                format!(
+                    "[\"{}\", \"{}\"]",
+                    vzd::signer_name(tim_vzd_sync::crypto::Alg::BP256R1),
+                    vzd::signer_name(tim_vzd_sync::crypto::Alg::ES256)
+                ),
+            ),
+            ("TIM_VZD_FEDERATION_LIST__OCSP", "false".into()),
             ("TIM_VZD_FEDERATION_LIST__RETRY_SECS", "1".into()),
             (
                 "TIM_VZD_OWNER__SIGNING_KEY_FILE",

@@ -396,6 +396,19 @@ async fn scenario(store: Store) {
     assert!(!held.contains("evil.example") && !held.contains("praxis-4.e2e.example"));
     assert!(sync.log().contains("federation list refused"));
     directory.tamper_lists(false);
+    // Signed by a certificate of the same PKI that is not the directory's: refused too.
+    let rejected = c.metric("tim_vzd_federation_lists_rejected_total").await;
+    directory.sign_lists_with_a_foreign_certificate(true);
+    eventually("foreign signer refused", 20, async || {
+        (c.metric("tim_vzd_federation_lists_rejected_total").await > rejected).then_some(())
+    })
+    .await;
+    assert_eq!(
+        c.handout(&directory, None).await.unwrap().version(),
+        good.version()
+    );
+    assert!(sync.log().contains("not by the directory's certificate"));
+    directory.sign_lists_with_a_foreign_certificate(false);
     eventually("good list after the tampered one", 20, async || {
         c.handout(&directory, None)
             .await
@@ -920,6 +933,75 @@ async fn entries_scenario(store: Store) {
             .unwrap();
         assert_eq!(done["status"], "done", "{done}");
     };
+    // Until the org admin binds the eHBA to the user, nothing starts.
+    let (status, err) = start(
+        json!({"mxId": domain, "action": "publish", "name": "Dr. Anna Weber"}),
+        token,
+    )
+    .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("no eHBA is bound"),
+        "{err}"
+    );
+    let (status, body) = c
+        .call(
+            reqwest::Method::PUT,
+            &format!("/_tim/vzd/v1/practitioners/{weber}"),
+            Some(json!({"telematikID": "1-HBA-Dr-Weber"})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    // Another doctor's card signing in on Weber's link changes nothing.
+    directory
+        .add_practitioner("1-HBA-Dr-Mallory", "Max", "Mallory")
+        .await;
+    let (status, started) = start(
+        json!({"mxId": domain, "action": "publish", "name": "Dr. Anna Weber"}),
+        token,
+    )
+    .await;
+    assert_eq!(status, 201, "{started}");
+    let (again, _) = start(
+        json!({"mxId": domain, "action": "publish", "name": "x"}),
+        token,
+    )
+    .await;
+    assert_eq!(again, 400, "one sign-in at a time");
+    http.get(format!(
+        "{}&card=1-HBA-Dr-Mallory",
+        started["redirect_uri"].as_str().unwrap()
+    ))
+    .send()
+    .await
+    .unwrap();
+    let failed: Value = http
+        .get(format!(
+            "{sessions}/{}?wait_ms=15000",
+            started["session"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("not the one bound"),
+        "{failed}"
+    );
+    assert!(
+        directory
+            .resources("Endpoint")
+            .await
+            .iter()
+            .all(|e| e["address"] != format!("matrix:u/weber:{domain}"))
+    );
+
     sign_in(json!({"mxId": domain, "action": "publish", "name": "Dr. Anna Weber"})).await;
     let r = directory.resource("PractitionerRole", &role).await.unwrap();
     let endpoint_id = r["endpoint"][0]["reference"]

@@ -30,3 +30,11 @@ CREATE TABLE organizations (
     profession_oid TEXT NOT NULL,
     updated_ts BIGINT NOT NULL
 );
+
+-- Which eHBA (its holder's TelematikID) belongs to which of our Matrix users, as the org admin
+-- says: a doctor's sign-in with an eHBA may only publish the Matrix ID bound to that card.
+CREATE TABLE practitioners (
+    mxid TEXT PRIMARY KEY,
+    telematik_id TEXT NOT NULL,
+    updated_ts BIGINT NOT NULL
+);

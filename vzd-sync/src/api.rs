@@ -99,6 +99,10 @@ pub fn router(sync: Arc<VzdSync>) -> Router {
             "/_tim/vzd/v1/organizations/{telematik_id}/services/{id}",
             get(get_service).put(put_service).delete(delete_service),
         )
+        .route(
+            "/_tim/vzd/v1/practitioners/{mxid}",
+            put(bind_practitioner).delete(unbind_practitioner),
+        )
         .route("/_tim/vzd/v1/federation-check", get(federation_check))
         .route("/_tim/vzd/v1/localization", get(localization))
         .route_layer(middleware::from_fn_with_state(sync.clone(), authenticate));
@@ -531,6 +535,63 @@ async fn put_organization(
         .await
         .map_err(EntryError::from)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PractitionerBody {
+    #[serde(rename = "telematikID")]
+    telematik_id: String,
+}
+
+/// The org admin binds a doctor's Matrix ID (on one of our domains) to their eHBA's TelematikID.
+async fn bind_practitioner(
+    State(sync): State<Arc<VzdSync>>,
+    Path(mxid): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    let b: PractitionerBody = parse(&body)?;
+    let store = sync.reconciler.store.as_ref();
+    let domain = mxid
+        .strip_prefix('@')
+        .and_then(|m| m.split_once(':'))
+        .map(|(_, d)| d);
+    let ours = match domain {
+        Some(d) => store
+            .entry(Kind::Domain, d)
+            .await
+            .map_err(EntryError::from)?
+            .is_some_and(|e| e.wanted),
+        None => false,
+    };
+    if !ours || b.telematik_id.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "TIM_INVALID",
+            "a Matrix ID on one of our domains and a telematikID are required",
+        ));
+    }
+    store
+        .bind_practitioner(&mxid, Some(b.telematik_id.trim()), now_ms())
+        .await
+        .map_err(EntryError::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unbind_practitioner(
+    State(sync): State<Arc<VzdSync>>,
+    Path(mxid): Path<String>,
+) -> ApiResult<StatusCode> {
+    match sync
+        .reconciler
+        .store
+        .bind_practitioner(&mxid, None, now_ms())
+        .await
+        .map_err(EntryError::from)?
+    {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(EntryError::NotFound.into()),
+    }
 }
 
 async fn list_services(

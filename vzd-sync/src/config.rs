@@ -111,6 +111,12 @@ pub struct FederationListConfig {
     pub trust_anchors: Vec<PathBuf>,
     /// PEM or DER files of TI sub-CAs (the list carries only its signer certificate).
     pub intermediates: Vec<PathBuf>,
+    /// SHA-256 fingerprints (hex) of the directory's list-signing certificates. With these or
+    /// `signer_common_names` set, a list signed by any other certificate is refused; with
+    /// neither, any certificate chaining to the TI roots is taken (a warning at start).
+    pub signer_fingerprints: Vec<String>,
+    /// Subject common names of the directory's list-signing certificates.
+    pub signer_common_names: Vec<String>,
     /// Signature algorithm asked for: `BP256R1` (the TI default) or `ES256`.
     pub sig_alg: Alg,
     /// Check every certificate of the signer's chain by OCSP before a list is taken (A_25635).
@@ -211,8 +217,10 @@ impl Default for FederationListConfig {
         Self {
             trust_anchors: vec![],
             intermediates: vec![],
+            signer_fingerprints: vec![],
+            signer_common_names: vec![],
             sig_alg: Alg::BP256R1,
-            ocsp: false,
+            ocsp: true,
             ocsp_responder: None,
             refresh_secs: 3600,
             retry_secs: 300,

@@ -34,7 +34,9 @@ impl DirectoryError {
         }
     }
 
+    /// Without the URL: query strings may carry tokens (OpenID user info).
     pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
+        let e = e.without_url();
         if e.is_decode() {
             DirectoryError::BadAnswer(e.to_string())
         } else {

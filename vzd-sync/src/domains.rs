@@ -31,7 +31,8 @@ pub async fn put(store: &dyn Store, mut domain: Domain) -> Result<EntryRow, Entr
     let body = serde_json::to_value(&domain).map_err(|e| EntryError::Invalid(e.to_string()))?;
     store
         .put_entry(Kind::Domain, &domain.domain, "", &body, now_ms())
-        .await?;
+        .await?
+        .ok_or(EntryError::NotFound)?;
     store
         .entry(Kind::Domain, &domain.domain)
         .await?

@@ -68,8 +68,6 @@ pub enum ListError {
     Signature(#[from] jws::JwsError),
     #[error("payload is not a federation list: {0}")]
     Payload(String),
-    #[error("domain {0} is listed twice with different entries")]
-    Conflict(String),
     #[error("version {offered} is not newer than the list held (version {held})")]
     NotNewer { offered: i64, held: i64 },
 }
@@ -85,18 +83,22 @@ pub struct SignedList {
     /// The signer's certificate chain, signer first, trust anchor last.
     pub chain: Vec<openssl::x509::X509>,
     domains: HashSet<String>,
+    /// Domains left out for being listed twice with different entries.
+    pub conflicting: Vec<String>,
 }
 
 impl SignedList {
     /// Verifies `jws` against `trust` at `at` and parses its payload. A domain listed twice
-    /// with the same entry is kept once; listed twice with different entries the list is
-    /// refused (which one is right cannot be told).
+    /// with the same entry is kept once; listed with different entries it is left out (which
+    /// one is right cannot be told) and logged — the rest of the list stays usable, since
+    /// refusing it whole would in 72 h stop all federation.
     pub fn verify(jws: &str, trust: &TrustStore, at: SystemTime) -> Result<Self, ListError> {
         let verified = jws::verify(jws, &[Alg::BP256R1, Alg::ES256], trust, at)?;
         let mut list: FederationList = serde_json::from_slice(&verified.payload)
             .map_err(|e| ListError::Payload(e.to_string()))?;
         let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut kept = Vec::with_capacity(list.domain_list.len());
+        let mut kept: Vec<FederationDomain> = Vec::with_capacity(list.domain_list.len());
+        let mut conflicting = HashSet::new();
         for mut entry in std::mem::take(&mut list.domain_list) {
             entry.domain = normalise_domain(&entry.domain);
             if entry.domain.is_empty() {
@@ -104,21 +106,28 @@ impl SignedList {
             }
             match seen.get(&entry.domain) {
                 Some(&i) if kept[i] == entry => {}
-                Some(_) => return Err(ListError::Conflict(entry.domain)),
+                Some(_) => {
+                    conflicting.insert(entry.domain);
+                }
                 None => {
                     seen.insert(entry.domain.clone(), kept.len());
                     kept.push(entry);
                 }
             }
         }
+        for d in &conflicting {
+            tracing::error!(domain = %d, version = list.version, "federation list names a domain twice with different entries; it is left out");
+        }
+        kept.retain(|e| !conflicting.contains(&e.domain));
+        let domains = kept.iter().map(|e| e.domain.clone()).collect();
         list.domain_list = kept;
-        let domains = seen.into_keys().collect();
         Ok(Self {
             list,
             jws: jws.trim().to_owned(),
             signer: jws::fingerprint(&verified.chain[0]),
             chain: verified.chain,
             domains,
+            conflicting: conflicting.into_iter().collect(),
         })
     }
 
@@ -229,7 +238,7 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_domain_is_kept_once_or_refused_when_entries_differ() {
+    fn a_repeated_domain_is_kept_once_or_left_out_when_entries_differ() {
         let ca = TestCa::new(Alg::BP256R1);
         let same = serde_json::json!({"version": 1, "domainList": [
             {"domain": "a.de", "telematikID": "1", "isInsurance": false},
@@ -239,12 +248,14 @@ mod tests {
         assert_eq!(list.list.domain_list.len(), 1);
         let differing = serde_json::json!({"version": 1, "domainList": [
             {"domain": "a.de", "telematikID": "1", "isInsurance": false},
+            {"domain": "b.de", "telematikID": "3", "isInsurance": false},
             {"domain": "a.de", "telematikID": "2", "isInsurance": false}]});
-        assert_eq!(
-            SignedList::verify(&signed(&ca, &differing), &ca.trust(), SystemTime::now())
-                .unwrap_err(),
-            ListError::Conflict("a.de".into())
-        );
+        let list =
+            SignedList::verify(&signed(&ca, &differing), &ca.trust(), SystemTime::now()).unwrap();
+        assert!(!list.contains("a.de"), "neither entry is trusted");
+        assert!(list.contains("b.de"));
+        assert_eq!(list.conflicting, vec!["a.de".to_owned()]);
+        assert_eq!(list.list.domain_list.len(), 1);
     }
 
     #[test]

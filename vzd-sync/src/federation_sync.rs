@@ -106,7 +106,9 @@ impl FederationSync {
         let cache = data_dir.join("federation-list.jws");
         let mut state = State::default();
         match std::fs::read_to_string(&cache) {
-            Ok(jws) => match SignedList::verify(&jws, &trust, SystemTime::now()) {
+            Ok(jws) => match SignedList::verify(&jws, &trust, SystemTime::now())
+                .map_err(|e| e.to_string())
+            {
                 Ok(list) => {
                     let meta: Option<CacheMeta> = std::fs::read(cache.with_extension("json"))
                         .ok()
@@ -208,7 +210,8 @@ impl FederationSync {
             .map_err(|e| e.to_string())?;
         let now = SystemTime::now();
         if let Some(jws) = answer {
-            let list = SignedList::verify(&jws, &self.trust, now);
+            let list = SignedList::verify(&jws, &self.trust, now).map_err(|e| e.to_string());
+            let list = list.and_then(|l| self.check_signer(&l).map(|_| l));
             let list = match list {
                 Ok(l) if self.config.ocsp => ocsp::check_chain(
                     &self.http,
@@ -220,7 +223,7 @@ impl FederationSync {
                 .await
                 .map(|_| l)
                 .map_err(|e| format!("OCSP: {e}")),
-                other => other.map_err(|e| e.to_string()),
+                other => other,
             };
             let list = match list {
                 Ok(l) => l,
@@ -264,9 +267,40 @@ impl FederationSync {
         Ok(())
     }
 
+    /// The signer must be the directory's: one of the configured certificate fingerprints or
+    /// subject common names (any certificate under the TI roots could sign otherwise).
+    fn check_signer(&self, list: &SignedList) -> Result<(), String> {
+        let (fps, names) = (
+            &self.config.signer_fingerprints,
+            &self.config.signer_common_names,
+        );
+        if fps.is_empty() && names.is_empty() {
+            return Ok(());
+        }
+        let cn = crate::crypto::pki::common_name(&list.chain[0]).unwrap_or_default();
+        match fps.iter().any(|f| f.eq_ignore_ascii_case(&list.signer)) || names.contains(&cn) {
+            true => Ok(()),
+            false => Err(format!(
+                "signed by {cn:?} ({}), not by the directory's certificate",
+                list.signer
+            )),
+        }
+    }
+
     /// One round with its bookkeeping (failures, incident); returns whether it went well.
     pub async fn refresh(&self) -> bool {
+        self.refresh_unless_within(None).await
+    }
+
+    /// `refresh`, unless a fetch ended within `min_interval` (decided under the fetch lock, so
+    /// concurrent callers make one fetch).
+    async fn refresh_unless_within(&self, min_interval: Option<Duration>) -> bool {
         let mut last = self.fetching.lock().await;
+        if let (Some(min), Some(t)) = (min_interval, *last)
+            && t.elapsed() < min
+        {
+            return self.state.read().unwrap().failures == 0;
+        }
         let result = self.fetch().await;
         *last = Some(std::time::Instant::now());
         let incident_after = self.config.incident_after_failures;
@@ -307,14 +341,7 @@ impl FederationSync {
     /// A fetch now unless one ran within `min_interval` (a homeserver met an unknown domain,
     /// A-FED-10).
     pub async fn refresh_soon(&self, min_interval: Duration) {
-        let recent = self
-            .fetching
-            .lock()
-            .await
-            .is_some_and(|t| t.elapsed() < min_interval);
-        if !recent {
-            self.refresh().await;
-        }
+        self.refresh_unless_within(Some(min_interval)).await;
     }
 
     /// Fetches now, then hourly, or every `retry_secs` while fetches fail.

@@ -111,6 +111,12 @@ impl VzdSync {
             &config.federation_list.trust_anchors,
             &config.federation_list.intermediates,
         )?;
+        let f = &config.federation_list;
+        if f.signer_fingerprints.is_empty() && f.signer_common_names.is_empty() {
+            tracing::warn!(
+                "federation_list.signer_fingerprints and signer_common_names are empty: any certificate under the TI roots may sign the federation list"
+            );
+        }
         let store = store::open(&config.database_url, &config.database_schema).await?;
         let http = http_client()?;
         let metrics = Arc::new(Metrics::new());

@@ -171,7 +171,11 @@ impl OwnerClient {
         if r.status() == reqwest::StatusCode::BAD_REQUEST {
             let body: serde_json::Value = r.json().await.map_err(DirectoryError::from_reqwest)?;
             return match body["error"].as_str() {
-                Some("authorization_pending" | "slow_down") => Ok(None),
+                Some("authorization_pending") => Ok(None),
+                Some("slow_down") => Err(DirectoryError::Status {
+                    status: 429,
+                    message: "slow_down".into(),
+                }),
                 other => Err(DirectoryError::Status {
                     status: 400,
                     message: other.unwrap_or("sign-in failed").to_owned(),

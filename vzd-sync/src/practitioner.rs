@@ -5,7 +5,13 @@
 //! tells us the MXID, checked at our homeserver), opens the IDP address we hand back, and waits
 //! for the session; we follow the directory's decoupled sign-in (`/owner-authenticate-decoupled`,
 //! `/owner-authenticate-poll` at the interval it asks for) and, with the doctor's owner token,
-//! make the change. Sessions live in memory for the few minutes a sign-in takes.
+//! make the change. Sessions live in memory for the few minutes a sign-in takes; one pending
+//! session per user, at most `MAX_SESSIONS` at once.
+//!
+//! The card must be the user's: the org admin binds each doctor's Matrix ID to the TelematikID
+//! of their eHBA (`PUT /_tim/vzd/v1/practitioners/{mxid}`), and a sign-in with any other card
+//! changes nothing — else a user could have a doctor sign in on a link of theirs and publish
+//! their own Matrix ID on the doctor's entry.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -69,14 +75,20 @@ pub struct Started {
     pub expires_in: u64,
 }
 
+/// Sign-ins under way at once, over all users.
+pub const MAX_SESSIONS: usize = 1000;
+
 pub struct Practitioners {
     owner: Arc<OwnerClient>,
     store: Arc<dyn Store>,
     http: reqwest::Client,
     /// Where our homeservers answer, by domain (else `.well-known/matrix/server`).
     homeservers: BTreeMap<String, String>,
-    sessions: Mutex<HashMap<String, (Instant, watch::Receiver<Status>)>>,
+    sessions: Mutex<HashMap<String, Session>>,
 }
+
+/// A session: kept until, the user, its status.
+type Session = (Instant, String, watch::Receiver<Status>);
 
 impl Practitioners {
     pub fn new(
@@ -139,6 +151,8 @@ impl Practitioners {
         let r = self
             .http
             .get(format!("{base}/_matrix/federation/v1/openid/userinfo"))
+            // The tenant is chosen by Host (a configured address may be a shared one).
+            .header(reqwest::header::HOST, domain)
             .query(&[("access_token", openid)])
             .timeout(Duration::from_secs(10))
             .send()
@@ -178,6 +192,36 @@ impl Practitioners {
             ));
         }
         let mxid = self.user(openid, domain).await?;
+        let card = self
+            .store
+            .practitioner(&mxid)
+            .await
+            .map_err(|e| DirectoryError::BadAnswer(e.to_string()))?
+            .ok_or_else(|| {
+                PractitionerError::Invalid(format!(
+                    "no eHBA is bound to {mxid}: the org admin binds it first"
+                ))
+            })?;
+        {
+            let mut sessions = self.sessions.lock().unwrap();
+            let now = Instant::now();
+            sessions.retain(|_, (until, ..)| *until > now);
+            let pending = |m: &String, rx: &watch::Receiver<Status>| {
+                *m == mxid && *rx.borrow() == Status::Pending
+            };
+            if sessions.values().any(|(_, m, rx)| pending(m, rx)) {
+                return Err(PractitionerError::Invalid(
+                    "a sign-in of this user is already under way".into(),
+                ));
+            }
+            if sessions.len() >= MAX_SESSIONS {
+                return Err(DirectoryError::Status {
+                    status: 503,
+                    message: "too many sign-ins under way; try again shortly".into(),
+                }
+                .into());
+            }
+        }
         let decoupled = self.owner.decoupled().await?;
         let expires_in = decoupled.expires_in.unwrap_or(300).min(900);
         let id = {
@@ -185,15 +229,14 @@ impl Practitioners {
             URL_SAFE_NO_PAD.encode(bytes)
         };
         let (tx, rx) = watch::channel(Status::Pending);
-        {
-            let mut sessions = self.sessions.lock().unwrap();
-            let now = Instant::now();
-            sessions.retain(|_, (until, _)| *until > now);
-            sessions.insert(
-                id.clone(),
-                (now + Duration::from_secs(expires_in + 300), rx),
-            );
-        }
+        self.sessions.lock().unwrap().insert(
+            id.clone(),
+            (
+                Instant::now() + Duration::from_secs(expires_in + 300),
+                mxid.clone(),
+                rx,
+            ),
+        );
         let this = self.clone();
         let started = Started {
             session: id,
@@ -202,7 +245,7 @@ impl Practitioners {
         };
         tokio::spawn(async move {
             let status = match this.follow(&decoupled, expires_in).await {
-                Ok(token) => match this.apply(&token, &mxid, &action).await {
+                Ok(token) => match this.apply(&token, &mxid, &card, &action).await {
                     Ok(()) => Status::Done,
                     Err(e) => Status::Failed {
                         error: e.to_string(),
@@ -225,12 +268,14 @@ impl Practitioners {
         expires_in: u64,
     ) -> Result<String, DirectoryError> {
         let deadline = Instant::now() + Duration::from_secs(expires_in);
-        let interval = Duration::from_secs(d.interval.unwrap_or(5).clamp(1, 60));
+        let mut interval = Duration::from_secs(d.interval.unwrap_or(5).clamp(1, 60));
         loop {
             tokio::time::sleep(interval).await;
             match self.owner.poll(d).await {
                 Ok(Some(token)) => return Ok(token),
                 Ok(None) => {}
+                // RFC 8628: polled too often, five seconds more between polls.
+                Err(e) if e.status() == Some(429) => interval += Duration::from_secs(5),
                 Err(e) if e.retryable() => {
                     tracing::warn!(error = %e, "directory poll failed; trying again")
                 }
@@ -252,17 +297,29 @@ impl Practitioners {
             .lock()
             .unwrap()
             .get(id)
-            .map(|(_, rx)| rx.clone())?;
+            .map(|(.., rx)| rx.clone())?;
         let _ = tokio::time::timeout(wait, rx.wait_for(|s| *s != Status::Pending)).await;
         let status = rx.borrow().clone();
         Some(status)
     }
 
     /// With the doctor's owner token: the Endpoint for `mxid` on (or off) their PractitionerRoles.
-    async fn apply(&self, token: &str, mxid: &str, action: &Action) -> Result<(), DirectoryError> {
+    async fn apply(
+        &self,
+        token: &str,
+        mxid: &str,
+        card: &str,
+        action: &Action,
+    ) -> Result<(), DirectoryError> {
         let telematik_id = id_nummer(token).ok_or_else(|| {
             DirectoryError::BadAnswer("the owner token names no TelematikID".into())
         })?;
+        if telematik_id != card {
+            return Err(DirectoryError::Status {
+                status: 403,
+                message: format!("signed in with an eHBA that is not the one bound to {mxid}"),
+            });
+        }
         let people = self
             .owner
             .search(
@@ -311,8 +368,29 @@ impl Practitioners {
                 hide_from_insured,
             } => {
                 let endpoint_id = match existing {
-                    Some(e) => {
-                        e.id.ok_or_else(|| DirectoryError::BadAnswer("endpoint without id".into()))?
+                    Some(mut e) => {
+                        let id = e.id.clone().ok_or_else(|| {
+                            DirectoryError::BadAnswer("endpoint without id".into())
+                        })?;
+                        if e.status != crate::fhir::EndpointStatus::Active
+                            || e.hidden_from_insured() != *hide_from_insured
+                        {
+                            // Align it if it is the doctor's; another owner's stays as it is.
+                            let name = e.name.clone().unwrap_or_else(|| name.clone());
+                            if let Some(w) = Endpoint::tim(mxid, &name, true, *hide_from_insured) {
+                                e.status = w.status;
+                                e.extension
+                                    .retain(|x| x.url != crate::fhir::ENDPOINT_VISIBILITY_URL);
+                                e.extension.extend(w.extension);
+                                match self.owner.update(token, "Endpoint", &id, &e).await {
+                                    Err(err) if err.status() == Some(403) => {}
+                                    other => {
+                                        other?;
+                                    }
+                                }
+                            }
+                        }
+                        id
                     }
                     None => {
                         let wanted = Endpoint::tim(mxid, name, true, *hide_from_insured)

@@ -152,7 +152,9 @@ impl Search {
             return Err(DirectoryError::from_response(r).await.into());
         }
         let answer: TokenAnswer = r.json().await.map_err(DirectoryError::from_reqwest)?;
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(300));
+        // Not longer than the OpenID token it came from lives (an hour): a deactivated
+        // account loses directory access with it.
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(300).min(3600));
         let until = started + lifetime.saturating_sub(Duration::from_secs(30));
         put_bounded(&self.tokens, key, until, answer.access_token.clone());
         Ok(answer.access_token)

@@ -416,7 +416,22 @@ impl Session<'_> {
             }
         }
         self.save().await?;
-        // Endpoints no longer configured go once nothing of ours refers to them.
+        // Endpoints no longer configured go (also ones whose making was not confirmed).
+        let dropped: Vec<String> = self
+            .remote
+            .creating
+            .iter()
+            .filter(|m| !spec.endpoints.iter().any(|e| e.mxid == **m))
+            .cloned()
+            .collect();
+        for mxid in dropped {
+            if let Some(e) = self.find_endpoint(&mxid).await?
+                && let Some(id) = e.id
+            {
+                self.remote.endpoints.insert(mxid.clone(), id);
+            }
+            self.remote.creating.retain(|m| *m != mxid);
+        }
         let obsolete: Vec<(String, String)> = self
             .remote
             .endpoints
@@ -425,11 +440,26 @@ impl Session<'_> {
             .map(|(m, id)| (m.clone(), id.clone()))
             .collect();
         for (mxid, id) in obsolete {
-            self.owner.delete(&self.token, "Endpoint", &id).await?;
+            self.delete_endpoint(&id).await?;
             self.remote.endpoints.remove(&mxid);
             self.save().await?;
         }
         Ok(())
+    }
+
+    /// Deletes an endpoint we made; one that another entry (a doctor's role, another service)
+    /// still refers to is left to them (409) and no longer tracked.
+    async fn delete_endpoint(&self, id: &str) -> Result<(), ApplyError> {
+        match self.owner.delete(&self.token, "Endpoint", id).await {
+            Err(e) if e.status() == Some(409) => {
+                tracing::info!(
+                    endpoint = id,
+                    "endpoint still referred to elsewhere; left in place"
+                );
+                Ok(())
+            }
+            other => Ok(other?),
+        }
     }
 
     async fn delete_service(&mut self) -> Result<(), ApplyError> {
@@ -450,7 +480,7 @@ impl Session<'_> {
             }
         }
         for (mxid, id) in self.remote.endpoints.clone() {
-            self.owner.delete(&self.token, "Endpoint", &id).await?;
+            self.delete_endpoint(&id).await?;
             self.remote.endpoints.remove(&mxid);
             self.save().await?;
         }

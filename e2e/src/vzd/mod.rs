@@ -44,6 +44,11 @@ use tim_vzd_sync::crypto::{Alg, jws, testca::TestCa};
 
 mod fhir;
 
+/// The subject common name of the double's list-signing certificate for `alg`.
+pub fn signer_name(alg: Alg) -> String {
+    format!("VZD FHIR Directory list signer {alg}")
+}
+
 pub const TOKEN_PATH: &str = "/auth/realms/TI-Provider/protocol/openid-connect/token";
 
 struct Token {
@@ -56,6 +61,8 @@ struct Token {
 #[derive(Default)]
 struct Faults {
     tamper_lists: bool,
+    /// Lists signed by another certificate of the same PKI (an SMC-B, say).
+    foreign_signer: bool,
     lose_answers: u32,
 }
 
@@ -122,7 +129,7 @@ impl VzdDouble {
         let signers = [Alg::BP256R1, Alg::ES256]
             .into_iter()
             .map(|alg| {
-                let (cert, key) = ca.issue(&format!("VZD FHIR Directory list signer {alg}"), alg);
+                let (cert, key) = ca.issue(&signer_name(alg), alg);
                 (alg, cert, key)
             })
             .collect();
@@ -200,6 +207,22 @@ impl VzdDouble {
 
     pub fn token_url(&self) -> String {
         format!("{}{TOKEN_PATH}", self.base_url())
+    }
+
+    /// `n` domains of other providers in the federation list, as a populated TI would have
+    /// (benchmarks); the list version goes up once.
+    pub async fn add_other_domains(&self, n: usize) {
+        let mut tx = self.inner.pool.begin().await.unwrap();
+        for i in 0..n {
+            sqlx::query("INSERT INTO domains VALUES ($1, $2, 0, '[]', '[]', 'other-provider', 'ORG-9999:BT-9999')")
+                .bind(format!("tim-{i}.provider-{}.example", i % 40))
+                .bind(format!("1-SMC-B-{i:06}"))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        self.inner.bump_version().await;
     }
 
     /// A TI-M provider's credentials and its ITSM assignment group (`timAnbieter`).
@@ -287,6 +310,11 @@ impl VzdDouble {
     /// Lists handed out from now on have their payload changed after signing.
     pub fn tamper_lists(&self, on: bool) {
         self.inner.faults.lock().unwrap().tamper_lists = on;
+    }
+
+    /// Lists handed out from now on are signed by another certificate under the same roots.
+    pub fn sign_lists_with_a_foreign_certificate(&self, on: bool) {
+        self.inner.faults.lock().unwrap().foreign_signer = on;
     }
 
     /// The next `n` changes are made but answered 504, as if the answer got lost on the way.
@@ -752,6 +780,13 @@ async fn federation_list(
         }).collect::<Vec<_>>(),
     });
     let (_, cert, key) = s.signers.iter().find(|(a, ..)| *a == alg).unwrap();
+    let foreign = s
+        .faults
+        .lock()
+        .unwrap()
+        .foreign_signer
+        .then(|| s.ca.issue("SMC-B Praxis Mallory", alg));
+    let (cert, key) = foreign.as_ref().map_or((cert, key), |(c, k)| (c, k));
     let mut signed = jws::sign(
         alg,
         key,

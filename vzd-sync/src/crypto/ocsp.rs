@@ -37,12 +37,7 @@ async fn check_one(
     responder: Option<&str>,
     timeout: Duration,
 ) -> Result<(), String> {
-    let name = subject
-        .subject_name()
-        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
-        .next()
-        .and_then(|e| e.data().to_string().ok())
-        .unwrap_or_else(|| "certificate".into());
+    let name = super::pki::common_name(subject).unwrap_or_else(|| "certificate".into());
     let url = match responder {
         Some(url) => url.to_owned(),
         None => subject

@@ -120,3 +120,11 @@ pub fn read_certificates(path: &Path) -> Result<Vec<X509>, String> {
     }
     Ok(certs)
 }
+
+/// The subject's common name.
+pub fn common_name(cert: &X509) -> Option<String> {
+    cert.subject_name()
+        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+        .next()
+        .and_then(|e| e.data().to_string().ok())
+}

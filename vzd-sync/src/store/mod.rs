@@ -76,7 +76,8 @@ impl EntryRow {
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Records the wanted state of an entry (a new revision, due now); returns the revision.
+    /// Records the wanted state of an entry (a new revision, due now); returns the revision,
+    /// or None when the key belongs to another owner.
     async fn put_entry(
         &self,
         kind: Kind,
@@ -84,7 +85,7 @@ pub trait Store: Send + Sync {
         owner: &str,
         body: &Value,
         now: i64,
-    ) -> StoreResult<i64>;
+    ) -> StoreResult<Option<i64>>;
     /// Marks a known entry for removal; false when it is not known (or already going).
     async fn remove_entry(&self, kind: Kind, key: &str, now: i64) -> StoreResult<bool>;
     async fn entry(&self, kind: Kind, key: &str) -> StoreResult<Option<EntryRow>>;
@@ -122,6 +123,16 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<()>;
     /// The organisation's professionOID, if it is known.
     async fn organization(&self, telematik_id: &str) -> StoreResult<Option<String>>;
+    /// Binds a Matrix user to the TelematikID of their eHBA (None: unbinds); false when there
+    /// was nothing to unbind.
+    async fn bind_practitioner(
+        &self,
+        mxid: &str,
+        telematik_id: Option<&str>,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// The TelematikID of the eHBA bound to a Matrix user.
+    async fn practitioner(&self, mxid: &str) -> StoreResult<Option<String>>;
     async fn close(&self);
 }
 

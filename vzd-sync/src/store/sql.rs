@@ -39,13 +39,14 @@ fn entry_row(r: &<Db as sqlx::Database>::Row) -> StoreResult<EntryRow> {
 
 #[async_trait]
 impl Store for SqlStore {
-    async fn put_entry(&self, kind: Kind, key: &str, owner: &str, body: &Value, now: i64) -> StoreResult<i64> {
+    async fn put_entry(&self, kind: Kind, key: &str, owner: &str, body: &Value, now: i64) -> StoreResult<Option<i64>> {
         let row = sqlx::query(
             "INSERT INTO entries (kind, entry_key, owner, body, wanted, revision, updated_ts, next_attempt_ts)
              VALUES ($1, $2, $3, $4, 1, 1, $5, $5)
              ON CONFLICT (kind, entry_key) DO UPDATE SET body = excluded.body, wanted = 1,
                revision = entries.revision + 1, attempts = 0, last_error = NULL,
                next_attempt_ts = excluded.next_attempt_ts, updated_ts = excluded.updated_ts
+             WHERE entries.owner = excluded.owner
              RETURNING revision",
         )
         .bind(kind.as_str())
@@ -53,9 +54,9 @@ impl Store for SqlStore {
         .bind(owner)
         .bind(body.to_string())
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(row.try_get(0)?)
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     async fn remove_entry(&self, kind: Kind, key: &str, now: i64) -> StoreResult<bool> {
@@ -183,6 +184,30 @@ impl Store for SqlStore {
     async fn organization(&self, telematik_id: &str) -> StoreResult<Option<String>> {
         let row = sqlx::query("SELECT profession_oid FROM organizations WHERE telematik_id = $1")
             .bind(telematik_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn bind_practitioner(&self, mxid: &str, telematik_id: Option<&str>, now: i64) -> StoreResult<bool> {
+        let done = match telematik_id {
+            Some(t) => sqlx::query(
+                "INSERT INTO practitioners (mxid, telematik_id, updated_ts) VALUES ($1, $2, $3)
+                 ON CONFLICT (mxid) DO UPDATE SET telematik_id = excluded.telematik_id, updated_ts = excluded.updated_ts",
+            )
+            .bind(mxid)
+            .bind(t)
+            .bind(now)
+            .execute(&self.pool)
+            .await?,
+            None => sqlx::query("DELETE FROM practitioners WHERE mxid = $1").bind(mxid).execute(&self.pool).await?,
+        };
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn practitioner(&self, mxid: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT telematik_id FROM practitioners WHERE mxid = $1")
+            .bind(mxid)
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)

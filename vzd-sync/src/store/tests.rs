@@ -36,7 +36,7 @@ async fn changes_stay_pending_until_applied() {
             s.put_entry(k, d, "", &json!({"telematikID": "1-1"}), 100)
                 .await
                 .unwrap(),
-            1
+            Some(1)
         );
         assert_eq!(s.next_due().await.unwrap(), Some(100));
         assert!(s.due_entries(99, 10).await.unwrap().is_empty());
@@ -59,7 +59,7 @@ async fn changes_stay_pending_until_applied() {
             s.put_entry(k, d, "", &json!({"telematikID": "1-2"}), 160)
                 .await
                 .unwrap(),
-            2
+            Some(2)
         );
         s.entry_applied(k, d, 1, 170).await.unwrap();
         let row = s.entry(k, d).await.unwrap().unwrap();
