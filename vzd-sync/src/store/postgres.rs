@@ -45,7 +45,7 @@ pub async fn open(url: &str, schema: &str) -> Result<Arc<dyn Store>, String> {
     .map_err(|e| format!("cannot make schema {schema}: {e}"))?;
     conn.close().await.ok();
     let pool = PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(5)
         .connect_with(base.options([("search_path", schema)]))
         .await
         .map_err(|e| format!("cannot connect to {url}: {e}"))?;
@@ -53,7 +53,32 @@ pub async fn open(url: &str, schema: &str) -> Result<Arc<dyn Store>, String> {
         .run(&pool)
         .await
         .map_err(|e| format!("migrating {url} ({schema}): {e}"))?;
-    Ok(Arc::new(imp::SqlStore { pool }))
+    let mut lock = pool
+        .acquire()
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    // A predecessor killed a moment ago may still hold it until PostgreSQL notices: a few tries.
+    let mut locked = false;
+    for _ in 0..50 {
+        locked = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('tim-vzd-sync:' || $1))")
+            .bind(schema)
+            .fetch_one(&mut *lock)
+            .await
+            .map_err(|e| format!("cannot lock schema {schema}: {e}"))?;
+        if locked {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if !locked {
+        return Err(format!(
+            "another tim-vzd-sync uses schema {schema}: run one per schema"
+        ));
+    }
+    Ok(Arc::new(imp::SqlStore {
+        pool,
+        lock: std::sync::Mutex::new(Some(lock)),
+    }))
 }
 
 pub async fn drop_schema(url: &str, schema: &str) -> Result<(), String> {

@@ -11,6 +11,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct SqlStore {
     pub pool: DbPool,
+    /// PostgreSQL: the connection holding this schema's advisory lock (one sync per schema,
+    /// else two reconcile jobs could make the same entry twice).
+    pub lock: std::sync::Mutex<Option<sqlx::pool::PoolConnection<Db>>>,
 }
 
 const COLUMNS: &str = "kind, entry_key, owner, body, wanted, revision, applied_revision, \
@@ -214,6 +217,8 @@ impl Store for SqlStore {
     }
 
     async fn close(&self) {
+        // The lock's connection goes back first (closing waits for every connection).
+        drop(self.lock.lock().unwrap().take());
         self.pool.close().await;
     }
 }

@@ -32,5 +32,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, String> {
         .run(&pool)
         .await
         .map_err(|e| format!("migrating {url}: {e}"))?;
-    Ok(Arc::new(imp::SqlStore { pool }))
+    Ok(Arc::new(imp::SqlStore {
+        pool,
+        lock: Default::default(),
+    }))
 }

@@ -22,6 +22,8 @@ async fn each_store(check: impl AsyncFn(&dyn Store)) {
         rand::random::<u32>()
     );
     let pg = open(PG_URL, &schema).await.unwrap();
+    let second = open(PG_URL, &schema).await.err().unwrap();
+    assert!(second.contains("another tim-vzd-sync"), "{second}");
     check(pg.as_ref()).await;
     pg.close().await;
     drop_pg_schema(PG_URL, &schema).await.unwrap();
