@@ -12,7 +12,10 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::Mutex;
 
 use crate::{
-    config::DirectoryConfig, directory_error::DirectoryError, fhir::Bundle,
+    config::DirectoryConfig,
+    directory_error::DirectoryError,
+    fhir::Bundle,
+    provider::{Token, TokenAnswer},
     regservice_token::TokenIssuer,
 };
 
@@ -38,18 +41,6 @@ pub struct Decoupled {
 pub struct Organisation {
     pub telematik_id: String,
     pub profession_oid: String,
-}
-
-struct Token {
-    value: String,
-    renew_at: Instant,
-}
-
-#[derive(serde::Deserialize)]
-pub(crate) struct TokenAnswer {
-    pub access_token: String,
-    #[serde(default)]
-    pub expires_in: Option<u64>,
 }
 
 pub struct OwnerClient {
@@ -121,12 +112,11 @@ impl OwnerClient {
             .await
             .map_err(DirectoryError::from_reqwest)?;
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(300));
-        let margin = (lifetime / 10).max(Duration::from_secs(30)).min(lifetime);
         tokens.insert(
             org.telematik_id.clone(),
             Token {
                 value: answer.access_token.clone(),
-                renew_at: started + lifetime - margin,
+                renew_at: crate::provider::renew_at(started, lifetime),
             },
         );
         Ok(answer.access_token)

@@ -75,16 +75,18 @@ pub enum Localization {
     None,
 }
 
+/// A token answer of the directory (`access_token`, `expires_in`).
 #[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: String,
+pub(crate) struct TokenAnswer {
+    pub access_token: String,
     #[serde(default)]
-    expires_in: Option<u64>,
+    pub expires_in: Option<u64>,
 }
 
-struct Token {
-    value: String,
-    renew_at: Instant,
+/// A token held, and when to renew it.
+pub(crate) struct Token {
+    pub value: String,
+    pub renew_at: Instant,
 }
 
 /// A client of the provider interface.
@@ -95,7 +97,7 @@ pub struct ProviderClient {
 }
 
 /// How long before its end a token is renewed: a tenth of its lifetime, at least 30 s.
-fn renew_at(obtained: Instant, lifetime: Duration) -> Instant {
+pub(crate) fn renew_at(obtained: Instant, lifetime: Duration) -> Instant {
     let margin = (lifetime / 10).max(Duration::from_secs(30)).min(lifetime);
     obtained + lifetime - margin
 }

@@ -22,7 +22,7 @@ use crate::{
         Bundle, Endpoint, EndpointStatus, HealthcareService, Organization, Practitioner,
         PractitionerRole, TELEMATIK_ID_SYSTEM, telematik_id,
     },
-    owner::TokenAnswer,
+    provider::TokenAnswer,
 };
 
 /// Most results of one search (D-SRCH-01).

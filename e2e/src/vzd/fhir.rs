@@ -703,6 +703,20 @@ async fn owner_read(
     }
 }
 
+/// Every `endpoint` reference of `body` names an Endpoint.
+async fn endpoints_exist(s: &Inner, body: &Value) -> Result<(), Response> {
+    for r in body["endpoint"].as_array().cloned().unwrap_or_default() {
+        let id = reference_id(&r, "Endpoint").unwrap_or_default();
+        if load(s, "Endpoint", id).await.is_none() {
+            return Err(outcome(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "endpoint reference to nothing",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What a resource written by an owner must satisfy.
 async fn check_owned(
     s: &Inner,
@@ -772,21 +786,7 @@ async fn check_owned(
                     "providedBy is not the token's organisation",
                 ));
             }
-            for r in body["endpoint"].as_array().cloned().unwrap_or_default() {
-                if load(
-                    s,
-                    "Endpoint",
-                    reference_id(&r, "Endpoint").unwrap_or_default(),
-                )
-                .await
-                .is_none()
-                {
-                    return Err(outcome(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "endpoint reference to nothing",
-                    ));
-                }
-            }
+            endpoints_exist(s, body).await?;
         }
         "PractitionerRole" => {
             let Some(id) = id else {
@@ -814,21 +814,7 @@ async fn check_owned(
                     "not the token's practitioner",
                 ));
             }
-            for r in body["endpoint"].as_array().cloned().unwrap_or_default() {
-                if load(
-                    s,
-                    "Endpoint",
-                    reference_id(&r, "Endpoint").unwrap_or_default(),
-                )
-                .await
-                .is_none()
-                {
-                    return Err(outcome(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "endpoint reference to nothing",
-                    ));
-                }
-            }
+            endpoints_exist(s, body).await?;
         }
         _ => {
             return Err(outcome(
