@@ -1014,9 +1014,27 @@ async fn entries_scenario(store: Store) {
     assert_eq!(e["address"], format!("matrix:u/weber:{domain}"));
     assert_eq!(e["status"], "active");
     let (_, found) = search(&sync, &openid, &[("name", "Weber")]).await;
-    assert_eq!(mxids(&found), [weber]);
+    assert_eq!(mxids(&found), std::slice::from_ref(&weber));
     assert_eq!(found["results"][0]["kind"], "practitioner");
     assert_eq!(found["results"][0]["practitioner"], "Anna Weber");
+    // whereIs: the doctor in the practitioner part, the clinic's MXIDs in the organisation part.
+    let whereis = async |mxid: &str| {
+        let (status, b) = c
+            .call(
+                reqwest::Method::GET,
+                &format!(
+                    "/_tim/vzd/v1/localization?mxid={}",
+                    mxid.replace('@', "%40")
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{b}");
+        b["localization"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(whereis(&weber).await, "pract");
+    assert_eq!(whereis(&format!("@notaufnahme:{domain}")).await, "org");
+    assert_eq!(whereis(&format!("@niemand:{domain}")).await, "none");
     sign_in(json!({"mxId": domain, "action": "withdraw"})).await;
     let r = directory.resource("PractitionerRole", &role).await.unwrap();
     assert!(r["endpoint"].as_array().is_none_or(|e| e.is_empty()), "{r}");

@@ -703,6 +703,52 @@ async fn owner_read(
     }
 }
 
+#[derive(serde::Deserialize)]
+pub(super) struct LocalizationQuery {
+    mxid: Option<String>,
+}
+
+/// `whereIs`: in which part of the directory an MXID (`matrix:u/…`) has an Endpoint.
+pub(super) async fn localization(
+    State(s): State<Arc<Inner>>,
+    headers: HeaderMap,
+    Query(q): Query<LocalizationQuery>,
+) -> Response {
+    if s.bearer(&headers, "provider").is_none() {
+        return unauthorized();
+    }
+    let Some(address) = q.mxid.filter(|m| m.starts_with("matrix:u/")) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "mxid must be matrix:u/<localpart>:<domain>",
+        );
+    };
+    let Some((id, ..)) = all(&s, "Endpoint")
+        .await
+        .into_iter()
+        .find(|(_, _, b)| b["address"] == address.as_str())
+    else {
+        return error(StatusCode::NOT_FOUND, "MXID not found in FHIR VZD");
+    };
+    let reference = format!("Endpoint/{id}");
+    let mut parts = vec![];
+    for ty in ["HealthcareService", "PractitionerRole"] {
+        let used = all(&s, ty).await.into_iter().any(|(_, _, b)| {
+            b["endpoint"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|r| r["reference"] == reference.as_str()))
+        });
+        parts.push(used);
+    }
+    let answer = match (parts[0], parts[1]) {
+        (true, true) => "orgPract",
+        (true, false) => "org",
+        (false, true) => "pract",
+        (false, false) => "none",
+    };
+    Json(answer).into_response()
+}
+
 /// Every `endpoint` reference of `body` names an Endpoint.
 async fn endpoints_exist(s: &Inner, body: &Value) -> Result<(), Response> {
     for r in body["endpoint"].as_array().cloned().unwrap_or_default() {

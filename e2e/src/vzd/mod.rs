@@ -358,6 +358,10 @@ fn router(inner: Arc<Inner>) -> Router {
             put(update_domain).delete(delete_domain),
         )
         .route(
+            "/tim-provider-services/localization",
+            get(fhir::localization),
+        )
+        .route(
             "/tim-provider-services/federationCheck",
             get(federation_check),
         )
