@@ -163,7 +163,7 @@ async fn run(store: Store, seconds: u64, only: Option<&str>) {
             let resp = http
                 .put(format!(
                     "{}/_tim/operator/v1/tenants/{name}",
-                    server.base_url()
+                    server.internal_url()
                 ))
                 .bearer_auth(server.operator_token())
                 .json(&json!({}))

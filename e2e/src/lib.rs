@@ -61,6 +61,8 @@ pub struct Server {
     pub store: Store,
     pub server_name: String,
     pub port: u16,
+    /// The internal listener's port (operator API, metrics).
+    pub internal_port: u16,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     extra_env: Vec<(String, String)>,
@@ -76,6 +78,7 @@ impl Server {
             store,
             server_name: unique("e2e"),
             port: free_port(),
+            internal_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
             extra_env: env
@@ -95,6 +98,11 @@ impl Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The operator API and metrics listener.
+    pub fn internal_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.internal_port)
+    }
+
     fn spawn(&mut self) {
         let db = match self.store {
             Store::Sqlite => format!("sqlite://{}", self.dir.path().display()),
@@ -109,6 +117,10 @@ impl Server {
         cmd.arg("serve")
             .env("TIM_SERVER_NAME", &self.server_name)
             .env("TIM_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env(
+                "TIM_INTERNAL_LISTEN",
+                format!("127.0.0.1:{}", self.internal_port),
+            )
             .env("TIM_DATABASE_URL", db)
             .env("TIM_DATA_DIR", self.dir.path())
             .env("TIM_OPEN_REGISTRATION", "true")
@@ -180,7 +192,7 @@ impl Server {
         let v: serde_json::Value = reqwest::Client::new()
             .post(format!(
                 "{}/_tim/operator/v1/tenants/{tenant}/registration_tokens",
-                self.base_url()
+                self.internal_url()
             ))
             .bearer_auth(self.operator_token())
             .json(&serde_json::json!({}))

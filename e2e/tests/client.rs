@@ -55,7 +55,7 @@ async fn operator(
     let resp = reqwest::Client::new()
         .request(
             method,
-            format!("{}/_tim/operator/v1/{path}", server.base_url()),
+            format!("{}/_tim/operator/v1/{path}", server.internal_url()),
         )
         .bearer_auth(server.operator_token())
         .json(&body)

@@ -71,7 +71,7 @@ async fn admin_client(server: &Server) -> reqwest::Client {
     let v: serde_json::Value = reqwest::Client::new()
         .post(format!(
             "{}/_tim/operator/v1/tenants/{}/admin_token",
-            server.base_url(),
+            server.internal_url(),
             server.server_name
         ))
         .bearer_auth(server.operator_token())

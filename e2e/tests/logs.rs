@@ -55,6 +55,31 @@ async fn logs_carry_no_contents_passwords_or_tokens() {
         .await
         .unwrap();
     assert!(synced.status().is_success());
+    // Paths carry aliases and file names: the log names the route, not the path.
+    let alias = format!("#Alias-Zz9-secret:{}", server.server_name);
+    let put_alias = http
+        .put(format!(
+            "{base}/_matrix/client/v3/directory/room/{}",
+            alias.replace('#', "%23")
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"room_id": room}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        put_alias.status().is_success(),
+        "{:?}",
+        put_alias.text().await
+    );
+    http.get(format!(
+        "{base}/_matrix/client/v1/media/download/{}/nosuchmedia/Befund-Mm2.pdf",
+        server.server_name
+    ))
+    .bearer_auth(&token)
+    .send()
+    .await
+    .unwrap();
     // A failing request with a bad body.
     http.post(format!("{base}/_matrix/client/v3/login"))
         .body(format!("{{\"password\": \"{password}\""))
@@ -68,7 +93,14 @@ async fn logs_carry_no_contents_passwords_or_tokens() {
         log.lines().filter(|l| l.starts_with('{')).count() > 5,
         "expected JSON log lines:\n{log}"
     );
-    for secret in [password, token.as_str(), body, "Name-Xk3-private"] {
+    for secret in [
+        password,
+        token.as_str(),
+        body,
+        "Name-Xk3-private",
+        "Alias-Zz9-secret",
+        "Befund-Mm2",
+    ] {
         assert!(!log.contains(secret), "the log contains {secret:?}");
     }
     server.cleanup().await;

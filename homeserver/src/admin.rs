@@ -89,19 +89,31 @@ impl Homeserver {
     }
 
     /// Writes an audit entry: who did what to whom.
-    pub async fn audit(
+    /// Runs an admin action with its audit entry written first (so an action that happened is
+    /// always in the log) and its outcome recorded after.
+    pub async fn audited<T>(
         &self,
         actor: &str,
         action: &str,
         target: Option<&str>,
         details: Option<serde_json::Value>,
-    ) -> Result<()> {
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         let details = details.map(|d| d.to_string());
-        self.stores
+        let id = self
+            .stores
             .admin
             .audit(actor, action, target, details.as_deref(), now_ms())
             .await?;
-        Ok(())
+        let result = work.await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => format!("failed: {}", crate::api::error::errcode(e)),
+        };
+        if let Err(e) = self.stores.admin.audit_outcome(id, &outcome).await {
+            tracing::warn!(error = %e, action, "audit outcome not recorded");
+        }
+        result
     }
 
     pub async fn settings(&self) -> Result<TenantSettings> {
@@ -166,9 +178,7 @@ impl Homeserver {
         if row.deactivated {
             return Err(Error::UserDeactivated);
         }
-        if password.is_empty() || password.len() > 512 {
-            return Err(Error::invalid_param("passwords have 1 to 512 bytes"));
-        }
+        crate::accounts::hashing::check_new_password(password)?;
         let hash = self.accounts.hash_password(password).await?;
         self.stores
             .accounts

@@ -205,7 +205,7 @@ async fn operator(
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
     let token = server::operator_token(config)?;
-    let url = format!("http://{}/_tim/operator/v1/{path}", config.listen);
+    let url = format!("http://{}/_tim/operator/v1/{path}", config.internal_listen);
     let mut req = reqwest::Client::new()
         .request(method, &url)
         .bearer_auth(token);
@@ -254,8 +254,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let token = server::operator_token(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let internal = tokio::net::TcpListener::bind(config.internal_listen).await?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, tenants = ?tenants.names(), "listening");
+    tracing::info!(
+        %addr,
+        internal = %internal.local_addr()?,
+        tenants = ?tenants.names(),
+        "listening"
+    );
+    if !config.internal_listen.ip().is_loopback() {
+        tracing::warn!(
+            internal = %config.internal_listen,
+            "the operator API and /metrics listen on a non-loopback address: keep it internal"
+        );
+    }
     let hs = tenants.default_tenant();
     if hs.stores.accounts.count_users().await.unwrap_or(0) == 0 {
         tracing::info!(
@@ -263,8 +275,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             hs.server_name
         );
     }
-    let app = server::router(tenants.clone(), token, metrics);
-    server::serve(listener, app, shutdown_signal()).await?;
+    let trusted = tenants.trusted_proxies().clone();
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stopped = |stop: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = stop.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+    let public = server::serve(
+        listener,
+        server::router(tenants.clone()),
+        &config.http,
+        trusted.clone(),
+        stopped(&stop),
+    );
+    let internal = server::serve(
+        internal,
+        server::internal_router(tenants.clone(), token, metrics),
+        &config.http,
+        trusted,
+        stopped(&stop),
+    );
+    let signal = async {
+        shutdown_signal().await;
+        let _ = stop.send(());
+    };
+    let (public, internal, ()) = tokio::join!(public, internal, signal);
+    public?;
+    internal?;
     tracing::info!("shutting down");
     tenants.close().await;
     Ok(())

@@ -17,17 +17,35 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Matrix server name of the default tenant (the part after `:` in user ids).
     pub server_name: String,
-    /// Address the client and federation API listens on.
+    /// Address the client and federation API listens on (public: clients, other homeservers,
+    /// the org-admin backend's admin API).
     pub listen: SocketAddr,
+    /// Address of the internal listener: the operator API (every tenant, one token) and
+    /// `/metrics` (every organisation's traffic). Keep it on loopback or an internal network.
+    pub internal_listen: SocketAddr,
+    /// Requests whose Host is the address the client connected to (a newcomer's client at
+    /// `http://127.0.0.1:8008`) are served by the default tenant. Any other Host that names no
+    /// tenant is refused (404 `M_UNRECOGNIZED`), never served by a default.
+    pub default_tenant_on_listen_address: bool,
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` headers are believed (IP addresses
+    /// or CIDR ranges, e.g. `["127.0.0.1", "10.0.0.0/8"]`). The client address (rate limits,
+    /// device IPs) is the last address in those headers that is not a trusted proxy. Empty: the
+    /// headers are ignored and the peer address counts.
+    pub trusted_proxies: Vec<String>,
+    /// Connection limits and timeouts against slow and idle clients.
+    pub http: HttpConfig,
     /// Where tenant data lives. `sqlite://DIR` (the default `sqlite://./data`) keeps one SQLite
     /// file per tenant under DIR; `postgres://user@host:port/db` keeps one schema per tenant in
     /// that database (on a loopback host without TLS unless the URL sets `sslmode`).
     pub database_url: String,
     /// Folder for files that are not in the database (operator token, later media).
     pub data_dir: PathBuf,
-    /// The URL clients use to reach this server, announced in `/.well-known/matrix/client`.
-    /// Default: `http://{listen}` (`https://{server_name}` when listening on a public address).
+    /// The URL clients use to reach the default tenant, announced in its
+    /// `/.well-known/matrix/client`. Default: `http://{listen}`.
     pub public_baseurl: Option<String>,
+    /// The URL clients use to reach every other tenant, with `{server_name}` standing for the
+    /// tenant's name; each tenant announces its own in `/.well-known/matrix/client`.
+    pub tenant_baseurl: String,
     /// Let anyone register with `m.login.dummy`. Meant for test and benchmark set-ups only; a
     /// warning is logged when on. Without it, registration needs a single-use registration token.
     pub open_registration: bool,
@@ -63,6 +81,36 @@ pub struct Config {
     pub push: PushConfig,
     /// Server notices (system messages of the organisation to its users).
     pub server_notices: ServerNoticesConfig,
+}
+
+/// Limits of the HTTP listeners.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Seconds a client has to send a request's headers; also how long an idle keep-alive
+    /// connection is kept (slow-loris clients are cut off after this).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client has to send a (non-upload) request body.
+    pub body_read_timeout_secs: u64,
+    /// Seconds an upload may pause between two chunks of its body.
+    pub upload_idle_timeout_secs: u64,
+    /// Open connections at most; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Open connections per client address at most (trusted proxies are exempt); more are
+    /// closed at once.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            upload_idle_timeout_secs: 30,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+        }
+    }
 }
 
 /// Server notices come from a system user of each tenant, in a room per user.
@@ -163,6 +211,12 @@ pub struct Argon2Config {
     pub m_cost_kib: u32,
     pub t_cost: u32,
     pub p_cost: u32,
+    /// Hashes computed at the same time by the whole process, across all tenants (0: one per
+    /// core). Memory for hashing stays below this × `m_cost_kib`.
+    pub max_concurrent: usize,
+    /// Password checks waiting for a hashing slot, process-wide, served first come first
+    /// served; beyond, 429 `M_LIMIT_EXCEEDED`.
+    pub max_queued: usize,
 }
 
 /// Token buckets per user (authenticated requests) and per IP address (anonymous ones).
@@ -175,6 +229,13 @@ pub struct RateLimitConfig {
     pub burst: f64,
     /// Turn rate limiting off (benchmarks).
     pub disabled: bool,
+    /// Wrong passwords an account may see before each further attempt must wait (login and
+    /// password confirmation alike; 429 `M_LIMIT_EXCEEDED` with `retry_after_ms`). Applies even
+    /// when `disabled`.
+    pub login_failures_allowed: u32,
+    /// The wait after the allowed failures doubles from one second with each further failure,
+    /// up to this many seconds. A correct password clears it.
+    pub login_backoff_max_secs: u64,
 }
 
 /// A secret string that never prints.
@@ -193,9 +254,14 @@ impl Default for Config {
         Self {
             server_name: "localhost".into(),
             listen: "127.0.0.1:8008".parse().expect("valid default address"),
+            internal_listen: "127.0.0.1:8007".parse().expect("valid default address"),
+            default_tenant_on_listen_address: true,
+            trusted_proxies: vec![],
+            http: HttpConfig::default(),
             database_url: "sqlite://./data".into(),
             data_dir: "./data".into(),
             public_baseurl: None,
+            tenant_baseurl: "https://{server_name}".into(),
             open_registration: false,
             operator_token: None,
             log_format: LogFormat::Human,
@@ -222,6 +288,8 @@ impl Default for Argon2Config {
             m_cost_kib: 19 * 1024,
             t_cost: 2,
             p_cost: 1,
+            max_concurrent: 0,
+            max_queued: 256,
         }
     }
 }
@@ -232,6 +300,8 @@ impl Default for RateLimitConfig {
             per_second: 10.0,
             burst: 50.0,
             disabled: false,
+            login_failures_allowed: 5,
+            login_backoff_max_secs: 300,
         }
     }
 }
@@ -255,12 +325,17 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        ruma::ServerName::parse(&self.server_name).map_err(|e| {
-            format!(
-                "server_name {:?} is not a valid server name: {e}",
-                self.server_name
-            )
-        })?;
+        crate::tenants::tenant_name(&self.server_name)
+            .map_err(|e| format!("server_name {:?}: {e}", self.server_name))?;
+        for p in &self.trusted_proxies {
+            crate::net::IpRange::parse(p).map_err(|e| format!("trusted_proxies: {e}"))?;
+        }
+        if !self.tenant_baseurl.contains("{server_name}") {
+            return Err("tenant_baseurl must contain {server_name}".into());
+        }
+        if self.http.max_connections == 0 || self.http.max_connections_per_ip == 0 {
+            return Err("http.max_connections and http.max_connections_per_ip must be > 0".into());
+        }
         if !self
             .supported_room_versions
             .contains(&self.default_room_version)
@@ -288,6 +363,17 @@ impl Config {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => format!("http://{}", self.listen),
         }
+    }
+
+    /// The base URL of tenant `server_name`.
+    pub fn baseurl_of(&self, server_name: &str) -> String {
+        if server_name == self.server_name {
+            return self.public_baseurl();
+        }
+        self.tenant_baseurl
+            .replace("{server_name}", server_name)
+            .trim_end_matches('/')
+            .to_owned()
     }
 }
 

@@ -43,6 +43,10 @@ pub enum Error {
     TooLarge,
     #[error("unknown endpoint")]
     Unrecognized,
+    #[error("no homeserver is served for this host")]
+    UnknownHost,
+    #[error("the request did not arrive in time")]
+    RequestTimeout,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("user-interactive authentication needed")]

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use ruma::{OwnedServerName, OwnedUserId, RoomVersionId, UserId, signatures::Ed25519KeyPair};
 
 use crate::{
-    accounts::Accounts,
+    accounts::{Accounts, hashing::PasswordHashing},
     config::{Config, DatabaseLocation},
     e2ee::device_lists::DeviceLists,
     ephemeral::{
@@ -47,24 +47,31 @@ pub struct Homeserver {
 
 impl Homeserver {
     /// Opens (creating on first use) the tenant's database and signing key.
-    pub async fn open(server_name: OwnedServerName, config: Arc<Config>) -> Result<Arc<Self>> {
+    /// `server_name` must have passed `tenants::tenant_name`; it becomes a file or schema name.
+    pub async fn open(
+        server_name: OwnedServerName,
+        config: Arc<Config>,
+        hashing: Arc<PasswordHashing>,
+    ) -> Result<Arc<Self>> {
         let stores = match DatabaseLocation::parse(&config.database_url).map_err(Error::internal)? {
             DatabaseLocation::SqliteDir(dir) => {
-                store::open_sqlite(&dir.join(format!("{server_name}.db")), config.db_pool_size)
-                    .await?
+                let file = crate::tenants::child_path(&dir, &format!("{server_name}.db"))?;
+                store::open_sqlite(&file, config.db_pool_size).await?
             }
             DatabaseLocation::Postgres(url) => {
                 store::open_postgres(&url, server_name.as_str(), config.db_pool_size).await?
             }
         };
-        Self::with_stores(server_name, config, stores).await
+        Self::with_stores(server_name, config, stores, hashing).await
     }
 
     pub async fn with_stores(
         server_name: OwnedServerName,
         config: Arc<Config>,
         stores: Stores,
+        hashing: Arc<PasswordHashing>,
     ) -> Result<Arc<Self>> {
+        let media_dir = media_dir(&config, &server_name)?;
         let (key_id, doc) = stores
             .server_keys
             .signing_key(&|| {
@@ -117,11 +124,21 @@ impl Homeserver {
             stores.accounts.clone(),
             stores.sessions.clone(),
             device_lists.clone(),
-            config.argon2.clone(),
+            (
+                hashing,
+                crate::accounts::throttle::LoginThrottle::from_config(&config.rate_limit),
+            ),
             Duration::from_secs(config.refreshable_access_token_lifetime_secs),
             vec![config.server_notices.localpart.clone()],
         );
         let rate_limiter = RateLimiter::new(config.rate_limit.clone());
+        let hashed = stores
+            .accounts
+            .hash_plain_registration_tokens(crate::accounts::registration_token_id)
+            .await?;
+        if hashed > 0 {
+            tracing::info!(tenant = %server_name, hashed, "registration tokens now stored hashed");
+        }
         // Work left from before a restart, read before the pools are emptied below.
         let first_push_due = stores.push.next_push_due().await?;
         let notice_jobs = stores.notices.unfinished_notice_jobs().await?;
@@ -137,7 +154,7 @@ impl Homeserver {
             server_name.clone(),
             config.media.clone(),
             stores.media.clone(),
-            Arc::new(FsStorage::new(media_dir(&config, &server_name))),
+            Arc::new(FsStorage::new(media_dir)),
         );
         let hs = Arc::new(Self {
             server_name,
@@ -205,9 +222,9 @@ impl Homeserver {
     }
 }
 
-/// The tenant's media folder.
-pub fn media_dir(config: &Config, server_name: &ruma::ServerName) -> std::path::PathBuf {
-    config.data_dir.join("media").join(server_name.as_str())
+/// The tenant's media folder, inside `{data_dir}/media`.
+pub fn media_dir(config: &Config, server_name: &ruma::ServerName) -> Result<std::path::PathBuf> {
+    crate::tenants::child_path(&config.data_dir.join("media"), server_name.as_str())
 }
 
 /// Runs a write to completion even if the request that started it goes away.

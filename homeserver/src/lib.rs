@@ -11,6 +11,7 @@ pub mod ephemeral;
 pub mod error;
 pub mod homeserver;
 pub mod media;
+pub mod net;
 pub mod notices;
 pub mod policy;
 pub mod profiles;

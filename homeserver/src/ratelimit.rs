@@ -54,7 +54,7 @@ mod tests {
         let rl = RateLimiter::new(RateLimitConfig {
             per_second: 1.0,
             burst: 3.0,
-            disabled: false,
+            ..RateLimitConfig::default()
         });
         for _ in 0..3 {
             rl.check("a").unwrap();

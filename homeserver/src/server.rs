@@ -1,28 +1,66 @@
-//! The listener and the axum router: Matrix APIs, `.well-known/matrix/server`, `/health`,
-//! `/metrics`, the operator API, and Matrix errors for unknown paths and methods.
+//! The listeners and their routers. The public listener serves the Matrix APIs,
+//! `.well-known/matrix/server`, `/health` and the per-tenant admin API; the internal one the
+//! operator API (all tenants) and `/metrics` (every organisation's traffic). Both answer
+//! unknown paths and methods with Matrix errors, turn a panicking handler into a 500, and cut
+//! off clients that are slow to send headers or bodies.
 
-use std::net::SocketAddr;
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, State},
+    extract::{DefaultBodyLimit, MatchedPath, State},
     http::{HeaderMap, Method, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
 };
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tower_http::{cors::CorsLayer, trace::TraceLayer};
+use tower::ServiceExt;
+use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, trace::TraceLayer};
 
-use crate::{api, error::Error, tenants::Tenants};
+use crate::{
+    api,
+    config::HttpConfig,
+    error::Error,
+    net::{Conn, TrustedProxies},
+    tenants::Tenants,
+};
 
-pub fn router(
+/// The public listener's router: what clients, other homeservers and the org-admin backend use.
+pub fn router(tenants: Tenants) -> Router {
+    let max = tenants.config().max_request_bytes;
+    let app = api::federation::router(api::client::router(Router::new()))
+        .route("/.well-known/matrix/server", get(well_known_server))
+        .route("/health", get(|| async { "OK" }))
+        .merge(api::admin::router())
+        .fallback(fallback)
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed.into_response() })
+        .with_state(tenants)
+        // Bodies are read with our own limit (413 M_TOO_LARGE); axum's must not cut in first.
+        .layer(DefaultBodyLimit::max(max.saturating_add(1)))
+        .layer(CorsLayer::permissive());
+    guarded(app)
+}
+
+/// The internal listener's router: the operator API and the metrics.
+pub fn internal_router(
     tenants: Tenants,
     operator_token: String,
     metrics: Option<PrometheusHandle>,
 ) -> Router {
-    let max = tenants.config().max_request_bytes;
-    let matrix = api::federation::router(api::client::router(Router::new()))
-        .route("/.well-known/matrix/server", get(well_known_server))
+    let app = api::operator::router(operator_token)
         .route("/health", get(|| async { "OK" }))
         .route(
             "/metrics",
@@ -31,21 +69,43 @@ pub fn router(
                 async move { m.map(|m| m.render()).unwrap_or_default() }
             }),
         )
-        .merge(api::operator::router(operator_token))
-        .merge(api::admin::router())
         .fallback(fallback)
-        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed.into_response() });
-    matrix
-        .with_state(tenants)
-        // Bodies are read with our own limit (413 M_TOO_LARGE); axum's must not cut in first.
-        .layer(DefaultBodyLimit::max(max.saturating_add(1)))
-        .layer(CorsLayer::permissive())
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &http::Request<_>| {
-                // Path only: query strings may carry access tokens.
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
-            }),
-        )
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed.into_response() })
+        .with_state(tenants);
+    guarded(app)
+}
+
+/// Layers of every listener: request spans and the panic catcher.
+fn guarded(app: Router) -> Router {
+    app.layer(
+        TraceLayer::new_for_http().make_span_with(|req: &http::Request<_>| {
+            // The route template, never the path: paths carry registration tokens, aliases,
+            // media and file names, query strings access tokens.
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "unmatched".into());
+            tracing::info_span!("request", method = %req.method(), route = %route)
+        }),
+    )
+    .layer(CatchPanicLayer::custom(panicked))
+}
+
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Handler panics caught since the process started (a bug each; the test suite insists on 0).
+pub fn panics_caught() -> u64 {
+    PANICS.load(Ordering::SeqCst)
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    // The panic message went to stderr through the panic hook; it may quote request data, so
+    // the log line says only that it happened.
+    PANICS.fetch_add(1, Ordering::SeqCst);
+    metrics::counter!("tim_http_panics_total").increment(1);
+    tracing::error!("a request handler panicked; answered 500");
+    Error::Internal("handler panicked".into()).into_response()
 }
 
 async fn fallback(method: Method) -> Response {
@@ -58,29 +118,131 @@ async fn fallback(method: Method) -> Response {
 async fn well_known_server(
     State(tenants): State<Tenants>,
     headers: HeaderMap,
+    conn: Option<axum::Extension<Conn>>,
 ) -> Result<Json<serde_json::Value>, Error> {
-    let hs = api::tenant_for(&tenants, &headers)?;
+    let hs = api::tenant_for(&tenants, &headers, conn.map(|c| c.0).as_ref())?;
     let port = hs.config.listen.port();
     Ok(Json(
         serde_json::json!({ "m.server": format!("{}:{port}", hs.server_name) }),
     ))
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish for up
+/// to 10 s. Each request carries its connection's `Conn`. Clients get `header_read_timeout`
+/// to send a request's headers (also the limit for an idle keep-alive connection); at most
+/// `max_connections` connections are open, `max_connections_per_ip` per peer address (trusted
+/// proxies exempt).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    limits: &HttpConfig,
+    trusted: TrustedProxies,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(limits.header_read_timeout_secs))
+        .keep_alive_timeout(Duration::from_secs(limits.header_read_timeout_secs));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let per_ip = Arc::new(PerIp {
+        open: Mutex::default(),
+        max: limits.max_connections_per_ip,
+    });
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let ip = peer.ip();
+        let counted = !trusted.trusts(ip);
+        if counted && !per_ip.enter(ip) {
+            metrics::counter!("tim_http_connections_refused_total").increment(1);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let conn = Conn { local, peer };
+        let service =
+            app.clone()
+                .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(conn);
+                    req
+                });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        let per_ip = per_ip.clone();
+        tokio::spawn(async move {
+            let _ = connection.await;
+            if counted {
+                per_ip.leave(ip);
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => {
+            tracing::info!("requests still open after 10 s; stopping anyway");
+        }
+    }
+    Ok(())
 }
 
-/// The operator token: configured, or made once and kept in `{data_dir}/operator.token`.
+/// Open connections per peer address.
+struct PerIp {
+    open: Mutex<HashMap<IpAddr, usize>>,
+    max: usize,
+}
+
+impl PerIp {
+    fn enter(&self, ip: IpAddr) -> bool {
+        let mut open = self.open.lock().expect("per-ip lock");
+        let n = open.entry(ip).or_default();
+        if *n >= self.max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: IpAddr) {
+        let mut open = self.open.lock().expect("per-ip lock");
+        if let Some(n) = open.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&ip);
+            }
+        }
+    }
+}
+
+/// The operator token: configured, or made once and kept in `{data_dir}/operator.token`,
+/// created readable by the owner only.
 pub fn operator_token(config: &crate::config::Config) -> std::io::Result<String> {
     if let Some(t) = &config.operator_token {
         return Ok(t.0.clone());
@@ -91,11 +253,75 @@ pub fn operator_token(config: &crate::config::Config) -> std::io::Result<String>
     }
     std::fs::create_dir_all(&config.data_dir)?;
     let token = crate::accounts::random_string(40);
-    std::fs::write(&path, &token)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path)?;
+    std::io::Write::write_all(&mut file, token.as_bytes())?;
+    file.sync_all()?;
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_is_counted() {
+        let before = super::panics_caught();
+        let app = super::guarded(axum::Router::new().route(
+            "/boom",
+            axum::routing::get(|| async {
+                if super::panics_caught() < u64::MAX {
+                    panic!("a bug");
+                }
+                "unreachable"
+            }),
+        ));
+        let request = http::Request::get("/boom")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 500);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["errcode"], "M_UNKNOWN");
+        assert_eq!(super::panics_caught(), before + 1);
+    }
+
+    #[test]
+    fn per_ip_limit() {
+        let p = super::PerIp {
+            open: Default::default(),
+            max: 2,
+        };
+        let ip = "192.0.2.1".parse().unwrap();
+        assert!(p.enter(ip) && p.enter(ip));
+        assert!(!p.enter(ip));
+        p.leave(ip);
+        assert!(p.enter(ip));
+    }
+
+    #[test]
+    fn the_operator_token_file_is_private_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let token = super::operator_token(&config).unwrap();
+        assert_eq!(super::operator_token(&config).unwrap(), token);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("operator.token"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
 }

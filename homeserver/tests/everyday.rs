@@ -269,7 +269,7 @@ async fn displaynames_are_set_by_the_org_admin_by_default() {
             )
             .await;
         // The operator/admin path sets names on creation.
-        let op = server.client();
+        let op = server.operator();
         let (status, v) = op
             .http
             .post(format!("{}/_tim/operator/v1/tenants/{}/users", op.base, server.server_name))

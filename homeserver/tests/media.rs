@@ -457,8 +457,7 @@ async fn thumbnails_and_deletion_on_both_stores() {
         };
         assert_eq!(files_of(&id), 4, "the file and three cached thumbnails");
         // Through the admin API (TI-M: the org admin removes a reported attachment).
-        let mut op = server.client();
-        op.token = Some("operator-secret".into());
+        let op = server.operator();
         let token = op
             .ok(
                 Method::POST,

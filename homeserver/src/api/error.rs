@@ -15,13 +15,10 @@ fn matrix_error(status: StatusCode, kind: ErrorKind, message: String) -> ruma::a
     ErrorBody::Standard(StandardErrorBody::new(kind, message)).into_error(status)
 }
 
-/// The errcode, HTTP status and message of a domain error.
-pub fn to_matrix(
-    err: Error,
-) -> Result<ruma::api::error::Error, Box<ruma::api::client::uiaa::UiaaInfo>> {
+/// The HTTP status and errcode of a domain error; `None` for a user-interactive auth challenge.
+fn classify(err: &Error) -> Option<(StatusCode, ErrorKind)> {
     use Error::*;
-    let message = err.to_string();
-    let (status, kind) = match err {
+    Some(match err {
         Forbidden(_) => (StatusCode::FORBIDDEN, ErrorKind::Forbidden),
         NotFound(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
         BadJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadJson),
@@ -37,7 +34,7 @@ pub fn to_matrix(
             StatusCode::UNAUTHORIZED,
             ErrorKind::UnknownToken({
                 let mut d = ruma::api::error::UnknownTokenErrorData::new();
-                d.soft_logout = soft_logout;
+                d.soft_logout = *soft_logout;
                 d
             }),
         ),
@@ -48,13 +45,14 @@ pub fn to_matrix(
             ErrorKind::LimitExceeded({
                 let mut d = LimitExceededErrorData::new();
                 d.retry_after = Some(RetryAfter::Delay(std::time::Duration::from_millis(
-                    retry_after_ms,
+                    *retry_after_ms,
                 )));
                 d
             }),
         ),
         TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge),
-        Unrecognized => (StatusCode::NOT_FOUND, ErrorKind::Unrecognized),
+        Unrecognized | UnknownHost => (StatusCode::NOT_FOUND, ErrorKind::Unrecognized),
+        RequestTimeout => (StatusCode::REQUEST_TIMEOUT, ErrorKind::Unknown),
         MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::Unrecognized),
         InvalidRoomState(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidRoomState),
         GuestAccessForbidden => (StatusCode::FORBIDDEN, ErrorKind::GuestAccessForbidden),
@@ -64,24 +62,42 @@ pub fn to_matrix(
         WrongRoomKeysVersion { current } => (
             StatusCode::FORBIDDEN,
             ErrorKind::WrongRoomKeysVersion(ruma::api::error::WrongRoomKeysVersionErrorData::new(
-                current,
+                current.clone(),
             )),
         ),
         Unknown(_) => (StatusCode::BAD_REQUEST, ErrorKind::Unknown),
-        Uiaa(info) => return Err(info),
-        Store(e) => {
+        Uiaa(_) => return None,
+        Store(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown),
+    })
+}
+
+/// The `errcode` a domain error is answered with (a user-interactive auth challenge: 401
+/// without errcode, recorded as `M_FORBIDDEN`).
+pub fn errcode(err: &Error) -> String {
+    classify(err)
+        .map(|(_, kind)| kind.errcode().to_string())
+        .unwrap_or_else(|| "M_FORBIDDEN".into())
+}
+
+/// The errcode, HTTP status and message of a domain error.
+pub fn to_matrix(
+    err: Error,
+) -> Result<ruma::api::error::Error, Box<ruma::api::client::uiaa::UiaaInfo>> {
+    if let Error::Uiaa(info) = err {
+        return Err(info);
+    }
+    let (status, kind) =
+        classify(&err).unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown));
+    let message = match err {
+        Error::Store(e) => {
             tracing::error!(error = %e, "storage failure");
-            (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown)
+            "internal server error".into()
         }
-        Internal(e) => {
+        Error::Internal(e) => {
             tracing::error!(error = %e, "internal failure");
-            (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown)
+            "internal server error".into()
         }
-    };
-    let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
-        "internal server error".into()
-    } else {
-        message
+        e => e.to_string(),
     };
     Ok(matrix_error(status, kind, message))
 }

@@ -8,16 +8,16 @@ pub mod error;
 pub mod federation;
 pub mod operator;
 
-use std::{any::TypeId, future::Future, net::SocketAddr, sync::Arc};
+use std::{any::TypeId, future::Future, net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
     body::Body,
-    extract::{ConnectInfo, FromRequestParts, RawPathParams, State},
+    extract::{FromRequestParts, RawPathParams, State},
     response::{IntoResponse, Response},
     routing::{MethodFilter, on},
 };
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request};
 use ruma::api::{
     IncomingRequest, IncomingRequestExt, OutgoingResponseExt,
@@ -29,6 +29,7 @@ use crate::{
     accounts::{SeenFrom, Session},
     error::Error,
     homeserver::Homeserver,
+    net::Conn,
     tenants::Tenants,
 };
 
@@ -36,24 +37,65 @@ use crate::{
 pub struct Ctx {
     pub hs: Arc<Homeserver>,
     pub session: Option<Session>,
-    pub ip: Option<SocketAddr>,
+    /// The client's address (behind a trusted proxy: the address it forwarded).
+    pub ip: Option<IpAddr>,
 }
 
 impl Ctx {
-    /// The session of an endpoint that requires authentication.
-    pub fn session(&self) -> &Session {
-        self.session.as_ref().expect("authenticated endpoint")
+    /// The caller's session; 401 `M_MISSING_TOKEN` when the request carried no token (the
+    /// spec leaves some endpoints' authentication optional, e.g. password change).
+    pub fn session(&self) -> Result<&Session, Error> {
+        self.session.as_ref().ok_or(Error::MissingToken)
     }
 }
 
-pub fn tenant_for(tenants: &Tenants, headers: &HeaderMap) -> Result<Arc<Homeserver>, Error> {
+/// The tenant the request's Host names (HTTP/2: its `:authority`); 404 `M_UNRECOGNIZED` when
+/// it names none.
+pub fn tenant_for(
+    tenants: &Tenants,
+    headers: &HeaderMap,
+    conn: Option<&Conn>,
+) -> Result<Arc<Homeserver>, Error> {
     let host = headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     tenants
-        .by_host(host)
-        .ok_or_else(|| Error::not_found("no homeserver is served for this host"))
+        .by_host(host, conn.map(|c| c.local.ip()))
+        .ok_or(Error::UnknownHost)
+}
+
+/// The tenant of a request (Host and the connection it came in on).
+pub fn tenant_of<B>(tenants: &Tenants, req: &Request<B>) -> Result<Arc<Homeserver>, Error> {
+    tenant_for(tenants, req.headers(), req.extensions().get::<Conn>())
+}
+
+/// The client's address: the peer, or what a trusted proxy forwarded.
+pub fn client_ip(tenants: &Tenants, parts: &http::request::Parts) -> Option<IpAddr> {
+    let conn = parts.extensions.get::<Conn>()?;
+    Some(
+        tenants
+            .trusted_proxies()
+            .client_ip(conn.peer.ip(), &parts.headers),
+    )
+}
+
+/// Reads a whole request body: at most `limit` bytes (413 `M_TOO_LARGE`), within `timeout`
+/// (408: a client that sends slowly must not hold a request open).
+pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, Error> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(Error::RequestTimeout),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                Error::TooLarge
+            } else {
+                Error::Unknown("the request body could not be read".into())
+            })
+        }
+    }
 }
 
 pub(crate) fn bearer(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
@@ -78,7 +120,23 @@ where
     F: Fn(Ctx, R) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
 {
-    route_with(router, false, handler)
+    route_with(router, Guard::default(), handler)
+}
+
+/// Like `route`, but rate-limited although the spec does not mark the endpoint so: endpoints
+/// that check a password (device deletion, password change, deactivation).
+pub fn route_limited<R, F, Fut>(router: Router<Tenants>, handler: F) -> Router<Tenants>
+where
+    R: IncomingRequest + Send + 'static,
+    R::OutgoingResponse: Send,
+    F: Fn(Ctx, R) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
+{
+    let guard = Guard {
+        rate_limit: true,
+        ..Guard::default()
+    };
+    route_with(router, guard, handler)
 }
 
 /// Like `route`, but requires an access token even where the spec leaves the endpoint open
@@ -90,10 +148,47 @@ where
     F: Fn(Ctx, R) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
 {
-    route_with(router, true, handler)
+    let guard = Guard {
+        auth: true,
+        ..Guard::default()
+    };
+    route_with(router, guard, handler)
 }
 
-fn route_with<R, F, Fut>(router: Router<Tenants>, force_auth: bool, handler: F) -> Router<Tenants>
+/// Like `route`, but the body must pass `check` before Ruma parses it (for request types
+/// whose parser is not safe on every input).
+pub fn route_checked<R, F, Fut>(
+    router: Router<Tenants>,
+    check: BodyCheck,
+    handler: F,
+) -> Router<Tenants>
+where
+    R: IncomingRequest + Send + 'static,
+    R::OutgoingResponse: Send,
+    F: Fn(Ctx, R) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
+{
+    let guard = Guard {
+        body_check: Some(check),
+        ..Guard::default()
+    };
+    route_with(router, guard, handler)
+}
+
+/// What a route demands beyond its endpoint's metadata.
+#[derive(Clone, Copy, Default)]
+struct Guard {
+    /// Authenticate although the endpoint's metadata does not ask for it.
+    auth: bool,
+    /// Rate-limit although the endpoint's metadata does not ask for it.
+    rate_limit: bool,
+    /// A check of the raw body before parsing.
+    body_check: Option<BodyCheck>,
+}
+
+type BodyCheck = fn(&[u8]) -> Result<(), Error>;
+
+fn route_with<R, F, Fut>(router: Router<Tenants>, guard: Guard, handler: F) -> Router<Tenants>
 where
     R: IncomingRequest + Send + 'static,
     R::OutgoingResponse: Send,
@@ -105,10 +200,17 @@ where
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             let (ctx, params) = admit::<R>(hs, &mut parts, how).await?;
-            let limit = ctx.hs.config.max_request_bytes;
-            let bytes = axum::body::to_bytes(body, limit)
-                .await
-                .map_err(|_| Error::TooLarge)?;
+            let config = &ctx.hs.config;
+            let bytes = read_body(
+                body,
+                config.max_request_bytes,
+                Duration::from_secs(config.http.body_read_timeout_secs),
+            )
+            .await?;
+            refuse_nul(&bytes)?;
+            if let Some(check) = how.guard.body_check {
+                check(&bytes)?;
+            }
             let request = parse::<R>(parts, &bytes, &params)?;
             let response = handler(ctx, request).await?;
             let http = response
@@ -117,7 +219,7 @@ where
             Ok(http.map(|b| Body::from(b.freeze())))
         })
     });
-    register::<R>(router, force_auth, serve)
+    register::<R>(router, guard, serve)
 }
 
 /// Registers a handler that gets the request body as a stream and makes its own response
@@ -139,12 +241,12 @@ where
             handler(ctx, request, headers, body).await
         })
     });
-    register::<R>(router, false, serve)
+    register::<R>(router, Guard::default(), serve)
 }
 
 type Serve = Arc<
     dyn Fn(
-            Arc<Homeserver>,
+            Admitted,
             Request<Body>,
             How,
         ) -> futures::future::BoxFuture<'static, Result<Response, Error>>
@@ -155,7 +257,7 @@ type Serve = Arc<
 /// Registers `serve` for all paths and the method of Ruma endpoint `R`.
 fn register<R: IncomingRequest + 'static>(
     router: Router<Tenants>,
-    force_auth: bool,
+    guard: Guard,
     serve: Serve,
 ) -> Router<Tenants> {
     let filter = MethodFilter::try_from(R::METHOD).expect("standard method");
@@ -170,11 +272,17 @@ fn register<R: IncomingRequest + 'static>(
         }
     }
     let metric_path: &'static str = R::PATH_BUILDER.all_paths().last().unwrap_or("unknown");
+    {
+        let mut table = ROUTES.lock().expect("route table lock");
+        for (path, _) in &paths {
+            table.insert((R::METHOD.to_string(), path.clone()));
+        }
+    }
     for (path, empty_last) in paths {
         let serve = serve.clone();
         let how = How {
             empty_last,
-            force_auth,
+            guard,
             metric_path,
         };
         router = router.route(
@@ -191,25 +299,41 @@ fn register<R: IncomingRequest + 'static>(
     router
 }
 
+/// Every (method, path template) registered through `route*`, for tests that walk the API.
+static ROUTES: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// The Matrix endpoints of the routers built so far: (method, path template).
+pub fn registered_routes() -> Vec<(String, String)> {
+    ROUTES
+        .lock()
+        .expect("route table lock")
+        .iter()
+        .cloned()
+        .collect()
+}
+
 /// How a route serves its endpoint.
 #[derive(Clone, Copy)]
 struct How {
     /// The path ends in an empty state key.
     empty_last: bool,
-    /// Authenticate although the endpoint's metadata does not ask for it.
-    force_auth: bool,
+    guard: Guard,
     metric_path: &'static str,
 }
 
 /// Finds the tenant, serves, and records the request's duration per tenant and endpoint.
 async fn measured(tenants: Tenants, req: Request<Body>, serve: Serve, how: How) -> Response {
-    let hs = match tenant_for(&tenants, req.headers()) {
+    let hs = match tenant_of(&tenants, &req) {
         Ok(hs) => hs,
         Err(e) => return e.into_response(),
     };
     let started = std::time::Instant::now();
     let server_name = hs.server_name.to_string();
-    let response = match serve(hs, req, how).await {
+    let (parts, body) = req.into_parts();
+    let ip = client_ip(&tenants, &parts);
+    let req = Request::from_parts(parts, body);
+    let response = match serve(Admitted { hs, ip }, req, how).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -223,31 +347,38 @@ async fn measured(tenants: Tenants, req: Request<Body>, serve: Serve, how: How) 
     response
 }
 
+/// A request's tenant and client address, found before it is served.
+struct Admitted {
+    hs: Arc<Homeserver>,
+    ip: Option<IpAddr>,
+}
+
 /// Authenticates and rate-limits as endpoint `R` demands; the handler's context and the path
 /// parameters.
 async fn admit<R: IncomingRequest + 'static>(
-    hs: Arc<Homeserver>,
+    Admitted { hs, ip }: Admitted,
     parts: &mut http::request::Parts,
     how: How,
 ) -> Result<(Ctx, Vec<String>), Error> {
-    let ip = ConnectInfo::<SocketAddr>::from_request_parts(parts, &())
-        .await
-        .ok()
-        .map(|c| c.0);
     let params = RawPathParams::from_request_parts(parts, &())
         .await
         .map_err(|e| Error::invalid_param(e.to_string()))?;
     let mut params: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
+    if params.iter().any(|p| p.contains('\0')) || query_has_nul(parts.uri.query()) {
+        return Err(Error::invalid_param(
+            "parameters may not contain NUL characters",
+        ));
+    }
     if how.empty_last {
         params.push(String::new());
     }
 
     let auth = TypeId::of::<R::Authentication>();
-    let required = how.force_auth || auth == TypeId::of::<AccessToken>();
+    let required = how.guard.auth || auth == TypeId::of::<AccessToken>();
     let token = bearer(&parts.headers, parts.uri.query());
     let session = match token {
         Some(t) if required || auth == TypeId::of::<AccessTokenOptional>() => {
-            let ip = ip.map(|a| a.ip().to_string());
+            let ip = ip.map(|a| a.to_string());
             let user_agent = parts
                 .headers
                 .get(http::header::USER_AGENT)
@@ -261,10 +392,10 @@ async fn admit<R: IncomingRequest + 'static>(
         None if required => return Err(Error::MissingToken),
         _ => None,
     };
-    if R::RATE_LIMITED {
+    if R::RATE_LIMITED || how.guard.rate_limit {
         let key = match (&session, ip) {
             (Some(s), _) => s.user_id.to_string(),
-            (None, Some(ip)) => ip.ip().to_string(),
+            (None, Some(ip)) => ip.to_string(),
             (None, None) => String::new(),
         };
         hs.rate_limiter
@@ -274,9 +405,45 @@ async fn admit<R: IncomingRequest + 'static>(
     Ok((Ctx { hs, session, ip }, params))
 }
 
+/// Refuses a value outside a closed set the spec defines: Ruma keeps unknown strings in a
+/// hidden `_Custom` variant instead of failing, so each handler names the values it accepts.
+pub(crate) fn one_of(field: &str, value: &str, known: &[&str]) -> Result<(), Error> {
+    if known.contains(&value) {
+        return Ok(());
+    }
+    Err(Error::invalid_param(format!(
+        "{field} must be one of {}",
+        known.join(", ")
+    )))
+}
+
+/// Whether a query string carries a NUL character (`%00`).
+pub(crate) fn query_has_nul(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.as_bytes().windows(3).any(|w| w == b"%00"))
+}
+
+/// Refuses JSON with NUL characters in strings (`\u0000`): no client needs them, and
+/// PostgreSQL cannot store them in text, so they would fail deep in the store instead of here.
+pub(crate) fn refuse_nul(json: &[u8]) -> Result<(), Error> {
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] == b'\\' {
+            if json.get(i + 1) == Some(&b'u') && json.get(i + 2..i + 6) == Some(b"0000") {
+                return Err(Error::bad_json("strings may not contain NUL characters"));
+            }
+            // Skip the escaped character, so `\\u0000` (a backslash, then text) passes.
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
 /// A JSON body of a hand-parsed request: 400 `M_NOT_JSON` when it is not JSON, `M_BAD_JSON`
 /// when it has the wrong shape.
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    refuse_nul(bytes)?;
     serde_json::from_slice(bytes).map_err(|e| {
         if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() {
             Error::NotJson("the request body is not valid JSON".into())
@@ -286,22 +453,54 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<
     })
 }
 
-/// Parses the typed request, telling broken JSON, wrong JSON and wrong parameters apart.
+/// Parses the typed request, telling broken JSON, wrong JSON and wrong parameters apart. An
+/// empty body counts as `{}`: stock clients send none where every field is optional
+/// (matrix-nio's `POST /join/{roomId}`), and the spec's empty object means the same.
 fn parse<R: IncomingRequest>(
     parts: http::request::Parts,
     bytes: &[u8],
     params: &[String],
 ) -> Result<R, Error> {
     let refs: Vec<&str> = params.iter().map(String::as_str).collect();
-    let http_req = Request::from_parts(parts, bytes);
-    R::try_from_http_request(http_req, &refs).map_err(|e| {
-        if !bytes.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() {
-            Error::NotJson("the request body is not valid JSON".into())
-        } else if bytes.is_empty() {
-            // Without a body, only the path or query string can be wrong.
-            Error::invalid_param(e.to_string())
-        } else {
-            Error::bad_json(e.to_string())
+    let empty = bytes.iter().all(u8::is_ascii_whitespace);
+    let body: &[u8] = if empty { b"{}" } else { bytes };
+    // Ruma's parsers are not all panic-free on hostile input (its `LoginInfo` indexes a
+    // missing `type`); a parser that panics has refused the request.
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        R::try_from_http_request(Request::from_parts(parts, body), &refs)
+    }))
+    .map_err(|_| {
+        tracing::warn!("the request parser panicked; answered 400");
+        Error::bad_json("the request body does not have the required shape")
+    })?;
+    parsed.map_err(|e| {
+        use ruma::api::error::{DeserializationError as D, FromHttpRequestError as F};
+        match e {
+            F::Deserialization(D::Json(e)) if empty => {
+                Error::NotJson(format!("this endpoint needs a JSON body: {e}"))
+            }
+            F::Deserialization(D::Json(e)) => {
+                if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() {
+                    Error::NotJson("the request body is not valid JSON".into())
+                } else {
+                    Error::bad_json(e.to_string())
+                }
+            }
+            F::MethodMismatch { .. } => Error::MethodNotAllowed,
+            e => Error::invalid_param(e.to_string()),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nul_characters_are_found_only_where_they_are() {
+        assert!(super::refuse_nul(br#"{"a":"x\u0000y"}"#).is_err());
+        assert!(super::refuse_nul(br#"{"a":"x\\u0000y"}"#).is_ok());
+        assert!(super::refuse_nul(br#"{"a":"\u00001"}"#).is_err());
+        assert!(super::refuse_nul(br#"{"a":"\u0001"}"#).is_ok());
+        assert!(super::query_has_nul(Some("a=%00")));
+        assert!(!super::query_has_nul(Some("a=%2000")));
+    }
 }

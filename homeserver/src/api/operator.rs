@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::State,
     http::HeaderMap,
     routing::{get, post, put},
 };
-use ruma::{OwnedServerName, ServerName};
+use ruma::OwnedServerName;
 use serde::{Deserialize, Serialize};
 
+use super::admin::{J, P, Q};
 use crate::{
     error::{Error, Result},
     homeserver::Homeserver,
@@ -46,7 +47,7 @@ pub fn router(token: String) -> Router<Tenants> {
         .route(
             "/_tim/operator/v1/tenants/{server_name}",
             put(
-                move |State(t): State<Tenants>, h: HeaderMap, Path(name): Path<String>| async move {
+                move |State(t): State<Tenants>, h: HeaderMap, P(name): P<String>| async move {
                     c2(&h)?;
                     let name = parse_name(&name)?;
                     let created = t.add(name).await?;
@@ -56,8 +57,8 @@ pub fn router(token: String) -> Router<Tenants> {
             .delete(
                 move |State(t): State<Tenants>,
                       h: HeaderMap,
-                      Path(name): Path<String>,
-                      q: axum::extract::Query<RemoveQuery>| async move {
+                      P(name): P<String>,
+                      Q(q): Q<RemoveQuery>| async move {
                     check(&h)?;
                     let name = parse_name(&name)?;
                     if !t.remove(&name, q.delete_data).await? {
@@ -72,8 +73,8 @@ pub fn router(token: String) -> Router<Tenants> {
             post(
                 move |State(t): State<Tenants>,
                       h: HeaderMap,
-                      Path(name): Path<String>,
-                      body: Json<NewUser>| async move {
+                      P(name): P<String>,
+                      J(body): J<NewUser>| async move {
                     c3(&h)?;
                     let hs = tenant(&t, &name)?;
                     let user_id = body.create(&hs).await?;
@@ -86,8 +87,8 @@ pub fn router(token: String) -> Router<Tenants> {
             post(
                 move |State(t): State<Tenants>,
                       h: HeaderMap,
-                      Path(name): Path<String>,
-                      body: Json<NewToken>| async move {
+                      P(name): P<String>,
+                      J(body): J<NewToken>| async move {
                     c4(&h)?;
                     let hs = tenant(&t, &name)?;
                     let token = body.create(&hs).await?;
@@ -98,11 +99,17 @@ pub fn router(token: String) -> Router<Tenants> {
         .route(
             "/_tim/operator/v1/tenants/{server_name}/admin_token",
             post(
-                move |State(t): State<Tenants>, h: HeaderMap, Path(name): Path<String>| async move {
+                move |State(t): State<Tenants>, h: HeaderMap, P(name): P<String>| async move {
                     c5(&h)?;
                     let hs = tenant(&t, &name)?;
-                    let token = hs.rotate_admin_token().await?;
-                    hs.audit("operator", "admin_token.rotate", None, None)
+                    let token = hs
+                        .audited(
+                            "operator",
+                            "admin_token.rotate",
+                            None,
+                            None,
+                            hs.rotate_admin_token(),
+                        )
                         .await?;
                     Ok::<_, Error>(Json(serde_json::json!({ "token": token })))
                 },
@@ -111,7 +118,8 @@ pub fn router(token: String) -> Router<Tenants> {
 }
 
 fn parse_name(name: &str) -> Result<OwnedServerName> {
-    ServerName::parse(name).map_err(|e| Error::invalid_param(format!("invalid server name: {e}")))
+    crate::tenants::tenant_name(name)
+        .map_err(|e| Error::invalid_param(format!("invalid tenant name: {e}")))
 }
 
 fn tenant(t: &Tenants, name: &str) -> Result<std::sync::Arc<Homeserver>> {

@@ -55,19 +55,39 @@ fn info(row: BackupVersionRow) -> Result<BackupInfo> {
     })
 }
 
-/// `algorithm` and `auth_data` of a backup algorithm object.
+/// The one backup algorithm the spec defines.
+const MEGOLM_BACKUP_V1: &str = "m.megolm_backup.v1.curve25519-aes-sha2";
+
+/// `algorithm` and `auth_data` of a backup algorithm object. Read here rather than by Ruma's
+/// type, which insists on `signatures` in `auth_data` where the spec does not (clients may
+/// sign the backup later); other algorithms than the spec's one are refused.
 fn split_algorithm(raw: &Raw<BackupAlgorithm>) -> Result<(String, String)> {
-    raw.deserialize()
+    let v: Value = serde_json::from_str(raw.json().get())
         .map_err(|e| Error::bad_json(format!("backup algorithm: {e}")))?;
-    let v: Value = serde_json::from_str(raw.json().get()).map_err(Error::internal)?;
     let algorithm = v
         .get("algorithm")
         .and_then(Value::as_str)
         .ok_or_else(|| Error::bad_json("backup algorithm lacks `algorithm`"))?;
+    if algorithm != MEGOLM_BACKUP_V1 {
+        return Err(Error::invalid_param(format!(
+            "unsupported backup algorithm; use {MEGOLM_BACKUP_V1}"
+        )));
+    }
     let auth_data = v
         .get("auth_data")
         .filter(|a| a.is_object())
         .ok_or_else(|| Error::bad_json("backup algorithm lacks `auth_data`"))?;
+    let public_key = auth_data.get("public_key").and_then(Value::as_str);
+    if public_key
+        .is_none_or(|k| ruma::serde::Base64::<ruma::serde::base64::Standard>::parse(k).is_err())
+    {
+        return Err(Error::bad_json(
+            "auth_data.public_key must be a base64 Curve25519 key",
+        ));
+    }
+    if auth_data.get("signatures").is_some_and(|s| !s.is_object()) {
+        return Err(Error::bad_json("auth_data.signatures must be an object"));
+    }
     Ok((algorithm.to_owned(), auth_data.to_string()))
 }
 

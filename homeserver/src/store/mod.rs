@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use async_trait::async_trait;
 
+pub mod lock;
 mod postgres;
 mod sqlite;
 
@@ -22,6 +23,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -78,7 +81,10 @@ pub struct UserRow {
 
 #[derive(Clone, Debug)]
 pub struct RegistrationTokenRow {
+    /// The token's id (a hash of it; the token itself is not stored).
     pub token: String,
+    /// The token's first characters, to tell tokens apart in lists.
+    pub hint: String,
     pub uses_allowed: Option<i64>,
     pub completed: i64,
     pub expiry_ts: Option<i64>,
@@ -101,9 +107,11 @@ pub trait AccountStore: Send + Sync {
     /// (a device-list change at `change_pos`). Returns the removed token hashes.
     async fn deactivate(&self, user_id: &str, change_pos: i64) -> StoreResult<Vec<String>>;
 
+    /// `id` is the token's hash, `hint` its first characters.
     async fn create_registration_token(
         &self,
-        token: &str,
+        id: &str,
+        hint: &str,
         uses_allowed: Option<i64>,
         expiry_ts: Option<i64>,
         now: i64,
@@ -116,6 +124,11 @@ pub trait AccountStore: Send + Sync {
     async fn consume_registration_token(&self, token: &str, now: i64) -> StoreResult<bool>;
     async fn list_registration_tokens(&self) -> StoreResult<Vec<RegistrationTokenRow>>;
     async fn delete_registration_token(&self, token: &str) -> StoreResult<bool>;
+    /// Replaces tokens stored in plain text (before migration 0012) by their ids.
+    async fn hash_plain_registration_tokens(
+        &self,
+        id: for<'a> fn(&'a str) -> String,
+    ) -> StoreResult<u64>;
 
     async fn user_summary(&self, user_id: &str) -> StoreResult<Option<UserSummary>>;
     /// Active users whose id or display name contains `term` (lower case), at most `limit`.
@@ -754,6 +767,8 @@ pub struct AuditRow {
     pub target: Option<String>,
     pub details: Option<String>,
     pub ts: i64,
+    /// `ok`, `failed: <errcode>`, or none when the request ended before it was recorded.
+    pub outcome: Option<String>,
 }
 
 /// A room as the admin sees it: no names, topics or messages.
@@ -779,7 +794,9 @@ pub trait AdminStore: Send + Sync {
         target: Option<&str>,
         details: Option<&str>,
         now: i64,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<i64>;
+    /// Records the outcome of audit entry `id`.
+    async fn audit_outcome(&self, id: i64, outcome: &str) -> StoreResult<()>;
     /// Audit entries before id `before`, newest first.
     async fn audit_log(&self, before: Option<i64>, limit: i64) -> StoreResult<Vec<AuditRow>>;
     async fn setting(&self, key: &str) -> StoreResult<Option<String>>;

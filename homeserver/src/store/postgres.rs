@@ -111,7 +111,7 @@ mod imp {
 }
 
 /// Schema names are derived from the server name: lower-case ASCII letters, digits and `_`.
-pub fn schema_name(server_name: &str) -> String {
+pub(crate) fn schema_name(server_name: &str) -> String {
     let mut s = String::from("tim_");
     for c in server_name.chars().take(46) {
         s.push(if c.is_ascii_alphanumeric() {
@@ -134,9 +134,10 @@ pub fn schema_name(server_name: &str) -> String {
 
 /// Connection options from the URL. Without an explicit `sslmode`, a database on the loopback
 /// interface is reached without TLS: encryption there protects nothing and costs CPU on both
-/// ends (measured: 2,600–2,850 → 3,300–3,500 messages/s in tim-bench). Remote databases keep sqlx's
-/// default (`prefer`); set `sslmode=verify-full` in the URL to insist on verified TLS.
-fn connect_options(url: &str) -> StoreResult<PgConnectOptions> {
+/// ends (measured: 2,600–2,850 → 3,300–3,500 messages/s in tim-bench). Any other database
+/// requires TLS (`require`: `prefer` would fall back to plain text when an attacker on the path
+/// says TLS is off); set `sslmode=verify-full` in the URL to verify the server's certificate.
+pub(crate) fn connect_options(url: &str) -> StoreResult<PgConnectOptions> {
     let options = PgConnectOptions::from_str(url)?;
     let host = options.get_host();
     let loopback = host == "localhost"
@@ -144,10 +145,22 @@ fn connect_options(url: &str) -> StoreResult<PgConnectOptions> {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
-    if loopback && !url.contains("sslmode=") {
-        return Ok(options.ssl_mode(sqlx::postgres::PgSslMode::Disable));
+    if has_ssl_mode(url) {
+        return Ok(options);
     }
-    Ok(options)
+    Ok(options.ssl_mode(if loopback {
+        sqlx::postgres::PgSslMode::Disable
+    } else {
+        sqlx::postgres::PgSslMode::Require
+    }))
+}
+
+/// Whether the URL's query sets `sslmode` (or its alias `ssl-mode`).
+fn has_ssl_mode(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, q)| {
+        q.split('&')
+            .any(|kv| kv.starts_with("sslmode=") || kv.starts_with("ssl-mode="))
+    })
 }
 
 /// Opens the tenant's schema in the database at `url`, creating and migrating it if needed.
@@ -199,6 +212,33 @@ pub async fn drop_tenant_schema(url: &str, server_name: &str) -> StoreResult<()>
 
 #[cfg(test)]
 mod tests {
+    use sqlx::postgres::PgSslMode;
+
+    #[test]
+    fn remote_databases_require_tls() {
+        let mode = |url: &str| format!("{:?}", super::connect_options(url).unwrap().get_ssl_mode());
+        assert_eq!(
+            mode("postgres://u@127.0.0.1/db"),
+            format!("{:?}", PgSslMode::Disable)
+        );
+        assert_eq!(
+            mode("postgres://u@localhost/db"),
+            format!("{:?}", PgSslMode::Disable)
+        );
+        assert_eq!(
+            mode("postgres://u@db.internal/db"),
+            format!("{:?}", PgSslMode::Require)
+        );
+        assert_eq!(
+            mode("postgres://u@10.1.2.3:5432/db"),
+            format!("{:?}", PgSslMode::Require)
+        );
+        assert_eq!(
+            mode("postgres://u@db.internal/db?sslmode=verify-full"),
+            format!("{:?}", PgSslMode::VerifyFull)
+        );
+    }
+
     #[test]
     fn long_names_keep_distinct_schemas() {
         let a = super::schema_name(&format!("{}.example.com", "x".repeat(60)));

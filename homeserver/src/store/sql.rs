@@ -141,9 +141,10 @@ impl AccountStore for SqlStore {
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
-    async fn create_registration_token(&self, token: &str, uses_allowed: Option<i64>, expiry_ts: Option<i64>, now: i64) -> StoreResult<()> {
-        sqlx::query("INSERT INTO registration_tokens (token, uses_allowed, completed, expiry_ts, created_ts) VALUES ($1, $2, 0, $3, $4)")
-            .bind(token)
+    async fn create_registration_token(&self, id: &str, hint: &str, uses_allowed: Option<i64>, expiry_ts: Option<i64>, now: i64) -> StoreResult<()> {
+        sqlx::query("INSERT INTO registration_tokens (token, hint, hashed, uses_allowed, completed, expiry_ts, created_ts) VALUES ($1, $2, TRUE, $3, 0, $4, $5)")
+            .bind(id)
+            .bind(hint)
             .bind(uses_allowed)
             .bind(expiry_ts)
             .bind(now)
@@ -154,21 +155,18 @@ impl AccountStore for SqlStore {
     }
 
     async fn get_registration_token(&self, token: &str) -> StoreResult<Option<RegistrationTokenRow>> {
-        let row = sqlx::query("SELECT token, uses_allowed, completed, expiry_ts FROM registration_tokens WHERE token = $1")
+        let row = sqlx::query("SELECT token, hint, uses_allowed, completed, expiry_ts FROM registration_tokens WHERE token = $1 AND hashed")
             .bind(token)
             .fetch_optional(&self.read)
             .await?;
-        row.map(|r| {
-            Ok(RegistrationTokenRow { token: r.try_get(0)?, uses_allowed: r.try_get(1)?, completed: r.try_get(2)?, expiry_ts: r.try_get(3)? })
-        })
-        .transpose()
+        row.as_ref().map(registration_token_row).transpose()
     }
 
     async fn consume_registration_token(&self, token: &str, now: i64) -> StoreResult<bool> {
         // One statement: the row lock (PostgreSQL) or the single writer (SQLite) makes two
         // concurrent registrations unable to both take the last use.
         let done = sqlx::query(
-            "UPDATE registration_tokens SET completed = completed + 1 WHERE token = $1 \
+            "UPDATE registration_tokens SET completed = completed + 1 WHERE token = $1 AND hashed \
              AND (uses_allowed IS NULL OR completed < uses_allowed) AND (expiry_ts IS NULL OR expiry_ts > $2)",
         )
         .bind(token)
@@ -179,17 +177,33 @@ impl AccountStore for SqlStore {
     }
 
     async fn list_registration_tokens(&self) -> StoreResult<Vec<RegistrationTokenRow>> {
-        let rows = sqlx::query("SELECT token, uses_allowed, completed, expiry_ts FROM registration_tokens ORDER BY created_ts")
+        let rows = sqlx::query("SELECT token, hint, uses_allowed, completed, expiry_ts FROM registration_tokens WHERE hashed ORDER BY created_ts")
             .fetch_all(&self.read)
             .await?;
-        rows.iter()
-            .map(|r| Ok(RegistrationTokenRow { token: r.try_get(0)?, uses_allowed: r.try_get(1)?, completed: r.try_get(2)?, expiry_ts: r.try_get(3)? }))
-            .collect()
+        rows.iter().map(registration_token_row).collect()
     }
 
     async fn delete_registration_token(&self, token: &str) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM registration_tokens WHERE token = $1").bind(token).execute(&self.write).await?;
+        let done = sqlx::query("DELETE FROM registration_tokens WHERE token = $1 AND hashed").bind(token).execute(&self.write).await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn hash_plain_registration_tokens(&self, id: for<'a> fn(&'a str) -> String) -> StoreResult<u64> {
+        let mut tx = self.write.begin().await?;
+        let plain: Vec<String> = sqlx::query_scalar("SELECT token FROM registration_tokens WHERE NOT hashed")
+            .fetch_all(&mut *tx)
+            .await?;
+        for token in &plain {
+            let hint: String = token.chars().take(4).collect();
+            sqlx::query("UPDATE registration_tokens SET token = $1, hint = $2, hashed = TRUE WHERE token = $3 AND NOT hashed")
+                .bind(id(token))
+                .bind(hint)
+                .bind(token.clone())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(plain.len() as u64)
     }
 
     async fn user_summary(&self, user_id: &str) -> StoreResult<Option<UserSummary>> {
@@ -1068,4 +1082,14 @@ impl EventStore for SqlStore {
         sqlx::query("DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2").bind(user_id).bind(room_id).execute(&self.write).await?;
         Ok(())
     }
+}
+
+fn registration_token_row(r: &<Db as sqlx::Database>::Row) -> StoreResult<RegistrationTokenRow> {
+    Ok(RegistrationTokenRow {
+        token: r.try_get(0)?,
+        hint: r.try_get(1)?,
+        uses_allowed: r.try_get(2)?,
+        completed: r.try_get(3)?,
+        expiry_ts: r.try_get(4)?,
+    })
 }

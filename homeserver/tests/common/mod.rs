@@ -22,11 +22,13 @@ pub const STORES: [Store; 2] = [Store::Sqlite, Store::Postgres];
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The internal listener (operator API, metrics).
+    pub internal_addr: SocketAddr,
     pub tenants: Tenants,
     pub server_name: String,
     pub store: Store,
     _dir: tempfile::TempDir,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 pub fn unique_name(prefix: &str) -> String {
@@ -60,16 +62,32 @@ impl TestServer {
         config.argon2.t_cost = 1;
         config.rate_limit.disabled = true;
         tweak(&mut config);
-        let tenants = Tenants::open(Arc::new(config)).await.unwrap();
+        let config = Arc::new(config);
+        let tenants = Tenants::open(config.clone()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = server::router(tenants.clone(), "operator-secret".into(), None);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(server::serve(listener, app, async {
-            let _ = rx.await;
-        }));
+        let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let internal_addr = internal.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let trusted = tenants.trusted_proxies().clone();
+        let app = server::router(tenants.clone());
+        tokio::spawn({
+            let (config, trusted, stopped) = (config.clone(), trusted.clone(), stopped());
+            async move { server::serve(listener, app, &config.http, trusted, stopped).await }
+        });
+        let internal_app = server::internal_router(tenants.clone(), "operator-secret".into(), None);
+        tokio::spawn(async move {
+            server::serve(internal, internal_app, &config.http, trusted, stopped()).await
+        });
         TestServer {
             addr,
+            internal_addr,
             tenants,
             server_name,
             store,
@@ -93,12 +111,24 @@ impl TestServer {
         }
     }
 
+    /// A client of the operator API (internal listener), with the operator token.
+    pub fn operator(&self) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base: format!("http://{}", self.internal_addr),
+            token: Some("operator-secret".into()),
+            user_id: String::new(),
+            device_id: String::new(),
+        }
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         self._dir.path()
     }
 
     pub fn hs(&self) -> Arc<tim_homeserver::homeserver::Homeserver> {
-        self.tenants.by_host(&self.server_name).unwrap()
+        let name = tim_homeserver::tenants::tenant_name(&self.server_name).unwrap();
+        self.tenants.get(&name).unwrap()
     }
 
     pub fn client(&self) -> Client {
@@ -113,8 +143,10 @@ impl TestServer {
 
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
+        // Strict: a panic caught anywhere in the suite is a bug, even if the test passed.
+        assert_eq!(server::panics_caught(), 0, "a request handler panicked");
         let names = self.tenants.names();
         self.tenants.close().await;
         if let Store::Postgres = self.store {
@@ -234,4 +266,54 @@ pub fn bodies(sync: &Value, room: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Sends `request` (raw HTTP/1.1, which should say `Connection: close`) on a new connection
+/// and reads the answer: status and JSON body (a string if the body is not JSON).
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server answers")
+    .unwrap();
+    parse_http_answer(&answer)
+}
+
+/// Status and body of a raw HTTP/1.1 answer (plain or chunked body).
+pub fn parse_http_answer(answer: &[u8]) -> (u16, Value) {
+    let text = String::from_utf8_lossy(answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
 }

@@ -19,12 +19,13 @@ use axum::{
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{bearer, json_body, tenant_for};
+use super::{bearer, client_ip, json_body, read_body, tenant_for};
 use crate::{
     accounts::SeenFrom,
     admin::TokenCheck,
     error::{Error, Result},
     homeserver::Homeserver,
+    net::Conn,
     tenants::Tenants,
 };
 
@@ -47,13 +48,29 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// Records a read in the audit log (after it: a failed write fails the request, so
+    /// nothing is shown unrecorded).
     async fn audit(
         &self,
         action: &str,
         target: Option<&str>,
         details: Option<Value>,
     ) -> Result<()> {
-        self.hs.audit(&self.actor, action, target, details).await
+        self.audited(action, target, details, async { Ok(()) })
+            .await
+    }
+
+    /// Runs a change with its audit entry written first and its outcome after.
+    async fn audited<T>(
+        &self,
+        action: &str,
+        target: Option<&str>,
+        details: Option<Value>,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.hs
+            .audited(&self.actor, action, target, details, work)
+            .await
     }
 }
 
@@ -61,12 +78,18 @@ impl FromRequestParts<Tenants> for Admin {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, tenants: &Tenants) -> Result<Self> {
-        authenticate(tenants, &parts.headers).await
+        let hs = tenant_for(tenants, &parts.headers, parts.extensions.get::<Conn>())?;
+        // Rate-limited per client address before the token is looked at: the admin API is on
+        // the public listener, so token guessing and floods are slowed like any anonymous use.
+        let ip = client_ip(tenants, parts).map(|ip| ip.to_string());
+        hs.rate_limiter
+            .check(&format!("admin-api {}", ip.unwrap_or_default()))
+            .map_err(|retry_after_ms| Error::LimitExceeded { retry_after_ms })?;
+        authenticate(hs, &parts.headers).await
     }
 }
 
-async fn authenticate(tenants: &Tenants, headers: &HeaderMap) -> Result<Admin> {
-    let hs = tenant_for(tenants, headers)?;
+async fn authenticate(hs: Arc<Homeserver>, headers: &HeaderMap) -> Result<Admin> {
     let token = bearer(headers, None).ok_or(Error::MissingToken)?;
     match hs.check_admin_token(&token).await? {
         TokenCheck::Valid => {
@@ -103,6 +126,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        if super::query_has_nul(parts.uri.query()) {
+            return Err(Error::invalid_param(
+                "parameters may not contain NUL characters",
+            ));
+        }
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Q(q.0))
@@ -117,6 +145,11 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for P<T> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        if parts.uri.path().contains("%00") {
+            return Err(Error::invalid_param(
+                "parameters may not contain NUL characters",
+            ));
+        }
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| P(p.0))
@@ -131,12 +164,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for J<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, _: &S) -> Result<Self> {
-        let bytes = axum::body::to_bytes(req.into_body(), 1024 * 1024)
-            .await
-            .map_err(|_| Error::TooLarge)?;
+        let bytes = read_body(req.into_body(), 1024 * 1024, BODY_TIMEOUT).await?;
         json_body(&bytes).map(J)
     }
 }
+
+/// How long an admin request's body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A user id in a path, of this tenant.
 fn local_user(hs: &Homeserver, user: &str) -> Result<ruma::OwnedUserId> {

@@ -70,17 +70,19 @@ async fn reports(admin: Admin, Q(q): Q<ReportQuery>) -> Result<Json<Value>> {
 }
 
 async fn handled(admin: Admin, P(id): P<i64>) -> Result<Response> {
-    if !admin
-        .hs
-        .stores
-        .reports
-        .mark_report_handled(id, &admin.actor, now_ms())
-        .await?
-    {
-        return Err(Error::not_found("no such open report"));
-    }
     admin
-        .audit("reports.handled", Some(&id.to_string()), None)
+        .audited("reports.handled", Some(&id.to_string()), None, async {
+            let marked = admin
+                .hs
+                .stores
+                .reports
+                .mark_report_handled(id, &admin.actor, now_ms())
+                .await?;
+            if !marked {
+                return Err(Error::not_found("no such open report"));
+            }
+            Ok(())
+        })
         .await?;
     Ok(ok())
 }
@@ -98,22 +100,24 @@ async fn notice(admin: Admin, J(req): J<NoticeBody>) -> Result<Response> {
     match req.user_id {
         Some(user) => {
             let user = local_user(&admin.hs, &user)?;
-            let event_id = admin.hs.send_server_notice(&user, &req.body).await?;
-            admin
-                .audit("server_notices.send", Some(user.as_str()), None)
+            let event_id = admin
+                .audited(
+                    "server_notices.send",
+                    Some(user.as_str()),
+                    None,
+                    admin.hs.send_server_notice(&user, &req.body),
+                )
                 .await?;
             Ok(Json(json!({ "event_id": event_id })).into_response())
         }
         None => {
+            // The job id is known only once the job exists; the entry says what was started.
             let job = admin
-                .hs
-                .send_server_notice_to_all(&admin.actor, &req.body)
-                .await?;
-            admin
-                .audit(
+                .audited(
                     "server_notices.send_all",
                     None,
-                    Some(json!({"job_id": job})),
+                    None,
+                    admin.hs.send_server_notice_to_all(&admin.actor, &req.body),
                 )
                 .await?;
             Ok((StatusCode::ACCEPTED, Json(json!({ "job_id": job }))).into_response())
@@ -139,10 +143,14 @@ async fn notice_job(admin: Admin, P(id): P<i64>) -> Result<Json<Value>> {
 
 /// Deletes a file with its thumbnails (e.g. a reported attachment).
 async fn delete_media(admin: Admin, P(id): P<String>) -> Result<Response> {
-    if !admin.hs.media.delete(&id).await? {
-        return Err(Error::not_found("no such media"));
-    }
-    admin.audit("media.delete", Some(&id), None).await?;
+    admin
+        .audited("media.delete", Some(&id), None, async {
+            if !admin.hs.media.delete(&id).await? {
+                return Err(Error::not_found("no such media"));
+            }
+            Ok(())
+        })
+        .await?;
     Ok(ok())
 }
 
@@ -185,8 +193,14 @@ async fn settings(admin: Admin) -> Result<Json<Value>> {
 
 async fn update_settings(admin: Admin, J(update): J<SettingsUpdate>) -> Result<Json<Value>> {
     let details = json!({ "displayname_admin_only": update.displayname_admin_only });
-    let s = admin.hs.update_settings(update).await?;
-    admin.audit("settings.update", None, Some(details)).await?;
+    let s = admin
+        .audited(
+            "settings.update",
+            None,
+            Some(details),
+            admin.hs.update_settings(update),
+        )
+        .await?;
     Ok(Json(serde_json::to_value(s).map_err(Error::internal)?))
 }
 
@@ -210,6 +224,7 @@ async fn audit_log(admin: Admin, Q(q): Q<AuditQuery>) -> Result<Json<Value>> {
             "target": r.target,
             "details": r.details.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()),
             "ts": r.ts,
+            "outcome": r.outcome,
         })).collect::<Vec<_>>(),
         "next_from": next,
     })))

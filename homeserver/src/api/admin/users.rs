@@ -82,12 +82,16 @@ async fn list(admin: Admin, Q(q): Q<ListQuery>) -> Result<Json<Value>> {
 }
 
 async fn create(admin: Admin, J(body): J<NewUser>) -> Result<Json<Value>> {
-    let user_id = body.create(&admin.hs).await?;
-    admin
-        .audit(
+    let target = admin
+        .hs
+        .accounts
+        .new_user_id(&body.localpart.to_lowercase())?;
+    let user_id = admin
+        .audited(
             "users.create",
-            Some(user_id.as_str()),
+            Some(target.as_str()),
             Some(json!({"admin": body.admin})),
+            body.create(&admin.hs),
         )
         .await?;
     Ok(Json(json!({ "user_id": user_id })))
@@ -126,19 +130,16 @@ async fn displayname(
 ) -> Result<Json<Value>> {
     let user = local_user(&admin.hs, &user)?;
     admin
-        .hs
-        .set_profile_field(
-            Editor::OrgAdmin,
-            &user,
-            DISPLAYNAME,
-            Some(Value::String(body.displayname.clone())),
-        )
-        .await?;
-    admin
-        .audit(
+        .audited(
             "users.displayname",
             Some(user.as_str()),
             Some(json!({"displayname": body.displayname})),
+            admin.hs.set_profile_field(
+                Editor::OrgAdmin,
+                &user,
+                DISPLAYNAME,
+                Some(Value::String(body.displayname.clone())),
+            ),
         )
         .await?;
     Ok(Json(json!({})))
@@ -146,9 +147,13 @@ async fn displayname(
 
 async fn deactivate(admin: Admin, P(user): P<String>) -> Result<axum::response::Response> {
     let user = local_user(&admin.hs, &user)?;
-    admin.hs.deactivate_user(&user).await?;
     admin
-        .audit("users.deactivate", Some(user.as_str()), None)
+        .audited(
+            "users.deactivate",
+            Some(user.as_str()),
+            None,
+            admin.hs.deactivate_user(&user),
+        )
         .await?;
     Ok(ok())
 }
@@ -171,14 +176,13 @@ async fn password(
 ) -> Result<axum::response::Response> {
     let user = local_user(&admin.hs, &user)?;
     admin
-        .hs
-        .reset_password(&user, &body.password, body.logout_devices)
-        .await?;
-    admin
-        .audit(
+        .audited(
             "users.password",
             Some(user.as_str()),
             Some(json!({"logout_devices": body.logout_devices})),
+            admin
+                .hs
+                .reset_password(&user, &body.password, body.logout_devices),
         )
         .await?;
     Ok(ok())
@@ -225,15 +229,14 @@ async fn delete_device(
         return Err(Error::not_found("no such device"));
     }
     admin
-        .hs
-        .accounts
-        .delete_devices(&user, std::slice::from_ref(&device))
-        .await?;
-    admin
-        .audit(
+        .audited(
             "devices.delete",
             Some(user.as_str()),
             Some(json!({"device_id": device})),
+            admin
+                .hs
+                .accounts
+                .delete_devices(&user, std::slice::from_ref(&device)),
         )
         .await?;
     Ok(ok())
@@ -244,9 +247,13 @@ async fn delete_all_devices(admin: Admin, P(user): P<String>) -> Result<axum::re
     if !admin.hs.accounts.user_exists(&user).await? {
         return Err(Error::not_found("no such user"));
     }
-    admin.hs.accounts.logout_all(&user).await?;
     admin
-        .audit("devices.delete_all", Some(user.as_str()), None)
+        .audited(
+            "devices.delete_all",
+            Some(user.as_str()),
+            None,
+            admin.hs.accounts.logout_all(&user),
+        )
         .await?;
     Ok(ok())
 }
@@ -257,7 +264,8 @@ async fn list_tokens(admin: Admin) -> Result<Json<Value>> {
     admin.audit("registration_tokens.list", None, None).await?;
     Ok(Json(json!({
         "registration_tokens": tokens.iter().map(|t| json!({
-            "token": t.token,
+            "id": t.token,
+            "hint": t.hint,
             "uses_allowed": t.uses_allowed,
             "completed": t.completed,
             "expiry_time": t.expiry_ts,
@@ -267,25 +275,25 @@ async fn list_tokens(admin: Admin) -> Result<Json<Value>> {
 }
 
 async fn create_token(admin: Admin, J(body): J<NewToken>) -> Result<Json<Value>> {
-    let token = body.create(&admin.hs).await?;
-    admin
-        .audit("registration_tokens.create", None, Some(json!({"uses_allowed": body.uses_allowed.or(Some(1)), "expiry_time": body.expiry_time})))
+    let token = admin
+        .audited(
+            "registration_tokens.create",
+            None,
+            Some(json!({"uses_allowed": body.uses_allowed.or(Some(1)), "expiry_time": body.expiry_time})),
+            body.create(&admin.hs),
+        )
         .await?;
     Ok(Json(json!({ "token": token })))
 }
 
 async fn delete_token(admin: Admin, P(token): P<String>) -> Result<axum::response::Response> {
-    if !admin
-        .hs
-        .stores
-        .accounts
-        .delete_registration_token(&token)
-        .await?
-    {
-        return Err(Error::not_found("no such registration token"));
-    }
     admin
-        .audit("registration_tokens.revoke", None, None)
+        .audited("registration_tokens.revoke", None, None, async {
+            if !admin.hs.accounts.revoke_registration_token(&token).await? {
+                return Err(Error::not_found("no such registration token"));
+            }
+            Ok(())
+        })
         .await?;
     Ok(ok())
 }

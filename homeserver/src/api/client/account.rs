@@ -10,20 +10,21 @@ use ruma::{
 };
 
 use crate::{
-    api::{Ctx, route},
+    api::{Ctx, route, route_limited},
     error::{Error, Result},
     store::DeviceRow,
     tenants::Tenants,
 };
 
 pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
-    let r = route(r, change_password);
-    let r = route(r, deactivate);
+    // Each of these checks a password: rate-limited as well as throttled per account.
+    let r = route_limited(r, change_password);
+    let r = route_limited(r, deactivate);
     let r = route(r, get_devices);
     let r = route(r, get_device);
     let r = route(r, update_device);
-    let r = route(r, delete_device);
-    route(r, delete_devices)
+    let r = route_limited(r, delete_device);
+    route_limited(r, delete_devices)
 }
 
 fn device(row: DeviceRow) -> Result<Device> {
@@ -41,7 +42,9 @@ async fn change_password(
     ctx: Ctx,
     req: change_password::v3::Request,
 ) -> Result<change_password::v3::Response> {
-    let s = ctx.session();
+    let s = ctx.session()?;
+    // Refused before the password confirmation, which it would otherwise spend.
+    crate::accounts::hashing::check_new_password(&req.new_password)?;
     ctx.hs
         .accounts
         .uia_password(&s.user_id, req.auth.as_ref())
@@ -54,7 +57,7 @@ async fn change_password(
 }
 
 async fn deactivate(ctx: Ctx, req: deactivate::v3::Request) -> Result<deactivate::v3::Response> {
-    let s = ctx.session();
+    let s = ctx.session()?;
     ctx.hs
         .accounts
         .uia_password(&s.user_id, req.auth.as_ref())
@@ -70,7 +73,7 @@ async fn get_devices(ctx: Ctx, _: get_devices::v3::Request) -> Result<get_device
         .hs
         .accounts
         .sessions()
-        .list_devices(ctx.session().user_id.as_str())
+        .list_devices(ctx.session()?.user_id.as_str())
         .await?;
     Ok(get_devices::v3::Response::new(
         rows.into_iter().map(device).collect::<Result<_>>()?,
@@ -82,7 +85,7 @@ async fn get_device(ctx: Ctx, req: get_device::v3::Request) -> Result<get_device
         .hs
         .accounts
         .sessions()
-        .get_device(ctx.session().user_id.as_str(), req.device_id.as_str())
+        .get_device(ctx.session()?.user_id.as_str(), req.device_id.as_str())
         .await?;
     Ok(get_device::v3::Response::new(device(
         row.ok_or_else(|| Error::not_found("device not found"))?,
@@ -97,7 +100,7 @@ async fn update_device(
         .hs
         .accounts
         .rename_device(
-            &ctx.session().user_id,
+            &ctx.session()?.user_id,
             req.device_id.as_str(),
             req.display_name.as_deref(),
         )
@@ -112,7 +115,7 @@ async fn delete_device(
     ctx: Ctx,
     req: delete_device::v3::Request,
 ) -> Result<delete_device::v3::Response> {
-    let s = ctx.session();
+    let s = ctx.session()?;
     if ctx
         .hs
         .accounts
@@ -138,7 +141,7 @@ async fn delete_devices(
     ctx: Ctx,
     req: delete_devices::v3::Request,
 ) -> Result<delete_devices::v3::Response> {
-    let s = ctx.session();
+    let s = ctx.session()?;
     ctx.hs
         .accounts
         .uia_password(&s.user_id, req.auth.as_ref())

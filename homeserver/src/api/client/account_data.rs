@@ -23,7 +23,7 @@ pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
 }
 
 fn check_user(ctx: &Ctx, user: &ruma::UserId) -> Result<()> {
-    if ctx.session().user_id != user {
+    if ctx.session()?.user_id != user {
         return Err(Error::forbidden(
             "you can only access your own account data",
         ));
@@ -37,7 +37,7 @@ async fn store(ctx: &Ctx, room: &str, kind: &str, content: &str) -> Result<()> {
         return Err(Error::ServerManagedAccountData(kind.to_owned()));
     }
     ctx.hs
-        .set_account_data(&ctx.session().user_id, room, kind, content)
+        .set_account_data(&ctx.session()?.user_id, room, kind, content)
         .await
 }
 
@@ -46,7 +46,7 @@ async fn load(ctx: &Ctx, room: &str, kind: &str) -> Result<Box<serde_json::value
         .hs
         .stores
         .account_data
-        .get(ctx.session().user_id.as_str(), room, kind)
+        .get(ctx.session()?.user_id.as_str(), room, kind)
         .await?;
     let content = content.ok_or_else(|| Error::not_found("account data not found"))?;
     serde_json::value::RawValue::from_string(content).map_err(Error::internal)

@@ -40,7 +40,7 @@ async fn create_version(
 ) -> Result<create_backup_version::v3::Response> {
     let version = ctx
         .hs
-        .create_backup_version(&ctx.session().user_id, &req.algorithm)
+        .create_backup_version(&ctx.session()?.user_id, &req.algorithm)
         .await?;
     Ok(create_backup_version::v3::Response::new(version))
 }
@@ -49,7 +49,7 @@ async fn latest_version(
     ctx: Ctx,
     _req: get_latest_backup_info::v3::Request,
 ) -> Result<get_latest_backup_info::v3::Response> {
-    let i = ctx.hs.backup_info(&ctx.session().user_id, None).await?;
+    let i = ctx.hs.backup_info(&ctx.session()?.user_id, None).await?;
     Ok(get_latest_backup_info::v3::Response::new(
         i.algorithm,
         i.count,
@@ -64,7 +64,7 @@ async fn version(
 ) -> Result<get_backup_info::v3::Response> {
     let i = ctx
         .hs
-        .backup_info(&ctx.session().user_id, Some(&req.version))
+        .backup_info(&ctx.session()?.user_id, Some(&req.version))
         .await?;
     Ok(get_backup_info::v3::Response::new(
         i.algorithm,
@@ -79,7 +79,7 @@ async fn update_version(
     req: update_backup_version::v3::Request,
 ) -> Result<update_backup_version::v3::Response> {
     ctx.hs
-        .update_backup_version(&ctx.session().user_id, &req.version, &req.algorithm)
+        .update_backup_version(&ctx.session()?.user_id, &req.version, &req.algorithm)
         .await?;
     Ok(update_backup_version::v3::Response::new())
 }
@@ -89,7 +89,7 @@ async fn delete_version(
     req: delete_backup_version::v3::Request,
 ) -> Result<delete_backup_version::v3::Response> {
     ctx.hs
-        .delete_backup_version(&ctx.session().user_id, &req.version)
+        .delete_backup_version(&ctx.session()?.user_id, &req.version)
         .await?;
     Ok(delete_backup_version::v3::Response::new())
 }
@@ -100,7 +100,7 @@ async fn put_all(
 ) -> Result<add_backup_keys::v3::Response> {
     let s = ctx
         .hs
-        .put_backup_keys(&ctx.session().user_id, &req.version, &req.rooms)
+        .put_backup_keys(&ctx.session()?.user_id, &req.version, &req.rooms)
         .await?;
     Ok(add_backup_keys::v3::Response::new(s.etag, s.count))
 }
@@ -112,7 +112,7 @@ async fn put_room(
     let rooms = BTreeMap::from([(req.room_id, RoomKeyBackup::new(req.sessions))]);
     let s = ctx
         .hs
-        .put_backup_keys(&ctx.session().user_id, &req.version, &rooms)
+        .put_backup_keys(&ctx.session()?.user_id, &req.version, &rooms)
         .await?;
     Ok(add_backup_keys_for_room::v3::Response::new(s.etag, s.count))
 }
@@ -125,7 +125,7 @@ async fn put_session(
     let rooms = BTreeMap::from([(req.room_id, RoomKeyBackup::new(sessions))]);
     let s = ctx
         .hs
-        .put_backup_keys(&ctx.session().user_id, &req.version, &rooms)
+        .put_backup_keys(&ctx.session()?.user_id, &req.version, &rooms)
         .await?;
     Ok(add_backup_keys_for_session::v3::Response::new(
         s.etag, s.count,
@@ -138,7 +138,7 @@ async fn get_all(
 ) -> Result<get_backup_keys::v3::Response> {
     let rooms = ctx
         .hs
-        .backup_keys(&ctx.session().user_id, &req.version, None, None)
+        .backup_keys(&ctx.session()?.user_id, &req.version, None, None)
         .await?;
     Ok(get_backup_keys::v3::Response::new(rooms))
 }
@@ -150,7 +150,7 @@ async fn get_room(
     let mut rooms = ctx
         .hs
         .backup_keys(
-            &ctx.session().user_id,
+            &ctx.session()?.user_id,
             &req.version,
             Some(req.room_id.as_str()),
             None,
@@ -170,7 +170,7 @@ async fn get_session(
     let mut rooms = ctx
         .hs
         .backup_keys(
-            &ctx.session().user_id,
+            &ctx.session()?.user_id,
             &req.version,
             Some(req.room_id.as_str()),
             Some(&req.session_id),
@@ -189,7 +189,7 @@ async fn delete_all(
 ) -> Result<delete_backup_keys::v3::Response> {
     let s = ctx
         .hs
-        .delete_backup_keys(&ctx.session().user_id, &req.version, None, None)
+        .delete_backup_keys(&ctx.session()?.user_id, &req.version, None, None)
         .await?;
     Ok(delete_backup_keys::v3::Response::new(s.etag, s.count))
 }
@@ -201,7 +201,7 @@ async fn delete_room(
     let s = ctx
         .hs
         .delete_backup_keys(
-            &ctx.session().user_id,
+            &ctx.session()?.user_id,
             &req.version,
             Some(req.room_id.as_str()),
             None,
@@ -219,7 +219,7 @@ async fn delete_session(
     let s = ctx
         .hs
         .delete_backup_keys(
-            &ctx.session().user_id,
+            &ctx.session()?.user_id,
             &req.version,
             Some(req.room_id.as_str()),
             Some(&req.session_id),

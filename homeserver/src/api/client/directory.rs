@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::{
     api::{Ctx, json_body, route, route_streaming},
-    error::{Error, Result},
+    error::Result,
     tenants::Tenants,
 };
 
@@ -24,7 +24,7 @@ async fn search(ctx: Ctx, req: search_users::v3::Request) -> Result<search_users
     let limit = u64::from(req.limit).clamp(1, 100) as usize;
     let (found, limited) = ctx
         .hs
-        .search_user_directory(&ctx.session().user_id, &req.search_term, limit)
+        .search_user_directory(&ctx.session()?.user_id, &req.search_term, limit)
         .await?;
     let results = found
         .into_iter()
@@ -52,9 +52,8 @@ async fn report_event(
     _: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .map_err(|_| Error::TooLarge)?;
+    let timeout = std::time::Duration::from_secs(ctx.hs.config.http.body_read_timeout_secs);
+    let bytes = crate::api::read_body(body, 64 * 1024, timeout).await?;
     let parsed: ReportBody = if bytes.is_empty() {
         ReportBody {
             reason: None,
@@ -65,7 +64,7 @@ async fn report_event(
     };
     ctx.hs
         .report(
-            &ctx.session().user_id,
+            &ctx.session()?.user_id,
             &req.room_id,
             Some(&req.event_id),
             parsed.reason,
@@ -83,7 +82,7 @@ async fn report_whole_room(
 ) -> Result<report_room::v3::Response> {
     ctx.hs
         .report(
-            &ctx.session().user_id,
+            &ctx.session()?.user_id,
             &req.room_id,
             None,
             Some(req.reason),

@@ -64,7 +64,8 @@ async fn well_known_client(
     ctx: Ctx,
     _: discover_homeserver::Request,
 ) -> Result<discover_homeserver::Response> {
+    // Each tenant names its own address, never the default tenant's.
     Ok(discover_homeserver::Response::new(HomeserverInfo::new(
-        ctx.hs.config.public_baseurl(),
+        ctx.hs.config.baseurl_of(ctx.hs.server_name.as_str()),
     )))
 }

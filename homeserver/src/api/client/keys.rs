@@ -27,12 +27,12 @@ pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
 }
 
 async fn upload(ctx: Ctx, req: upload_keys::v3::Request) -> Result<upload_keys::v3::Response> {
-    let counts = ctx.hs.upload_keys(ctx.session(), req).await?;
+    let counts = ctx.hs.upload_keys(ctx.session()?, req).await?;
     Ok(upload_keys::v3::Response::new(counts))
 }
 
 async fn query(ctx: Ctx, req: get_keys::v3::Request) -> Result<get_keys::v3::Response> {
-    ctx.hs.query_keys(&ctx.session().user_id, req).await
+    ctx.hs.query_keys(&ctx.session()?.user_id, req).await
 }
 
 async fn claim(ctx: Ctx, req: claim_keys::v3::Request) -> Result<claim_keys::v3::Response> {
@@ -46,7 +46,7 @@ async fn changes(
     let lists = ctx
         .hs
         .key_changes(
-            ctx.session(),
+            ctx.session()?,
             parse_token(&req.from)?,
             parse_token(&req.to)?,
         )
@@ -61,7 +61,7 @@ async fn send_to_device(
     ctx: Ctx,
     req: send_event_to_device::v3::Request,
 ) -> Result<send_event_to_device::v3::Response> {
-    ctx.hs.send_to_device(ctx.session(), req).await?;
+    ctx.hs.send_to_device(ctx.session()?, req).await?;
     Ok(send_event_to_device::v3::Response::new())
 }
 
@@ -69,7 +69,7 @@ async fn signing_keys(
     ctx: Ctx,
     req: upload_signing_keys::v3::Request,
 ) -> Result<upload_signing_keys::v3::Response> {
-    ctx.hs.upload_signing_keys(ctx.session(), req).await?;
+    ctx.hs.upload_signing_keys(ctx.session()?, req).await?;
     Ok(upload_signing_keys::v3::Response::new())
 }
 
@@ -77,5 +77,5 @@ async fn signatures(
     ctx: Ctx,
     req: upload_signatures::v3::Request,
 ) -> Result<upload_signatures::v3::Response> {
-    ctx.hs.upload_signatures(ctx.session(), req).await
+    ctx.hs.upload_signatures(ctx.session()?, req).await
 }

@@ -13,7 +13,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use futures::TryStreamExt;
 use http::{HeaderMap, HeaderValue, header};
 use ruma::{
     OwnedServerName,
@@ -67,8 +66,28 @@ fn json<T: OutgoingResponseExt>(resp: T) -> Result<Response> {
     Ok(http.map(|b| Body::from(b.freeze())))
 }
 
-fn body_stream(body: Body) -> ByteStream {
-    Box::pin(body.into_data_stream().map_err(std::io::Error::other))
+/// The upload's body; a client that pauses longer than `idle` between two chunks is cut off
+/// (a slow client must not hold an upload open forever).
+fn body_stream(body: Body, idle: Duration) -> ByteStream {
+    use futures::StreamExt;
+    let chunks = body.into_data_stream();
+    Box::pin(futures::stream::unfold(
+        Some(chunks),
+        move |chunks| async move {
+            let mut chunks = chunks?;
+            match tokio::time::timeout(idle, chunks.next()).await {
+                Ok(Some(item)) => Some((item.map_err(std::io::Error::other), Some(chunks))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the upload stalled",
+                    )),
+                    None,
+                )),
+            }
+        },
+    ))
 }
 
 fn upload_meta(
@@ -99,11 +118,14 @@ async fn upload(
     body: Body,
 ) -> Result<Response> {
     let meta = upload_meta(&headers, req.content_type, req.filename)?;
-    let mut body = body_stream(body);
+    let mut body = body_stream(
+        body,
+        Duration::from_secs(ctx.hs.config.http.upload_idle_timeout_secs),
+    );
     let uri = ctx
         .hs
         .media
-        .upload(&ctx.session().user_id, meta, &mut body)
+        .upload(&ctx.session()?.user_id, meta, &mut body)
         .await;
     json(media::create_content::v3::Response::new(
         refused_politely(uri, body).await?,
@@ -135,7 +157,7 @@ async fn create(
     ctx: Ctx,
     _: media::create_mxc_uri::v1::Request,
 ) -> Result<media::create_mxc_uri::v1::Response> {
-    let (uri, expires) = ctx.hs.media.create(&ctx.session().user_id).await?;
+    let (uri, expires) = ctx.hs.media.create(&ctx.session()?.user_id).await?;
     let mut resp = media::create_mxc_uri::v1::Response::new(uri);
     resp.unused_expires_at =
         ruma::UInt::new(expires.max(0) as u64).map(ruma::MilliSecondsSinceUnixEpoch);
@@ -149,12 +171,15 @@ async fn upload_reserved(
     body: Body,
 ) -> Result<Response> {
     let meta = upload_meta(&headers, req.content_type, req.filename)?;
-    let mut body = body_stream(body);
+    let mut body = body_stream(
+        body,
+        Duration::from_secs(ctx.hs.config.http.upload_idle_timeout_secs),
+    );
     let result = ctx
         .hs
         .media
         .upload_reserved(
-            &ctx.session().user_id,
+            &ctx.session()?.user_id,
             &req.server_name,
             &req.media_id,
             meta,

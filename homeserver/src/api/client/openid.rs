@@ -19,7 +19,7 @@ async fn request_token(
     ctx: Ctx,
     req: request_openid_token::v3::Request,
 ) -> Result<request_openid_token::v3::Response> {
-    let user = &ctx.session().user_id;
+    let user = &ctx.session()?.user_id;
     if req.user_id != *user {
         return Err(Error::forbidden(
             "you can only request OpenID tokens for yourself",

@@ -20,7 +20,7 @@ pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
 const MAX_STATUS_CHARS: usize = 1024;
 
 async fn get(ctx: Ctx, req: get_presence::v3::Request) -> Result<get_presence::v3::Response> {
-    let me = &ctx.session().user_id;
+    let me = &ctx.session()?.user_id;
     // Presence is for people one shares a room with (and oneself).
     if &req.user_id != me
         && !ctx
@@ -46,9 +46,14 @@ async fn get(ctx: Ctx, req: get_presence::v3::Request) -> Result<get_presence::v
 }
 
 async fn set(ctx: Ctx, req: set_presence::v3::Request) -> Result<set_presence::v3::Response> {
-    if req.user_id != ctx.session().user_id {
+    if req.user_id != ctx.session()?.user_id {
         return Err(Error::forbidden("you can only set your own presence"));
     }
+    crate::api::one_of(
+        "presence",
+        req.presence.as_str(),
+        &["online", "offline", "unavailable"],
+    )?;
     if req
         .status_msg
         .as_ref()

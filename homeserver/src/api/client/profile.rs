@@ -51,7 +51,7 @@ async fn get_field(
 }
 
 fn editor(ctx: &Ctx, user: &ruma::UserId) -> Result<Editor> {
-    let s = ctx.session();
+    let s = ctx.session()?;
     if s.user_id != user {
         return Err(Error::forbidden("you can only change your own profile"));
     }

@@ -37,8 +37,18 @@ pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
     route(r, notifications)
 }
 
+/// Push rule kinds are a closed set (an unknown one in the path is a bad request, not a
+/// missing rule).
+fn known_kind(kind: &str) -> Result<()> {
+    crate::api::one_of(
+        "kind",
+        kind,
+        &["override", "underride", "sender", "room", "content"],
+    )
+}
+
 async fn rules(ctx: &Ctx) -> Result<Ruleset> {
-    ctx.hs.push_rules(&ctx.session().user_id).await
+    ctx.hs.push_rules(&ctx.session()?.user_id).await
 }
 
 async fn all(
@@ -58,6 +68,7 @@ async fn global(
 }
 
 async fn get_rule(ctx: Ctx, req: get_pushrule::v3::Request) -> Result<get_pushrule::v3::Response> {
+    known_kind(req.kind.as_str())?;
     let ruleset = rules(&ctx).await?;
     let rule = ruleset
         .get(req.kind, &req.rule_id)
@@ -67,7 +78,7 @@ async fn get_rule(ctx: Ctx, req: get_pushrule::v3::Request) -> Result<get_pushru
 
 async fn set_rule(ctx: Ctx, req: set_pushrule::v3::Request) -> Result<set_pushrule::v3::Response> {
     ctx.hs
-        .edit_push_rules(&ctx.session().user_id, |r| {
+        .edit_push_rules(&ctx.session()?.user_id, |r| {
             r.insert(req.rule, req.after.as_deref(), req.before.as_deref())
                 .map_err(|e| {
                     let missing = matches!(e, ruma::push::InsertPushRuleError::UnknownRuleId);
@@ -82,8 +93,9 @@ async fn delete_rule(
     ctx: Ctx,
     req: delete_pushrule::v3::Request,
 ) -> Result<delete_pushrule::v3::Response> {
+    known_kind(req.kind.as_str())?;
     ctx.hs
-        .edit_push_rules(&ctx.session().user_id, |r| {
+        .edit_push_rules(&ctx.session()?.user_id, |r| {
             r.remove(req.kind, &req.rule_id).map_err(|e| {
                 let missing = matches!(e, ruma::push::RemovePushRuleError::NotFound);
                 rule_error(e, missing)
@@ -97,6 +109,7 @@ async fn get_enabled(
     ctx: Ctx,
     req: get_pushrule_enabled::v3::Request,
 ) -> Result<get_pushrule_enabled::v3::Response> {
+    known_kind(req.kind.as_str())?;
     let ruleset = rules(&ctx).await?;
     let rule = ruleset
         .get(req.kind, &req.rule_id)
@@ -108,8 +121,9 @@ async fn set_enabled(
     ctx: Ctx,
     req: set_pushrule_enabled::v3::Request,
 ) -> Result<set_pushrule_enabled::v3::Response> {
+    known_kind(req.kind.as_str())?;
     ctx.hs
-        .edit_push_rules(&ctx.session().user_id, |r| {
+        .edit_push_rules(&ctx.session()?.user_id, |r| {
             r.set_enabled(req.kind, &req.rule_id, req.enabled)
                 .map_err(|e| rule_error(e, true))
         })
@@ -121,6 +135,7 @@ async fn get_actions(
     ctx: Ctx,
     req: get_pushrule_actions::v3::Request,
 ) -> Result<get_pushrule_actions::v3::Response> {
+    known_kind(req.kind.as_str())?;
     let ruleset = rules(&ctx).await?;
     let rule = ruleset
         .get(req.kind, &req.rule_id)
@@ -134,8 +149,9 @@ async fn set_actions(
     ctx: Ctx,
     req: set_pushrule_actions::v3::Request,
 ) -> Result<set_pushrule_actions::v3::Response> {
+    known_kind(req.kind.as_str())?;
     ctx.hs
-        .edit_push_rules(&ctx.session().user_id, |r| {
+        .edit_push_rules(&ctx.session()?.user_id, |r| {
             r.set_actions(req.kind, &req.rule_id, req.actions)
                 .map_err(|e| rule_error(e, true))
         })
@@ -148,7 +164,7 @@ async fn pushers(ctx: Ctx, _: get_pushers::v3::Request) -> Result<get_pushers::v
         .hs
         .stores
         .push
-        .pushers(ctx.session().user_id.as_str())
+        .pushers(ctx.session()?.user_id.as_str())
         .await?;
     let pushers = rows
         .into_iter()
@@ -174,7 +190,7 @@ async fn set_pusher_handler(
     ctx: Ctx,
     req: set_pusher::v3::Request,
 ) -> Result<set_pusher::v3::Response> {
-    let user = ctx.session().user_id.to_string();
+    let user = ctx.session()?.user_id.to_string();
     match req.action {
         set_pusher::v3::PusherAction::Post(post) => {
             let p = post.pusher;
@@ -195,7 +211,7 @@ async fn set_pusher_handler(
                 profile_tag: p.profile_tag,
                 lang: p.lang,
                 data: serde_json::to_string(&data).map_err(Error::internal)?,
-                device_id: ctx.session().device_id.to_string(),
+                device_id: ctx.session()?.device_id.to_string(),
                 created_ts: now_ms(),
             };
             ctx.hs.set_pusher(row, post.append).await?;
@@ -223,7 +239,7 @@ async fn notifications(
     };
     let limit = req.limit.map(u64::from).unwrap_or(20).clamp(1, 100) as i64;
     let only_highlight = req.only.as_deref() == Some("highlight");
-    let user = ctx.session().user_id.as_str();
+    let user = ctx.session()?.user_id.as_str();
     let rooms: Vec<String> = ctx
         .hs
         .stores

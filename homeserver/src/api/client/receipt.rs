@@ -46,7 +46,7 @@ async fn create(
     }
     ctx.hs
         .set_receipt(
-            &ctx.session().user_id,
+            &ctx.session()?.user_id,
             &req.room_id,
             kind,
             &req.event_id,
@@ -60,7 +60,7 @@ async fn read_marker(
     ctx: Ctx,
     req: set_read_marker::v3::Request,
 ) -> Result<set_read_marker::v3::Response> {
-    let user = &ctx.session().user_id;
+    let user = &ctx.session()?.user_id;
     for (kind, event) in [
         (FULLY_READ, &req.fully_read),
         (READ, &req.read_receipt),

@@ -30,7 +30,7 @@ use ruma::{
 use serde_json::{Map, Value};
 
 use crate::{
-    api::{Ctx, route},
+    api::{Ctx, one_of, route},
     error::{Error, Result},
     rooms::{CreateRoom, NewContent, Page, create::Preset, membership::Change},
     store::Direction,
@@ -92,7 +92,7 @@ fn limit(l: UInt, max: u64) -> i64 {
 
 async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<create_room::v3::Response> {
     let hs = &ctx.hs;
-    let creator = ctx.session().user_id.clone();
+    let creator = ctx.session()?.user_id.clone();
     for user in &req.invite {
         if user.server_name() != hs.server_name {
             return Err(Error::forbidden(
@@ -103,6 +103,18 @@ async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<create_r
             return Err(Error::not_found(format!("user {user} does not exist")));
         }
     }
+    if let Some(preset) = &req.preset {
+        one_of(
+            "preset",
+            preset.as_str(),
+            &["private_chat", "public_chat", "trusted_private_chat"],
+        )?;
+    }
+    one_of(
+        "visibility",
+        req.visibility.as_str(),
+        &["public", "private"],
+    )?;
     let preset = match req.preset {
         Some(create_room::v3::RoomPreset::PublicChat) => Preset::PublicChat,
         Some(create_room::v3::RoomPreset::TrustedPrivateChat) => Preset::TrustedPrivateChat,
@@ -165,7 +177,7 @@ async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<create_r
             is_direct: req.is_direct,
             power_level_content_override,
             alias,
-            creator_profile: hs.member_profile(&ctx.session().user_id).await?,
+            creator_profile: hs.member_profile(&ctx.session()?.user_id).await?,
         })
         .await?;
     Ok(create_room::v3::Response::new(room_id))
@@ -189,23 +201,29 @@ async fn create_alias(
     if req.room_alias.server_name() != ctx.hs.server_name {
         return Err(Error::invalid_param("aliases must be on this server"));
     }
-    if ctx
+    let user = &ctx.session()?.user_id;
+    // Only a joined member who may set the room's canonical alias may name the room: anyone
+    // else could squat a name on a room (or point a trusted name at one).
+    let may = ctx
         .hs
         .rooms
-        .with_state(&req.room_id, |_| ())
+        .with_state(&req.room_id, |st| {
+            st.membership(user).as_deref() == Some("join")
+                && st
+                    .power_levels()
+                    .user_can_send_state(user, ruma::events::StateEventType::RoomCanonicalAlias)
+        })
         .await?
-        .is_none()
-    {
-        return Err(Error::not_found("room not found"));
+        .ok_or_else(|| Error::not_found("room not found"))?;
+    if !may {
+        return Err(Error::forbidden(
+            "only room members who may set the room's canonical alias may create aliases for it",
+        ));
     }
     ctx.hs
         .stores
         .events
-        .set_alias(
-            req.room_alias.as_str(),
-            req.room_id.as_str(),
-            ctx.session().user_id.as_str(),
-        )
+        .set_alias(req.room_alias.as_str(), req.room_id.as_str(), user.as_str())
         .await
         .map_err(|e| match e {
             crate::store::StoreError::Conflict => Error::RoomInUse,
@@ -226,7 +244,7 @@ async fn delete_alias(
     ctx: Ctx,
     req: delete_alias::v3::Request,
 ) -> Result<delete_alias::v3::Response> {
-    let s = ctx.session();
+    let s = ctx.session()?;
     let (room, creator) = ctx
         .hs
         .stores
@@ -262,7 +280,7 @@ async fn delete_alias(
 async fn room_aliases(ctx: Ctx, req: aliases::v3::Request) -> Result<aliases::v3::Response> {
     ctx.hs
         .rooms
-        .visible_state(&req.room_id, &ctx.session().user_id)
+        .visible_state(&req.room_id, &ctx.session()?.user_id)
         .await?;
     let list = ctx
         .hs
@@ -283,7 +301,7 @@ async fn joined_rooms(
         .hs
         .stores
         .events
-        .rooms_for_user(ctx.session().user_id.as_str())
+        .rooms_for_user(ctx.session()?.user_id.as_str())
         .await?;
     Ok(joined_rooms::v3::Response::new(
         rooms
@@ -301,7 +319,7 @@ async fn change(
     change: Change,
     reason: Option<&str>,
 ) -> Result<()> {
-    let s = ctx.session();
+    let s = ctx.session()?;
     if change == Change::Join {
         ctx.hs
             .stores
@@ -325,7 +343,7 @@ async fn join_by_id(
     ctx: Ctx,
     req: join_room_by_id::v3::Request,
 ) -> Result<join_room_by_id::v3::Response> {
-    let me = ctx.session().user_id.clone();
+    let me = ctx.session()?.user_id.clone();
     change(&ctx, &req.room_id, &me, Change::Join, req.reason.as_deref()).await?;
     Ok(join_room_by_id::v3::Response::new(req.room_id))
 }
@@ -345,7 +363,7 @@ async fn join_by_id_or_alias(
             resolve_alias(&ctx, alias).await?
         }
     };
-    let me = ctx.session().user_id.clone();
+    let me = ctx.session()?.user_id.clone();
     change(&ctx, &room_id, &me, Change::Join, req.reason.as_deref()).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
@@ -375,7 +393,7 @@ async fn invite(ctx: Ctx, req: invite_user::v3::Request) -> Result<invite_user::
 }
 
 async fn leave(ctx: Ctx, req: leave_room::v3::Request) -> Result<leave_room::v3::Response> {
-    let me = ctx.session().user_id.clone();
+    let me = ctx.session()?.user_id.clone();
     change(
         &ctx,
         &req.room_id,
@@ -388,7 +406,7 @@ async fn leave(ctx: Ctx, req: leave_room::v3::Request) -> Result<leave_room::v3:
 }
 
 async fn forget(ctx: Ctx, req: forget_room::v3::Request) -> Result<forget_room::v3::Response> {
-    let me = &ctx.session().user_id;
+    let me = &ctx.session()?.user_id;
     let membership = ctx
         .hs
         .rooms
@@ -446,14 +464,20 @@ async fn members(
     ctx: Ctx,
     req: get_member_events::v3::Request,
 ) -> Result<get_member_events::v3::Response> {
+    const MEMBERSHIPS: [&str; 5] = ["join", "invite", "leave", "ban", "knock"];
     let membership = req.membership.as_ref().map(|m| m.to_string());
     let not = req.not_membership.as_ref().map(|m| m.to_string());
+    for (field, value) in [("membership", &membership), ("not_membership", &not)] {
+        if let Some(v) = value {
+            one_of(field, v, &MEMBERSHIPS)?;
+        }
+    }
     let events = ctx
         .hs
         .rooms
         .member_events(
             &req.room_id,
-            &ctx.session().user_id,
+            &ctx.session()?.user_id,
             membership.as_deref(),
             not.as_deref(),
         )
@@ -468,7 +492,7 @@ async fn joined_members(
     let members = ctx
         .hs
         .rooms
-        .joined_members(&req.room_id, &ctx.session().user_id)
+        .joined_members(&req.room_id, &ctx.session()?.user_id)
         .await?;
     let joined = members
         .into_iter()
@@ -496,7 +520,7 @@ async fn send_state(
     let event_id = ctx
         .hs
         .rooms
-        .append(&req.room_id, &ctx.session().user_id, new, None)
+        .append(&req.room_id, &ctx.session()?.user_id, new, None)
         .await?;
     Ok(send_state_event::v3::Response::new(event_id))
 }
@@ -508,7 +532,7 @@ async fn get_state(
     let rows = ctx
         .hs
         .rooms
-        .visible_state(&req.room_id, &ctx.session().user_id)
+        .visible_state(&req.room_id, &ctx.session()?.user_id)
         .await?;
     let events = ctx.hs.rooms.client_events(&rows, None).await?;
     Ok(get_state_events::v3::Response::new(raws(events)?))
@@ -523,7 +547,7 @@ async fn get_state_for_key(
         .rooms
         .state_content(
             &req.room_id,
-            &ctx.session().user_id,
+            &ctx.session()?.user_id,
             &req.event_type.to_string(),
             &req.state_key,
         )
@@ -536,7 +560,7 @@ async fn send_message(
     ctx: Ctx,
     req: send_message_event::v3::Request,
 ) -> Result<send_message_event::v3::Response> {
-    let s = ctx.session();
+    let s = ctx.session()?;
     let content = object(req.body.json())?;
     let kind = TimelineEventType::from(req.event_type.to_string());
     if matches!(kind, TimelineEventType::RoomRedaction) {
@@ -557,7 +581,7 @@ async fn send_message(
 }
 
 async fn redact(ctx: Ctx, req: redact_event::v3::Request) -> Result<redact_event::v3::Response> {
-    let s = ctx.session();
+    let s = ctx.session()?;
     let mut content = Map::new();
     if let Some(reason) = &req.reason {
         content.insert("reason".into(), Value::String(reason.clone()));
@@ -592,7 +616,7 @@ async fn messages(
     ctx: Ctx,
     req: get_message_events::v3::Request,
 ) -> Result<get_message_events::v3::Response> {
-    let s = ctx.session();
+    let s = ctx.session()?;
     let dir = direction(req.dir);
     let from = match &req.from {
         Some(t) => parse_token(t)?,
@@ -625,7 +649,7 @@ async fn messages(
 }
 
 async fn context(ctx: Ctx, req: get_context::v3::Request) -> Result<get_context::v3::Response> {
-    let s = ctx.session();
+    let s = ctx.session()?;
     let c = ctx
         .hs
         .rooms
@@ -651,7 +675,7 @@ async fn context(ctx: Ctx, req: get_context::v3::Request) -> Result<get_context:
 }
 
 async fn event(ctx: Ctx, req: get_room_event::v3::Request) -> Result<get_room_event::v3::Response> {
-    let s = ctx.session();
+    let s = ctx.session()?;
     let v = ctx
         .hs
         .rooms
@@ -682,7 +706,7 @@ async fn relations_page(
     ctx: &Ctx,
     q: RelationsQuery<'_>,
 ) -> Result<(Vec<Raw<ruma::events::AnyMessageLikeEvent>>, Option<String>)> {
-    let s = ctx.session();
+    let s = ctx.session()?;
     let from = q.from.map(parse_token).transpose()?;
     let to = q.to.map(parse_token).transpose()?;
     let limit = q.limit.map(|l| limit(l, 100)).unwrap_or(50);

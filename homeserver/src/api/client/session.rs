@@ -15,14 +15,15 @@ use ruma::{
 };
 
 use crate::{
-    api::{Ctx, route},
+    api::{Ctx, route, route_checked},
     error::{Error, Result},
     tenants::Tenants,
 };
 
 pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
     let r = route(r, login_types);
-    let r = route(r, login);
+    // Ruma's login parser panics on an object without `type`: checked first.
+    let r = route_checked(r, login_has_type, login);
     let r = route(r, logout);
     let r = route(r, logout_all);
     let r = route(r, refresh);
@@ -41,6 +42,16 @@ async fn login_types(
     ]))
 }
 
+/// A login body must be an object with a string `type` (what Ruma's parser assumes).
+fn login_has_type(body: &[u8]) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        _kind: String,
+    }
+    crate::api::json_body::<Typed>(body).map(|_| ())
+}
+
 async fn login(ctx: Ctx, req: login::v3::Request) -> Result<login::v3::Response> {
     let LoginInfo::Password(p) = &req.login_info else {
         return Err(Error::Unrecognized);
@@ -57,7 +68,7 @@ async fn login(ctx: Ctx, req: login::v3::Request) -> Result<login::v3::Response>
         .accounts
         .check_password(&user_id, &p.password)
         .await?;
-    let ip = ctx.ip.map(|a| a.ip().to_string());
+    let ip = ctx.ip.map(|a| a.to_string());
     let (device_id, tokens) = ctx
         .hs
         .accounts
@@ -77,12 +88,12 @@ async fn login(ctx: Ctx, req: login::v3::Request) -> Result<login::v3::Response>
 }
 
 async fn logout(ctx: Ctx, _: logout::v3::Request) -> Result<logout::v3::Response> {
-    ctx.hs.accounts.logout(ctx.session()).await?;
+    ctx.hs.accounts.logout(ctx.session()?).await?;
     Ok(logout::v3::Response::new())
 }
 
 async fn logout_all(ctx: Ctx, _: logout_all::v3::Request) -> Result<logout_all::v3::Response> {
-    ctx.hs.accounts.logout_all(&ctx.session().user_id).await?;
+    ctx.hs.accounts.logout_all(&ctx.session()?.user_id).await?;
     Ok(logout_all::v3::Response::new())
 }
 
@@ -95,7 +106,7 @@ async fn refresh(ctx: Ctx, req: refresh_token::v3::Request) -> Result<refresh_to
 }
 
 async fn whoami(ctx: Ctx, _: whoami::v3::Request) -> Result<whoami::v3::Response> {
-    let s = ctx.session();
+    let s = ctx.session()?;
     let mut resp = whoami::v3::Response::new(s.user_id.clone(), false);
     resp.device_id = Some(s.device_id.clone());
     Ok(resp)
@@ -137,6 +148,7 @@ async fn register(ctx: Ctx, req: register::v3::Request) -> Result<register::v3::
         .password
         .as_deref()
         .ok_or_else(|| Error::MissingParam("password is required".into()))?;
+    crate::accounts::hashing::check_new_password(password)?;
     if let Some(token) = &token {
         // Consumed before the account exists: a failed creation costs the token, a race
         // between two registrations cannot use it twice.
@@ -151,7 +163,7 @@ async fn register(ctx: Ctx, req: register::v3::Request) -> Result<register::v3::
     tracing::info!(user = %user_id, with_token = token.is_some(), "registered");
     let mut resp = register::v3::Response::new(user_id.clone());
     if !req.inhibit_login {
-        let ip = ctx.ip.map(|a| a.ip().to_string());
+        let ip = ctx.ip.map(|a| a.to_string());
         let device: Option<OwnedDeviceId> = req.device_id.clone();
         let (device_id, tokens) = hs
             .accounts

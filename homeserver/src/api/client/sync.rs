@@ -31,7 +31,7 @@ async fn load_filter(ctx: &Ctx, id: &str) -> Result<FilterDefinition> {
         .hs
         .stores
         .filters
-        .get_filter(ctx.session().user_id.as_str(), id)
+        .get_filter(ctx.session()?.user_id.as_str(), id)
         .await?
         .ok_or_else(|| Error::not_found("filter not found"))?;
     serde_json::from_str(&json).map_err(Error::internal)
@@ -48,6 +48,11 @@ async fn sync_handler(
         Some(_) => FilterDefinition::default(),
     };
     let since = req.since.as_deref().map(parse_sync_token).transpose()?;
+    crate::api::one_of(
+        "set_presence",
+        req.set_presence.as_str(),
+        &["online", "offline", "unavailable"],
+    )?;
     let set_presence = match req.set_presence {
         PresenceState::Offline => SyncPresence::Offline,
         PresenceState::Unavailable => SyncPresence::Unavailable,
@@ -56,7 +61,7 @@ async fn sync_handler(
     let timeout = req.timeout.unwrap_or_default();
     sync(
         &ctx.hs,
-        ctx.session(),
+        ctx.session()?,
         SyncRequest {
             since: since.map(|(pos, _)| pos),
             since_serial: since.and_then(|(_, serial)| serial),
@@ -75,7 +80,7 @@ async fn create_filter(
     ctx: Ctx,
     req: create_filter::v3::Request,
 ) -> Result<create_filter::v3::Response> {
-    if req.user_id != ctx.session().user_id {
+    if req.user_id != ctx.session()?.user_id {
         return Err(Error::forbidden("you can only create filters for yourself"));
     }
     let json = serde_json::to_string(&req.filter).map_err(Error::internal)?;
@@ -97,7 +102,7 @@ async fn create_filter(
 }
 
 async fn get_filter(ctx: Ctx, req: get_filter::v3::Request) -> Result<get_filter::v3::Response> {
-    if req.user_id != ctx.session().user_id {
+    if req.user_id != ctx.session()?.user_id {
         return Err(Error::forbidden("you can only read your own filters"));
     }
     Ok(get_filter::v3::Response::new(

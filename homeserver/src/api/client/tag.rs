@@ -16,7 +16,7 @@ pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
 }
 
 fn own(ctx: &Ctx, user: &ruma::UserId) -> Result<()> {
-    if ctx.session().user_id != user {
+    if ctx.session()?.user_id != user {
         return Err(Error::forbidden("you can only access your own tags"));
     }
     Ok(())

@@ -17,7 +17,7 @@ async fn typing(
     ctx: Ctx,
     req: create_typing_event::v3::Request,
 ) -> Result<create_typing_event::v3::Response> {
-    if req.user_id != ctx.session().user_id {
+    if req.user_id != ctx.session()?.user_id {
         return Err(Error::forbidden("you can only set your own typing state"));
     }
     let timeout = match req.state {

@@ -150,26 +150,30 @@ impl AdminStore for SqlStore {
         Ok(sqlx::query("SELECT 1 FROM admin_tokens WHERE token_hash = $1").bind(token_hash).fetch_optional(&self.read).await?.is_some())
     }
 
-    async fn audit(&self, actor: &str, action: &str, target: Option<&str>, details: Option<&str>, now: i64) -> StoreResult<()> {
-        sqlx::query("INSERT INTO admin_audit (actor, action, target, details, ts) VALUES ($1, $2, $3, $4, $5)")
+    async fn audit(&self, actor: &str, action: &str, target: Option<&str>, details: Option<&str>, now: i64) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("INSERT INTO admin_audit (actor, action, target, details, ts) VALUES ($1, $2, $3, $4, $5) RETURNING id")
             .bind(actor)
             .bind(action)
             .bind(target)
             .bind(details)
             .bind(now)
-            .execute(&self.write)
-            .await?;
+            .fetch_one(&self.write)
+            .await?)
+    }
+
+    async fn audit_outcome(&self, id: i64, outcome: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE admin_audit SET outcome = $1 WHERE id = $2").bind(outcome).bind(id).execute(&self.write).await?;
         Ok(())
     }
 
     async fn audit_log(&self, before: Option<i64>, limit: i64) -> StoreResult<Vec<AuditRow>> {
-        let rows = sqlx::query("SELECT id, actor, action, target, details, ts FROM admin_audit WHERE id < $1 ORDER BY id DESC LIMIT $2")
+        let rows = sqlx::query("SELECT id, actor, action, target, details, ts, outcome FROM admin_audit WHERE id < $1 ORDER BY id DESC LIMIT $2")
             .bind(before.unwrap_or(i64::MAX))
             .bind(limit)
             .fetch_all(&self.read)
             .await?;
         rows.iter()
-            .map(|r| Ok(AuditRow { id: r.try_get(0)?, actor: r.try_get(1)?, action: r.try_get(2)?, target: r.try_get(3)?, details: r.try_get(4)?, ts: r.try_get(5)? }))
+            .map(|r| Ok(AuditRow { id: r.try_get(0)?, actor: r.try_get(1)?, action: r.try_get(2)?, target: r.try_get(3)?, details: r.try_get(4)?, ts: r.try_get(5)?, outcome: r.try_get(6)? }))
             .collect()
     }
 

@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use base64::Engine;
 use rand::{Rng, RngCore, distributions::Alphanumeric};
 use ruma::{
@@ -17,8 +16,13 @@ use ruma::{
 };
 use sha2::{Digest, Sha256};
 
+pub mod hashing;
+pub mod throttle;
+
+use hashing::{PasswordHashing, check_new_password};
+use throttle::LoginThrottle;
+
 use crate::{
-    config::Argon2Config,
     e2ee::device_lists::DeviceLists,
     error::{Error, Result},
     rooms::create::now_ms,
@@ -66,13 +70,13 @@ pub struct Accounts {
     sessions: Arc<dyn SessionStore>,
     /// Deleting devices is a device-list change.
     device_lists: Arc<DeviceLists>,
-    argon2: Argon2Config,
+    /// The process-wide password hashing.
+    hashing: Arc<PasswordHashing>,
+    /// Slows down guessing one account's password.
+    throttle: LoginThrottle,
     refresh_lifetime: Duration,
     /// token hash → (session, expiry, last-seen write); cleared on logout and device deletion.
     token_cache: Mutex<HashMap<String, CachedSession>>,
-    /// Hashes run at most this many at a time: each takes `m_cost` of memory, and a burst of
-    /// logins must neither exhaust memory nor starve other blocking work.
-    hashing: tokio::sync::Semaphore,
     /// Bumped whenever tokens are revoked, so a lookup that raced a revocation is not cached.
     revocations: std::sync::atomic::AtomicU64,
     /// A hash to verify against when the account does not exist (constant-time login failure).
@@ -86,6 +90,12 @@ const OPENID_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 pub fn hash_token(token: &str) -> String {
     base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The id a registration token is stored under: URL-safe base64 of its SHA-256, so the
+/// database does not hold usable onboarding codes and the id can name the token in a path.
+pub fn registration_token_id(token: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
 }
 
 pub fn random_string(n: usize) -> String {
@@ -111,7 +121,7 @@ impl Accounts {
         accounts: Arc<dyn AccountStore>,
         sessions: Arc<dyn SessionStore>,
         device_lists: Arc<DeviceLists>,
-        argon2: Argon2Config,
+        (hashing, throttle): (Arc<PasswordHashing>, LoginThrottle),
         refresh_lifetime: Duration,
         reserved: Vec<String>,
     ) -> Self {
@@ -121,13 +131,9 @@ impl Accounts {
             server_name,
             accounts,
             sessions,
-            argon2,
+            hashing,
+            throttle,
             refresh_lifetime,
-            hashing: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2),
-            ),
             revocations: Default::default(),
             dummy_hash: tokio::sync::OnceCell::new(),
             token_cache: Mutex::default(),
@@ -135,47 +141,10 @@ impl Accounts {
         }
     }
 
-    fn hasher(&self) -> Result<Argon2<'static>> {
-        let params = argon2::Params::new(
-            self.argon2.m_cost_kib,
-            self.argon2.t_cost,
-            self.argon2.p_cost,
-            None,
-        )
-        .map_err(Error::internal)?;
-        Ok(Argon2::new(
-            argon2::Algorithm::Argon2id,
-            argon2::Version::V0x13,
-            params,
-        ))
-    }
-
+    /// A hash of a password someone sets (1 to 512 bytes).
     pub async fn hash_password(&self, password: &str) -> Result<String> {
-        let hasher = self.hasher()?;
-        let password = password.to_owned();
-        let _permit = self.hashing.acquire().await.map_err(Error::internal)?;
-        tokio::task::spawn_blocking(move || {
-            let mut salt = [0u8; 16];
-            rand::thread_rng().fill_bytes(&mut salt);
-            hasher
-                .hash_password_with_salt(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(Error::internal)
-        })
-        .await
-        .map_err(Error::internal)?
-    }
-
-    async fn verify_password(&self, hash: &str, password: &str) -> Result<bool> {
-        let hasher = self.hasher()?;
-        let (hash, password) = (hash.to_owned(), password.to_owned());
-        let _permit = self.hashing.acquire().await.map_err(Error::internal)?;
-        tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&hash).map_err(Error::internal)?;
-            Ok(hasher.verify_password(password.as_bytes(), &parsed).is_ok())
-        })
-        .await
-        .map_err(Error::internal)?
+        check_new_password(password)?;
+        self.hashing.hash(password).await
     }
 
     /// Parses a localpart or full user id into a user id of this server.
@@ -270,7 +239,7 @@ impl Accounts {
     pub async fn registration_token_valid(&self, token: &str) -> Result<bool> {
         Ok(self
             .accounts
-            .get_registration_token(token)
+            .get_registration_token(&registration_token_id(token))
             .await?
             .is_some_and(|t| {
                 t.uses_allowed.is_none_or(|n| t.completed < n)
@@ -281,7 +250,7 @@ impl Accounts {
     pub async fn consume_registration_token(&self, token: &str) -> Result<bool> {
         Ok(self
             .accounts
-            .consume_registration_token(token, now_ms())
+            .consume_registration_token(&registration_token_id(token), now_ms())
             .await?)
     }
 
@@ -303,7 +272,13 @@ impl Accounts {
             ));
         }
         self.accounts
-            .create_registration_token(&token, uses_allowed, expiry_ts, now_ms())
+            .create_registration_token(
+                &registration_token_id(&token),
+                &token.chars().take(4).collect::<String>(),
+                uses_allowed,
+                expiry_ts,
+                now_ms(),
+            )
             .await
             .map_err(|e| match e {
                 StoreError::Conflict => Error::invalid_param("token exists"),
@@ -312,24 +287,50 @@ impl Accounts {
         Ok(token)
     }
 
-    /// Checks a user's password. Unknown user and wrong password are the same error.
+    /// Revokes a registration token, named by itself or by its id.
+    pub async fn revoke_registration_token(&self, token_or_id: &str) -> Result<bool> {
+        if self.accounts.delete_registration_token(token_or_id).await? {
+            return Ok(true);
+        }
+        Ok(self
+            .accounts
+            .delete_registration_token(&registration_token_id(token_or_id))
+            .await?)
+    }
+
+    /// Checks a user's password. Unknown user and wrong password are the same error. After
+    /// repeated wrong passwords the account is throttled (429 with `retry_after_ms`), whatever
+    /// the endpoint.
     pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<()> {
+        self.throttle
+            .check(user_id.as_str(), Instant::now())
+            .map_err(|retry_after_ms| Error::LimitExceeded { retry_after_ms })?;
+        let result = self.verify_user_password(user_id, password).await;
+        match &result {
+            Ok(()) => self.throttle.succeeded(user_id.as_str()),
+            Err(Error::WrongCredentials) => self.throttle.failed(user_id.as_str(), Instant::now()),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn verify_user_password(&self, user_id: &UserId, password: &str) -> Result<()> {
         let user = self.accounts.get_user(user_id.as_str()).await?;
         let Some(hash) = user.as_ref().and_then(|u| u.password_hash.clone()) else {
             // Unknown users (and users without a password) cost a hash too, so response times
             // do not tell which accounts exist.
             let dummy = self
                 .dummy_hash
-                .get_or_try_init(|| self.hash_password("no account has this password"))
+                .get_or_try_init(|| self.hashing.hash("no account has this password"))
                 .await?;
-            self.verify_password(dummy, password).await?;
+            self.hashing.verify(dummy, password).await?;
             return Err(if user.is_some_and(|u| u.deactivated) {
                 Error::UserDeactivated
             } else {
                 Error::WrongCredentials
             });
         };
-        if !self.verify_password(&hash, password).await? {
+        if !self.hashing.verify(&hash, password).await? {
             return Err(Error::WrongCredentials);
         }
         Ok(())
