@@ -461,19 +461,29 @@ fn parse<R: IncomingRequest>(
     bytes: &[u8],
     params: &[String],
 ) -> Result<R, Error> {
+    // Ruma's parsers are not all panic-free on hostile input (its `LoginInfo` indexes a
+    // missing `type`, which the login route checks first); a parser that panics anyway has
+    // refused the request.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        parse_typed::<R>(parts, bytes, params)
+    }))
+    .unwrap_or_else(|_| {
+        tracing::warn!("the request parser panicked; answered 400");
+        Err(Error::bad_json(
+            "the request body does not have the required shape",
+        ))
+    })
+}
+
+fn parse_typed<R: IncomingRequest>(
+    parts: http::request::Parts,
+    bytes: &[u8],
+    params: &[String],
+) -> Result<R, Error> {
     let refs: Vec<&str> = params.iter().map(String::as_str).collect();
     let empty = bytes.iter().all(u8::is_ascii_whitespace);
     let body: &[u8] = if empty { b"{}" } else { bytes };
-    // Ruma's parsers are not all panic-free on hostile input (its `LoginInfo` indexes a
-    // missing `type`); a parser that panics has refused the request.
-    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        R::try_from_http_request(Request::from_parts(parts, body), &refs)
-    }))
-    .map_err(|_| {
-        tracing::warn!("the request parser panicked; answered 400");
-        Error::bad_json("the request body does not have the required shape")
-    })?;
-    parsed.map_err(|e| {
+    R::try_from_http_request(Request::from_parts(parts, body), &refs).map_err(|e| {
         use ruma::api::error::{DeserializationError as D, FromHttpRequestError as F};
         match e {
             F::Deserialization(D::Json(e)) if empty => {
@@ -502,5 +512,106 @@ mod tests {
         assert!(super::refuse_nul(br#"{"a":"\u0001"}"#).is_ok());
         assert!(super::query_has_nul(Some("a=%00")));
         assert!(!super::query_has_nul(Some("a=%2000")));
+    }
+
+    /// Fuzz target: the request extractor (our guards, then Ruma's parsers, unguarded by
+    /// `catch_unwind`) on arbitrary query strings, path parameters and bodies, for endpoints of
+    /// every shape (body, query, path parameters, user-interactive auth). It must classify, not
+    /// panic. `cargo test` runs it on random inputs (`BOLERO_RANDOM_ITERATIONS`, default
+    /// 1000); `cargo bolero test api::tests::fuzz_request_extractor` fuzzes with libFuzzer.
+    #[test]
+    fn fuzz_request_extractor() {
+        use ruma::api::client::{
+            account::register, backup::create_backup_version, device::delete_devices,
+            keys::upload_keys, membership::get_member_events, message::send_message_event,
+            presence::set_presence, room::create_room, session::login, sync::sync_events,
+            user_directory::search_users,
+        };
+
+        fn extract<R: ruma::api::IncomingRequest>(
+            method: http::Method,
+            path: &str,
+            query: &str,
+            params: &[String],
+            body: &[u8],
+            check: Option<super::BodyCheck>,
+        ) {
+            const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+                .remove(b'=')
+                .remove(b'&')
+                .remove(b'_')
+                .remove(b'-')
+                .remove(b'.');
+            let query = percent_encoding::utf8_percent_encode(query, QUERY);
+            let Ok(request) = http::Request::builder()
+                .method(method)
+                .uri(format!("{path}?{query}"))
+                .body(())
+            else {
+                return;
+            };
+            let (parts, ()) = request.into_parts();
+            if super::refuse_nul(body).is_err() || check.is_some_and(|c| c(body).is_err()) {
+                return;
+            }
+            let _ = super::parse_typed::<R>(parts, body, params);
+        }
+
+        bolero::check!()
+            .with_type::<(String, String, Vec<u8>)>()
+            .for_each(|(query, param, body)| {
+                use http::Method;
+                let one = std::slice::from_ref(param);
+                let send = vec![param.clone(), "m.room.message".to_owned(), "t".to_owned()];
+                // The raw bytes, and the same bytes as a string in a JSON object.
+                let wrapped = serde_json::to_vec(&serde_json::json!({
+                    "preset": String::from_utf8_lossy(body),
+                    "type": String::from_utf8_lossy(body),
+                    "auth": {"type": "m.login.password", "session": String::from_utf8_lossy(body)},
+                }))
+                .unwrap();
+                for body in [body.as_slice(), wrapped.as_slice()] {
+                    let p = "/_matrix/client/v3/x";
+                    extract::<create_room::v3::Request>(Method::POST, p, query, &[], body, None);
+                    extract::<login::v3::Request>(
+                        Method::POST,
+                        p,
+                        query,
+                        &[],
+                        body,
+                        Some(crate::api::client::session::login_has_type),
+                    );
+                    extract::<register::v3::Request>(Method::POST, p, query, &[], body, None);
+                    extract::<send_message_event::v3::Request>(
+                        Method::PUT,
+                        p,
+                        query,
+                        &send,
+                        body,
+                        None,
+                    );
+                    extract::<sync_events::v3::Request>(Method::GET, p, query, &[], body, None);
+                    extract::<upload_keys::v3::Request>(Method::POST, p, query, &[], body, None);
+                    extract::<set_presence::v3::Request>(Method::PUT, p, query, one, body, None);
+                    extract::<get_member_events::v3::Request>(
+                        Method::GET,
+                        p,
+                        query,
+                        one,
+                        body,
+                        None,
+                    );
+                    extract::<create_backup_version::v3::Request>(
+                        Method::POST,
+                        p,
+                        query,
+                        &[],
+                        body,
+                        None,
+                    );
+                    extract::<search_users::v3::Request>(Method::POST, p, query, &[], body, None);
+                    extract::<delete_devices::v3::Request>(Method::POST, p, query, &[], body, None);
+                }
+            });
     }
 }

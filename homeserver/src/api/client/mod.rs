@@ -13,7 +13,7 @@ mod profile;
 mod push;
 mod receipt;
 mod room;
-mod session;
+pub(crate) mod session;
 mod sync;
 mod tag;
 mod typing;

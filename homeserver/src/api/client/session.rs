@@ -43,7 +43,7 @@ async fn login_types(
 }
 
 /// A login body must be an object with a string `type` (what Ruma's parser assumes).
-fn login_has_type(body: &[u8]) -> Result<()> {
+pub(crate) fn login_has_type(body: &[u8]) -> Result<()> {
     #[derive(serde::Deserialize)]
     struct Typed {
         #[serde(rename = "type")]
