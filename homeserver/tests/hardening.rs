@@ -874,3 +874,192 @@ async fn stock_client_requests() {
         server.stop().await;
     }
 }
+
+/// 9. Registration tokens stored in plain text before are hashed at start and still work.
+#[tokio::test]
+async fn plain_registration_tokens_are_hashed_at_start() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name("legacy");
+    let config = std::sync::Arc::new(tim_homeserver::config::Config {
+        server_name: name.clone(),
+        data_dir: dir.path().to_owned(),
+        database_url: format!("sqlite://{}", dir.path().display()),
+        ..Default::default()
+    });
+    let tenants = tim_homeserver::tenants::Tenants::open(config.clone())
+        .await
+        .unwrap();
+    tenants.close().await;
+    // A row as an older version wrote it: the token itself in `token`.
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}/{name}.db", dir.path().display()))
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO registration_tokens (token, uses_allowed, completed, expiry_ts, created_ts) VALUES ('legacy-code-42', 1, 0, NULL, 0)")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let tenants = tim_homeserver::tenants::Tenants::open(config)
+        .await
+        .unwrap();
+    let hs = tenants.default_tenant();
+    assert!(
+        hs.accounts
+            .registration_token_valid("legacy-code-42")
+            .await
+            .unwrap()
+    );
+    let rows = hs.stores.accounts.list_registration_tokens().await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].token,
+        tim_homeserver::accounts::registration_token_id("legacy-code-42")
+    );
+    assert_eq!(rows[0].hint, "lega");
+    assert!(
+        hs.accounts
+            .consume_registration_token("legacy-code-42")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !hs.accounts
+            .registration_token_valid("legacy-code-42")
+            .await
+            .unwrap()
+    );
+    tenants.close().await;
+}
+
+/// 10. A session as a stock client (matrix-nio, Element) drives it, with the bodies they send:
+/// empty where everything is optional, extra fields the spec does not know.
+#[tokio::test]
+async fn stock_client_session() {
+    for store in STORES {
+        let server = TestServer::start(store).await;
+        let alice = server.register("alice").await;
+        let room = alice.create_room(json!({"preset": "private_chat"})).await;
+        let mut bob = server.client();
+        bob.register("bob").await;
+        let login = server
+            .client()
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/login",
+                Some(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"},
+                    "password": "secret-pw", "initial_device_display_name": "nio", "org.example.extra": 1})),
+            )
+            .await;
+        bob.adopt(&login);
+        let (me, host) = (bob.user_id.clone(), server.server_name.clone());
+        alice
+            .ok(
+                Method::POST,
+                &format!("/_matrix/client/v3/rooms/{room}/invite"),
+                Some(json!({"user_id": me, "reason": "welcome", "extra": true})),
+            )
+            .await;
+        let token = bob.token.clone().unwrap();
+        let event = alice.send(&room, "s1", "hello").await;
+        let steps: Vec<(&str, String, Option<Value>)> = vec![
+            ("POST", format!("/_matrix/client/v3/join/{room}"), None),
+            (
+                "GET",
+                "/_matrix/client/v3/sync?timeout=0&full_state=false&set_presence=online".into(),
+                None,
+            ),
+            (
+                "PUT",
+                format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/nio1"),
+                Some(json!({"msgtype": "m.text", "body": "hi", "io.nio.extra": {"x": 1}})),
+            ),
+            (
+                "PUT",
+                format!("/_matrix/client/v3/rooms/{room}/typing/{me}"),
+                Some(json!({"typing": true, "timeout": 30000})),
+            ),
+            (
+                "POST",
+                format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event}"),
+                None,
+            ),
+            (
+                "POST",
+                format!("/_matrix/client/v3/rooms/{room}/read_markers"),
+                Some(json!({"m.fully_read": event, "m.read": event})),
+            ),
+            (
+                "PUT",
+                format!("/_matrix/client/v3/profile/{me}/avatar_url"),
+                Some(json!({"avatar_url": "mxc://x/y"})),
+            ),
+            (
+                "PUT",
+                format!("/_matrix/client/v3/user/{me}/account_data/m.direct"),
+                Some(json!({})),
+            ),
+            (
+                "PUT",
+                format!("/_matrix/client/v3/user/{me}/rooms/{room}/tags/u.work"),
+                Some(json!({"order": 0.5})),
+            ),
+            (
+                "PUT",
+                format!("/_matrix/client/v3/presence/{me}/status"),
+                Some(json!({"presence": "online", "status_msg": "da"})),
+            ),
+            ("POST", "/_matrix/client/v3/keys/upload".into(), None),
+            (
+                "POST",
+                "/_matrix/client/v3/keys/query".into(),
+                Some(json!({"device_keys": {me.clone(): []}, "timeout": 10000})),
+            ),
+            (
+                "POST",
+                "/_matrix/client/v3/keys/claim".into(),
+                Some(json!({"one_time_keys": {}})),
+            ),
+            ("GET", "/_matrix/client/v3/pushrules/".into(), None),
+            (
+                "POST",
+                format!("/_matrix/client/v3/user/{me}/filter"),
+                Some(json!({"room": {"timeline": {"limit": 10}}, "x": 1})),
+            ),
+            (
+                "GET",
+                format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=10"),
+                None,
+            ),
+            (
+                "POST",
+                "/_matrix/client/v3/user_directory/search".into(),
+                Some(json!({"search_term": "ali", "limit": 10})),
+            ),
+            (
+                "POST",
+                format!("/_matrix/client/v3/rooms/{room}/leave"),
+                None,
+            ),
+            (
+                "POST",
+                format!("/_matrix/client/v3/rooms/{room}/forget"),
+                None,
+            ),
+            ("POST", "/_matrix/client/v3/logout".into(), None),
+        ];
+        for (method, path, body) in steps {
+            let body = body
+                .map(|b| serde_json::to_vec(&b).unwrap())
+                .unwrap_or_default();
+            let request = if method == "GET" {
+                get(&host, &path, Some(&token))
+            } else {
+                with_body(method, &host, &path, Some(&token), &body)
+            };
+            let (status, v) = raw_http(server.addr, &request).await;
+            assert_eq!(status, 200, "{method} {path}: {v}");
+        }
+        server.stop().await;
+    }
+}
