@@ -32,6 +32,9 @@ pub struct Config {
     /// device IPs) is the last address in those headers that is not a trusted proxy. Empty: the
     /// headers are ignored and the peer address counts.
     pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies set: `x-forwarded-for` or `forwarded` (RFC 7239). Only
+    /// that one is read; the other is passed through as the client sent it.
+    pub trusted_proxy_header: String,
     /// Connection limits and timeouts against slow and idle clients.
     pub http: HttpConfig,
     /// Where tenant data lives. `sqlite://DIR` (the default `sqlite://./data`) keeps one SQLite
@@ -257,6 +260,7 @@ impl Default for Config {
             internal_listen: "127.0.0.1:8007".parse().expect("valid default address"),
             default_tenant_on_listen_address: true,
             trusted_proxies: vec![],
+            trusted_proxy_header: "x-forwarded-for".into(),
             http: HttpConfig::default(),
             database_url: "sqlite://./data".into(),
             data_dir: "./data".into(),
@@ -327,8 +331,21 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         crate::tenants::tenant_name(&self.server_name)
             .map_err(|e| format!("server_name {:?}: {e}", self.server_name))?;
+        if !["x-forwarded-for", "forwarded"].contains(&self.trusted_proxy_header.as_str()) {
+            return Err("trusted_proxy_header must be x-forwarded-for or forwarded".into());
+        }
         for p in &self.trusted_proxies {
             crate::net::IpRange::parse(p).map_err(|e| format!("trusted_proxies: {e}"))?;
+        }
+        if self
+            .operator_token
+            .as_ref()
+            .is_some_and(|t| t.0.len() < crate::server::MIN_OPERATOR_TOKEN)
+        {
+            return Err(format!(
+                "operator_token must have at least {} characters",
+                crate::server::MIN_OPERATOR_TOKEN
+            ));
         }
         if !self.tenant_baseurl.contains("{server_name}") {
             return Err("tenant_baseurl must contain {server_name}".into());

@@ -134,7 +134,12 @@ impl Homeserver {
         let rate_limiter = RateLimiter::new(config.rate_limit.clone());
         let hashed = stores
             .accounts
-            .hash_plain_registration_tokens(crate::accounts::registration_token_id)
+            .hash_plain_registration_tokens(|t| {
+                (
+                    crate::accounts::registration_token_id(t),
+                    crate::accounts::registration_token_hint(t),
+                )
+            })
             .await?;
         if hashed > 0 {
             tracing::info!(tenant = %server_name, hashed, "registration tokens now stored hashed");

@@ -70,34 +70,53 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The reverse proxies whose forwarding headers we believe.
+/// The key under which an address is counted (connections, rate limits): IPv4 addresses as
+/// they are, IPv6 addresses by their /64 — one client gets a whole /64, so counting single
+/// addresses would count nothing.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & (u128::MAX << 64);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// The reverse proxies whose forwarding header we believe, and which header that is.
 #[derive(Clone, Debug, Default)]
-pub struct TrustedProxies(Vec<IpRange>);
+pub struct TrustedProxies {
+    ranges: Vec<IpRange>,
+    /// `Forwarded` (RFC 7239) instead of `X-Forwarded-For`.
+    rfc7239: bool,
+}
 
 impl TrustedProxies {
-    /// From the config's `trusted_proxies` (already validated).
-    pub fn new(ranges: &[String]) -> Self {
-        Self(
-            ranges
+    /// From the config's `trusted_proxies` and `trusted_proxy_header` (already validated).
+    pub fn new(ranges: &[String], header: &str) -> Self {
+        Self {
+            ranges: ranges
                 .iter()
                 .filter_map(|r| IpRange::parse(r).ok())
                 .collect(),
-        )
+            rfc7239: header.eq_ignore_ascii_case("forwarded"),
+        }
     }
 
     pub fn trusts(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|r| r.contains(ip))
+        self.ranges.iter().any(|r| r.contains(ip))
     }
 
     /// The client's address: the peer, unless the peer is a trusted proxy, in which case the
-    /// last address of `Forwarded` (or else `X-Forwarded-For`) that is not itself a trusted
-    /// proxy. Addresses a client put first in those headers are never believed: each proxy
-    /// appends the address it saw, so only the tail is vouched for.
+    /// last address of the one forwarding header the proxies set that is not itself a trusted
+    /// proxy. Addresses a client put first in that header are never believed (each proxy
+    /// appends the address it saw, so only the tail is vouched for), and the other header is
+    /// never read: a proxy that sets one passes the other through as the client sent it.
     pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         if !self.trusts(peer) {
             return canonical(peer);
         }
-        let chain = forwarded_for(headers);
+        let chain = forwarded_for(headers, self.rfc7239);
         for ip in chain.iter().rev() {
             match ip {
                 Some(ip) if self.trusts(*ip) => continue,
@@ -117,17 +136,14 @@ impl TrustedProxies {
     }
 }
 
-/// The addresses a request passed, oldest first: RFC 7239 `Forwarded: for=` if present, else
+/// The addresses a request passed, oldest first: from RFC 7239 `Forwarded: for=` or from
 /// `X-Forwarded-For`. Entries that are not IP addresses are `None`.
-fn forwarded_for(headers: &http::HeaderMap) -> Vec<Option<IpAddr>> {
-    let forwarded: Vec<&str> = headers
-        .get_all(http::header::FORWARDED)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if !forwarded.is_empty() {
-        return forwarded
+fn forwarded_for(headers: &http::HeaderMap, rfc7239: bool) -> Vec<Option<IpAddr>> {
+    if rfc7239 {
+        return headers
+            .get_all(http::header::FORWARDED)
             .iter()
+            .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|element| {
                 element.split(';').find_map(|pair| {
@@ -175,6 +191,19 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_addresses_count_per_64() {
+        let a = address_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = address_key("2001:db8:1:2:bbbb::9".parse().unwrap());
+        let c = address_key("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            address_key("::ffff:192.0.2.1".parse().unwrap()),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
     fn ranges() {
         let r = IpRange::parse("10.0.0.0/8").unwrap();
         assert!(r.contains("10.1.2.3".parse().unwrap()));
@@ -196,7 +225,8 @@ mod tests {
 
     #[test]
     fn forwarding_headers_count_only_from_trusted_proxies() {
-        let proxies = TrustedProxies::new(&["127.0.0.1".into(), "10.0.0.0/8".into()]);
+        let ranges = ["127.0.0.1".to_owned(), "10.0.0.0/8".to_owned()];
+        let proxies = TrustedProxies::new(&ranges, "x-forwarded-for");
         let peer: IpAddr = "127.0.0.1".parse().unwrap();
         let stranger: IpAddr = "203.0.113.9".parse().unwrap();
         let xff = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.0.0.2")]);
@@ -212,10 +242,14 @@ mod tests {
             "forwarded",
             "for=6.6.6.6, for=\"[2001:db8::1]:4711\";proto=https",
         )]);
+        // The proxies set X-Forwarded-For: a Forwarded header is the client's own word.
+        assert_eq!(proxies.client_ip(peer, &fwd), peer);
+        let rfc = TrustedProxies::new(&ranges, "forwarded");
         assert_eq!(
-            proxies.client_ip(peer, &fwd),
+            rfc.client_ip(peer, &fwd),
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
+        assert_eq!(rfc.client_ip(peer, &xff), peer);
         assert_eq!(proxies.client_ip(peer, &headers(&[])), peer);
         // Nothing trusted: headers ignored.
         assert_eq!(TrustedProxies::default().client_ip(peer, &xff), peer);

@@ -6,8 +6,20 @@ use crate::config::RateLimitConfig;
 
 pub struct RateLimiter {
     config: RateLimitConfig,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    buckets: Mutex<Buckets>,
 }
+
+#[derive(Default)]
+struct Buckets {
+    by_key: HashMap<String, (f64, Instant)>,
+    pruned: Option<Instant>,
+}
+
+/// Buckets kept before full ones are dropped (at most once a second), and the most kept at
+/// all: beyond, an arbitrary half is forgotten, so a flood of new keys costs bounded memory
+/// and no request pays for scanning the map.
+const PRUNE_ABOVE: usize = 50_000;
+const MAX_BUCKETS: usize = 200_000;
 
 impl RateLimiter {
     pub fn new(config: RateLimitConfig) -> Self {
@@ -24,13 +36,28 @@ impl RateLimiter {
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("rate limit lock");
-        if buckets.len() > 50_000 {
+        if buckets.by_key.len() > PRUNE_ABOVE
+            && buckets
+                .pruned
+                .is_none_or(|p| now.duration_since(p).as_secs() >= 1)
+        {
             // Full buckets carry no information: drop them.
             let burst = self.config.burst;
             let rate = self.config.per_second;
-            buckets.retain(|_, (tokens, at)| *tokens + at.elapsed().as_secs_f64() * rate < burst);
+            buckets
+                .by_key
+                .retain(|_, (tokens, at)| *tokens + at.elapsed().as_secs_f64() * rate < burst);
+            buckets.pruned = Some(now);
+        }
+        if buckets.by_key.len() >= MAX_BUCKETS {
+            let mut keep = false;
+            buckets.by_key.retain(|_, _| {
+                keep = !keep;
+                keep
+            });
         }
         let (tokens, at) = buckets
+            .by_key
             .entry(key.to_owned())
             .or_insert((self.config.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.config.per_second)

@@ -17,13 +17,13 @@ use std::{
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, MatchedPath, State},
-    http::{HeaderMap, Method, StatusCode},
+    http::{Method, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
 };
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -117,10 +117,9 @@ async fn fallback(method: Method) -> Response {
 
 async fn well_known_server(
     State(tenants): State<Tenants>,
-    headers: HeaderMap,
-    conn: Option<axum::Extension<Conn>>,
+    request: http::Request<axum::body::Body>,
 ) -> Result<Json<serde_json::Value>, Error> {
-    let hs = api::tenant_for(&tenants, &headers, conn.map(|c| c.0).as_ref())?;
+    let hs = api::tenant_of(&tenants, &request)?;
     let port = hs.config.listen.port();
     Ok(Json(
         serde_json::json!({ "m.server": format!("{}:{port}", hs.server_name) }),
@@ -129,9 +128,9 @@ async fn well_known_server(
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish for up
 /// to 10 s. Each request carries its connection's `Conn`. Clients get `header_read_timeout`
-/// to send a request's headers (also the limit for an idle keep-alive connection); at most
-/// `max_connections` connections are open, `max_connections_per_ip` per peer address (trusted
-/// proxies exempt).
+/// to send a request's headers (also the limit for a silent or idle keep-alive connection); at
+/// most `max_connections` connections are open, `max_connections_per_ip` per peer address
+/// (IPv6: per /64; trusted proxies exempt).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -139,16 +138,14 @@ pub async fn serve(
     trusted: TrustedProxies,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: clients reach us in plain HTTP/1.1 (TLS and HTTP/2 end at the reverse
+    // proxy). hyper arms the header timeout as soon as it waits for a request, so silent
+    // sockets and idle keep-alive connections are closed too — an HTTP/2 connection without
+    // streams, or a half-sent HTTP/2 preface, would have no such limit.
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(limits.header_read_timeout_secs))
-        .keep_alive_timeout(Duration::from_secs(limits.header_read_timeout_secs));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let per_ip = Arc::new(PerIp {
         open: Mutex::default(),
@@ -176,8 +173,8 @@ pub async fn serve(
         let Ok(local) = stream.local_addr() else {
             continue;
         };
-        let ip = peer.ip();
-        let counted = !trusted.trusts(ip);
+        let ip = crate::net::address_key(peer.ip());
+        let counted = !trusted.trusts(peer.ip());
         if counted && !per_ip.enter(ip) {
             metrics::counter!("tim_http_connections_refused_total").increment(1);
             continue;
@@ -190,9 +187,8 @@ pub async fn serve(
                     req.extensions_mut().insert(conn);
                     req
                 });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         let per_ip = per_ip.clone();
         tokio::spawn(async move {
@@ -213,7 +209,7 @@ pub async fn serve(
     Ok(())
 }
 
-/// Open connections per peer address.
+/// Open connections per peer address (IPv6: per /64, what one client can get).
 struct PerIp {
     open: Mutex<HashMap<IpAddr, usize>>,
     max: usize,
@@ -242,26 +238,36 @@ impl PerIp {
 }
 
 /// The operator token: configured, or made once and kept in `{data_dir}/operator.token`,
-/// created readable by the owner only.
+/// created readable by the owner only (written to a private temporary file, fsynced, renamed).
+/// An empty or short token is never used.
 pub fn operator_token(config: &crate::config::Config) -> std::io::Result<String> {
     if let Some(t) = &config.operator_token {
         return Ok(t.0.clone());
     }
     let path = config.data_dir.join("operator.token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && t.trim().len() >= MIN_OPERATOR_TOKEN
+    {
         return Ok(t.trim().to_owned());
     }
     std::fs::create_dir_all(&config.data_dir)?;
     let token = crate::accounts::random_string(40);
+    let tmp = config.data_dir.join("operator.token.tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&path)?;
+    let mut file = options.open(&tmp)?;
     std::io::Write::write_all(&mut file, token.as_bytes())?;
     file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(&config.data_dir)?.sync_all()?;
     Ok(token)
 }
+
+/// The shortest operator token accepted (configured or found in the token file).
+pub const MIN_OPERATOR_TOKEN: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -312,7 +318,10 @@ mod tests {
             data_dir: dir.path().to_owned(),
             ..Default::default()
         };
+        // A file left empty (a crash while it was made) is not a token.
+        std::fs::write(dir.path().join("operator.token"), "").unwrap();
         let token = super::operator_token(&config).unwrap();
+        assert_eq!(token.len(), 40);
         assert_eq!(super::operator_token(&config).unwrap(), token);
         #[cfg(unix)]
         {

@@ -55,7 +55,10 @@ impl Tenants {
             by_name: RwLock::default(),
             locks,
             changes: Default::default(),
-            trusted_proxies: TrustedProxies::new(&config.trusted_proxies),
+            trusted_proxies: TrustedProxies::new(
+                &config.trusted_proxies,
+                &config.trusted_proxy_header,
+            ),
         }));
         let mut names = tenants.registry()?;
         names.retain(|n| *n != default);

@@ -171,6 +171,163 @@ async fn the_listen_address_fallback_can_be_switched_off() {
     let (status, _) = raw_http(server.addr, &get(&host, "/_matrix/client/versions", None)).await;
     assert_eq!(status, 404);
     server.stop().await;
+    // Nor for requests through a trusted proxy: the address is the proxy's choice there.
+    let server = TestServer::start_with(common::Store::Sqlite, |c| {
+        c.trusted_proxies = vec!["127.0.0.1".into()]
+    })
+    .await;
+    let host = format!("127.0.0.1:{}", server.addr.port());
+    let (status, _) = raw_http(server.addr, &get(&host, "/_matrix/client/versions", None)).await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}
+
+/// 2. An absolute request target names the tenant, whatever the Host header says.
+#[tokio::test]
+async fn an_absolute_target_names_the_tenant() {
+    let server = TestServer::start(common::Store::Sqlite).await;
+    let request = format!(
+        "GET http://unknown.example/_matrix/client/versions HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.server_name
+    );
+    let (status, v) = raw_http(server.addr, request.as_bytes()).await;
+    assert_eq!(
+        (status, v["errcode"].as_str()),
+        (404, Some("M_UNRECOGNIZED")),
+        "{v}"
+    );
+    let request = format!(
+        "GET http://{}/_matrix/client/versions HTTP/1.1\r\nHost: unknown.example\r\nConnection: close\r\n\r\n",
+        server.server_name
+    );
+    let (status, _) = raw_http(server.addr, request.as_bytes()).await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+/// 5. What one request may ask for is bounded: invites and initial state of a new room, filter
+/// lists, devices to delete, users in a key query.
+#[tokio::test]
+async fn request_sizes_are_bounded() {
+    for store in STORES {
+        let server = TestServer::start(store).await;
+        let alice = server.register("alice").await;
+        let many_users: Vec<String> = (0..501)
+            .map(|i| format!("@u{i}:{}", server.server_name))
+            .collect();
+        alice
+            .err(
+                Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(json!({"invite": many_users})),
+                400,
+                "M_INVALID_PARAM",
+            )
+            .await;
+        let state: Vec<Value> = (0..101)
+            .map(|i| json!({"type": "m.corpus", "state_key": i.to_string(), "content": {}}))
+            .collect();
+        alice
+            .err(
+                Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(json!({"initial_state": state})),
+                400,
+                "M_INVALID_PARAM",
+            )
+            .await;
+        let types: Vec<String> = (0..101).map(|i| format!("m.t{i}")).collect();
+        alice
+            .err(
+                Method::POST,
+                &format!("/_matrix/client/v3/user/{}/filter", alice.user_id),
+                Some(json!({"room": {"timeline": {"not_types": types}}})),
+                400,
+                "M_INVALID_PARAM",
+            )
+            .await;
+        let filter =
+            serde_json::to_string(&json!({"room": {"timeline": {"types": types}}})).unwrap();
+        alice
+            .err(
+                Method::GET,
+                &format!(
+                    "/_matrix/client/v3/sync?timeout=0&filter={}",
+                    percent_encoding::utf8_percent_encode(
+                        &filter,
+                        percent_encoding::NON_ALPHANUMERIC
+                    )
+                ),
+                None,
+                400,
+                "M_INVALID_PARAM",
+            )
+            .await;
+        let devices: Vec<String> = (0..1001).map(|i| format!("D{i}")).collect();
+        let v = alice
+            .err(
+                Method::POST,
+                "/_matrix/client/v3/delete_devices",
+                Some(json!({"devices": devices})),
+                400,
+                "M_INVALID_PARAM",
+            )
+            .await;
+        assert!(
+            v.get("flows").is_none(),
+            "refused before the password is asked for"
+        );
+        let query: serde_json::Map<String, Value> = (0..1001)
+            .map(|i| (format!("@q{i}:{}", server.server_name), json!([])))
+            .collect();
+        alice
+            .err(
+                Method::POST,
+                "/_matrix/client/v3/keys/query",
+                Some(json!({"device_keys": query})),
+                400,
+                "M_INVALID_PARAM",
+            )
+            .await;
+        server.stop().await;
+    }
+}
+
+/// 7. Deleting an alias by room power needs membership: a room admin who left cannot.
+#[tokio::test]
+async fn alias_deletion_needs_membership() {
+    for store in STORES {
+        let server = TestServer::start(store).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = alice
+            .create_room(json!({"preset": "public_chat",
+                "power_level_content_override": {"users": {alice.user_id.clone(): 100, bob.user_id.clone(): 100}}}))
+            .await;
+        let alias = format!(
+            "/_matrix/client/v3/directory/room/%23team:{}",
+            server.server_name
+        );
+        alice
+            .ok(Method::PUT, &alias, Some(json!({"room_id": room})))
+            .await;
+        bob.ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{room}"),
+            Some(json!({})),
+        )
+        .await;
+        bob.ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(json!({})),
+        )
+        .await;
+        bob.err(Method::DELETE, &alias, None, 403, "M_FORBIDDEN")
+            .await;
+        alice.ok(Method::DELETE, &alias, None).await;
+        server.stop().await;
+    }
 }
 
 /// 3. Tenant names are DNS names: `..` and friends are refused before they become paths.
@@ -468,6 +625,10 @@ async fn slow_and_greedy_clients_are_cut_off() {
         .await;
         (read.is_ok(), got)
     };
+    // A socket that never says anything.
+    let s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (closed, _) = closed_within(s, Duration::from_secs(5)).await;
+    assert!(closed, "a silent connection is disconnected");
     // Slow loris: headers that never end.
     let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     s.write_all(
@@ -916,7 +1077,7 @@ async fn plain_registration_tokens_are_hashed_at_start() {
         rows[0].token,
         tim_homeserver::accounts::registration_token_id("legacy-code-42")
     );
-    assert_eq!(rows[0].hint, "lega");
+    assert_eq!(rows[0].hint, "le");
     assert!(
         hs.accounts
             .consume_registration_token("legacy-code-42")

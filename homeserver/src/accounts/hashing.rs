@@ -3,7 +3,10 @@
 //! served (a tokio semaphore is fair), and at most `max_queued` of them waiting — so requests
 //! spread over many Host names cannot multiply the hashes' memory.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use rand::RngCore;
@@ -18,7 +21,7 @@ pub const MAX_PASSWORD_BYTES: usize = 512;
 
 pub struct PasswordHashing {
     params: argon2::Params,
-    slots: tokio::sync::Semaphore,
+    slots: Arc<tokio::sync::Semaphore>,
     waiting: AtomicUsize,
     max_queued: usize,
 }
@@ -35,7 +38,7 @@ impl PasswordHashing {
         };
         Ok(Self {
             params,
-            slots: tokio::sync::Semaphore::new(slots),
+            slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             waiting: AtomicUsize::new(0),
             max_queued: config.max_queued,
         })
@@ -49,31 +52,37 @@ impl PasswordHashing {
         )
     }
 
-    /// Runs `work` on a blocking thread once a hashing slot is free.
+    /// Runs `work` on a blocking thread once a hashing slot is free. The slot is held by the
+    /// blocking work itself, so a request that goes away while its hash runs does not free
+    /// the slot (and its memory) early; a request that goes away while waiting leaves the
+    /// queue.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(Argon2<'static>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let _permit = match self.slots.try_acquire() {
+        let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                // Count ourselves in the queue; refuse instead of queueing without bound.
-                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_queued {
-                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                let _waiting = Waiting::enter(&self.waiting, self.max_queued).ok_or_else(|| {
                     metrics::counter!("tim_password_hash_refused_total").increment(1);
-                    return Err(Error::LimitExceeded {
+                    Error::LimitExceeded {
                         retry_after_ms: 1000,
-                    });
-                }
-                let permit = self.slots.acquire().await;
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
-                permit.map_err(Error::internal)?
+                    }
+                })?;
+                self.slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(Error::internal)?
             }
         };
         let hasher = self.hasher();
-        tokio::task::spawn_blocking(move || work(hasher))
-            .await
-            .map_err(Error::internal)?
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work(hasher)
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     /// A new argon2id hash (PHC string) of `password`.
@@ -98,6 +107,26 @@ impl PasswordHashing {
             Ok(hasher.verify_password(password.as_bytes(), &parsed).is_ok())
         })
         .await
+    }
+}
+
+/// A place in the hashing queue, given up when dropped (also when the waiting request is).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(waiting: &'a AtomicUsize, max: usize) -> Option<Self> {
+        waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(waiting))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -151,6 +180,18 @@ mod tests {
         assert!(refused >= 1, "nothing refused");
         assert!(all.iter().any(|r| r.is_ok()));
         assert_eq!(h.waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_goes_away_leaves_the_queue() {
+        let h = std::sync::Arc::new(cheap(1, 1));
+        let slot = h.slots.clone().try_acquire_owned().unwrap();
+        // Waits for the slot, then is dropped (a client that disconnected).
+        let waiter = tokio::time::timeout(std::time::Duration::from_millis(50), h.hash("pw")).await;
+        assert!(waiter.is_err());
+        assert_eq!(h.waiting.load(Ordering::SeqCst), 0);
+        drop(slot);
+        h.hash("pw").await.unwrap();
     }
 
     #[test]

@@ -98,6 +98,13 @@ pub fn registration_token_id(token: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The start of a registration token shown in the org admin's list: four characters of a
+/// token of 16 or more, two of a shorter one — never enough to use it.
+pub fn registration_token_hint(token: &str) -> String {
+    let n = if token.len() >= 16 { 4 } else { 2 };
+    token.chars().take(n).collect()
+}
+
 pub fn random_string(n: usize) -> String {
     rand::thread_rng()
         .sample_iter(&Alphanumeric)
@@ -261,20 +268,21 @@ impl Accounts {
         expiry_ts: Option<i64>,
     ) -> Result<String> {
         let token = token.unwrap_or_else(|| random_string(16));
-        if token.is_empty()
+        // Long enough not to be guessed through the open validity endpoint.
+        if token.len() < 8
             || token.len() > 64
             || !token
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c))
         {
             return Err(Error::invalid_param(
-                "registration tokens use [A-Za-z0-9._~-], at most 64 characters",
+                "registration tokens use [A-Za-z0-9._~-], 8 to 64 characters",
             ));
         }
         self.accounts
             .create_registration_token(
                 &registration_token_id(&token),
-                &token.chars().take(4).collect::<String>(),
+                &registration_token_hint(&token),
                 uses_allowed,
                 expiry_ts,
                 now_ms(),
@@ -303,13 +311,14 @@ impl Accounts {
     /// the endpoint.
     pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<()> {
         self.throttle
-            .check(user_id.as_str(), Instant::now())
+            .attempt(user_id.as_str(), Instant::now())
             .map_err(|retry_after_ms| Error::LimitExceeded { retry_after_ms })?;
         let result = self.verify_user_password(user_id, password).await;
         match &result {
             Ok(()) => self.throttle.succeeded(user_id.as_str()),
-            Err(Error::WrongCredentials) => self.throttle.failed(user_id.as_str(), Instant::now()),
-            Err(_) => {}
+            // A wrong password stays counted; other errors checked nothing.
+            Err(Error::WrongCredentials | Error::UserDeactivated) => {}
+            Err(_) => self.throttle.forget(user_id.as_str()),
         }
         result
     }

@@ -35,24 +35,30 @@ impl LoginThrottle {
         }
     }
 
-    /// Whether `account` may try a password now; if not, the milliseconds to wait.
-    pub fn check(&self, account: &str, now: Instant) -> Result<(), u64> {
-        let failures = self.failures.lock().expect("throttle lock");
-        match failures.get(account) {
-            Some((_, next)) if *next > now => Err((*next - now)
+    /// Admits one password attempt for `account`, or says how many milliseconds to wait.
+    /// The attempt counts as a failure until `succeeded` (or `forget`) says otherwise, so
+    /// guesses sent all at once are throttled like guesses sent one after another.
+    pub fn attempt(&self, account: &str, now: Instant) -> Result<(), u64> {
+        let mut failures = self.failures.lock().expect("throttle lock");
+        if let Some((_, next)) = failures.get(account)
+            && *next > now
+        {
+            return Err((*next - now)
                 .as_millis()
                 .max(1)
                 .try_into()
-                .unwrap_or(u64::MAX)),
-            _ => Ok(()),
+                .unwrap_or(u64::MAX));
         }
-    }
-
-    /// Records a wrong password for `account`.
-    pub fn failed(&self, account: &str, now: Instant) {
-        let mut failures = self.failures.lock().expect("throttle lock");
         if failures.len() >= MAX_TRACKED {
             failures.retain(|_, (_, next)| *next > now);
+            if failures.len() >= MAX_TRACKED / 2 {
+                // A flood of accounts: forget an arbitrary half rather than scan at every try.
+                let mut keep = false;
+                failures.retain(|_, _| {
+                    keep = !keep;
+                    keep
+                });
+            }
         }
         let entry = failures.entry(account.to_owned()).or_insert((0, now));
         entry.0 = entry.0.saturating_add(1);
@@ -63,6 +69,15 @@ impl LoginThrottle {
             let wait = Duration::from_secs(1u64 << (over - 1).min(30));
             now + wait.min(self.max)
         };
+        Ok(())
+    }
+
+    /// An admitted attempt that checked no password (the server could not): not a failure.
+    pub fn forget(&self, account: &str) {
+        let mut failures = self.failures.lock().expect("throttle lock");
+        if let Some(entry) = failures.get_mut(account) {
+            entry.0 = entry.0.saturating_sub(1);
+        }
     }
 
     /// A correct password clears the account's record.
@@ -79,24 +94,33 @@ mod tests {
     fn waits_grow_after_the_allowed_failures() {
         let t = LoginThrottle::new(3, Duration::from_secs(60));
         let now = Instant::now();
-        for _ in 0..3 {
-            t.check("@a:x", now).unwrap();
-            t.failed("@a:x", now);
+        // Three attempts are free; the fourth is admitted but makes the next wait a second.
+        for _ in 0..4 {
+            t.attempt("@a:x", now).unwrap();
         }
-        // The third failure was still free; the fourth costs one second, the fifth two.
-        t.check("@a:x", now).unwrap();
-        t.failed("@a:x", now);
-        assert_eq!(t.check("@a:x", now), Err(1000));
-        t.check("@b:x", now).unwrap();
+        assert_eq!(t.attempt("@a:x", now), Err(1000));
+        t.attempt("@b:x", now).unwrap();
         let later = now + Duration::from_secs(1);
-        t.check("@a:x", later).unwrap();
-        t.failed("@a:x", later);
-        assert_eq!(t.check("@a:x", later), Err(2000));
-        for _ in 0..20 {
-            t.failed("@a:x", later);
+        t.attempt("@a:x", later).unwrap();
+        assert_eq!(t.attempt("@a:x", later), Err(2000));
+        for i in 0..20 {
+            t.attempt("@a:x", later + Duration::from_secs(3600 * (i + 1)))
+                .unwrap();
         }
-        assert_eq!(t.check("@a:x", later), Err(60_000));
+        let last = later + Duration::from_secs(3600 * 20);
+        assert_eq!(t.attempt("@a:x", last), Err(60_000));
         t.succeeded("@a:x");
-        t.check("@a:x", later).unwrap();
+        t.attempt("@a:x", last).unwrap();
+    }
+
+    #[test]
+    fn attempts_in_flight_count() {
+        // Guesses sent at once: each is admitted only while the free attempts last.
+        let t = LoginThrottle::new(2, Duration::from_secs(60));
+        let now = Instant::now();
+        let admitted = (0..10).filter(|_| t.attempt("@a:x", now).is_ok()).count();
+        assert_eq!(admitted, 3);
+        t.forget("@a:x");
+        assert!(t.attempt("@a:x", now).is_err(), "the wait stands");
     }
 }

@@ -49,25 +49,37 @@ impl Ctx {
     }
 }
 
-/// The tenant the request's Host names (HTTP/2: its `:authority`); 404 `M_UNRECOGNIZED` when
-/// it names none.
+/// The tenant a request names: the authority of an absolute request target, else the Host
+/// header; 404 `M_UNRECOGNIZED` when it names none. The address the client dialled stands for
+/// the default tenant only for clients connected directly (not through a trusted proxy, where
+/// it is the proxy's choice, not the client's).
 pub fn tenant_for(
     tenants: &Tenants,
+    uri: &http::Uri,
     headers: &HeaderMap,
     conn: Option<&Conn>,
 ) -> Result<Arc<Homeserver>, Error> {
-    let host = headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    tenants
-        .by_host(host, conn.map(|c| c.local.ip()))
-        .ok_or(Error::UnknownHost)
+    let host = match uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
+    };
+    let dialled = conn
+        .filter(|c| !tenants.trusted_proxies().trusts(c.peer.ip()))
+        .map(|c| c.local.ip());
+    tenants.by_host(host, dialled).ok_or(Error::UnknownHost)
 }
 
-/// The tenant of a request (Host and the connection it came in on).
+/// The tenant of a request (target, Host and the connection it came in on).
 pub fn tenant_of<B>(tenants: &Tenants, req: &Request<B>) -> Result<Arc<Homeserver>, Error> {
-    tenant_for(tenants, req.headers(), req.extensions().get::<Conn>())
+    tenant_for(
+        tenants,
+        req.uri(),
+        req.headers(),
+        req.extensions().get::<Conn>(),
+    )
 }
 
 /// The client's address: the peer, or what a trusted proxy forwarded.
@@ -395,7 +407,7 @@ async fn admit<R: IncomingRequest + 'static>(
     if R::RATE_LIMITED || how.guard.rate_limit {
         let key = match (&session, ip) {
             (Some(s), _) => s.user_id.to_string(),
-            (None, Some(ip)) => ip.to_string(),
+            (None, Some(ip)) => crate::net::address_key(ip).to_string(),
             (None, None) => String::new(),
         };
         hs.rate_limiter

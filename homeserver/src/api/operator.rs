@@ -26,7 +26,7 @@ pub fn router(token: String) -> Router<Tenants> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
-            None => Err(Error::MissingToken),
+            None | Some("") => Err(Error::MissingToken),
             Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
             Some(_) => Err(Error::UnknownToken { soft_logout: false }),
         }
@@ -77,7 +77,17 @@ pub fn router(token: String) -> Router<Tenants> {
                       J(body): J<NewUser>| async move {
                     c3(&h)?;
                     let hs = tenant(&t, &name)?;
-                    let user_id = body.create(&hs).await?;
+                    let target = hs.accounts.new_user_id(&body.localpart.to_lowercase())?;
+                    let details = serde_json::json!({"admin": body.admin});
+                    let user_id = hs
+                        .audited(
+                            "operator",
+                            "users.create",
+                            Some(target.as_str()),
+                            Some(details),
+                            body.create(&hs),
+                        )
+                        .await?;
                     Ok::<_, Error>(Json(serde_json::json!({ "user_id": user_id })))
                 },
             ),
@@ -91,7 +101,18 @@ pub fn router(token: String) -> Router<Tenants> {
                       J(body): J<NewToken>| async move {
                     c4(&h)?;
                     let hs = tenant(&t, &name)?;
-                    let token = body.create(&hs).await?;
+                    let token = body.with_token();
+                    let target = crate::accounts::registration_token_id(&token.token);
+                    let details = serde_json::json!({"uses_allowed": token.uses()});
+                    let token = hs
+                        .audited(
+                            "operator",
+                            "registration_tokens.create",
+                            Some(&target),
+                            Some(details),
+                            token.create(&hs),
+                        )
+                        .await?;
                     Ok::<_, Error>(Json(serde_json::json!({ "token": token })))
                 },
             ),
@@ -188,14 +209,36 @@ impl NewUser {
     }
 }
 
+/// A registration token about to be made: the requested one or a random one.
+pub struct TokenToMake {
+    pub token: String,
+    uses_allowed: Option<i64>,
+    expiry_time: Option<i64>,
+}
+
 impl NewToken {
+    /// The token to make, chosen now so that the audit entry can name it (by its id) first.
+    pub fn with_token(&self) -> TokenToMake {
+        TokenToMake {
+            token: self
+                .token
+                .clone()
+                .unwrap_or_else(|| crate::accounts::random_string(16)),
+            uses_allowed: self.uses_allowed,
+            expiry_time: self.expiry_time,
+        }
+    }
+}
+
+impl TokenToMake {
+    /// Uses allowed: single use unless asked otherwise.
+    pub fn uses(&self) -> Option<i64> {
+        self.uses_allowed.or(Some(1))
+    }
+
     pub async fn create(&self, hs: &Homeserver) -> Result<String> {
         hs.accounts
-            .create_registration_token(
-                self.token.clone(),
-                self.uses_allowed.or(Some(1)),
-                self.expiry_time,
-            )
+            .create_registration_token(Some(self.token.clone()), self.uses(), self.expiry_time)
             .await
     }
 }

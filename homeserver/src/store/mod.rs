@@ -124,10 +124,10 @@ pub trait AccountStore: Send + Sync {
     async fn consume_registration_token(&self, token: &str, now: i64) -> StoreResult<bool>;
     async fn list_registration_tokens(&self) -> StoreResult<Vec<RegistrationTokenRow>>;
     async fn delete_registration_token(&self, token: &str) -> StoreResult<bool>;
-    /// Replaces tokens stored in plain text (before migration 0012) by their ids.
+    /// Replaces tokens stored in plain text (before migration 0012) by their ids and hints.
     async fn hash_plain_registration_tokens(
         &self,
-        id: for<'a> fn(&'a str) -> String,
+        id_and_hint: for<'a> fn(&'a str) -> (String, String),
     ) -> StoreResult<u64>;
 
     async fn user_summary(&self, user_id: &str) -> StoreResult<Option<UserSummary>>;

@@ -143,6 +143,8 @@ pub(crate) fn connect_options(url: &str) -> StoreResult<PgConnectOptions> {
     let loopback = host == "localhost"
         || host.starts_with('/')
         || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     if has_ssl_mode(url) {

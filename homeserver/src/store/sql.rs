@@ -188,15 +188,15 @@ impl AccountStore for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn hash_plain_registration_tokens(&self, id: for<'a> fn(&'a str) -> String) -> StoreResult<u64> {
+    async fn hash_plain_registration_tokens(&self, id_and_hint: for<'a> fn(&'a str) -> (String, String)) -> StoreResult<u64> {
         let mut tx = self.write.begin().await?;
         let plain: Vec<String> = sqlx::query_scalar("SELECT token FROM registration_tokens WHERE NOT hashed")
             .fetch_all(&mut *tx)
             .await?;
         for token in &plain {
-            let hint: String = token.chars().take(4).collect();
+            let (id, hint) = id_and_hint(token);
             sqlx::query("UPDATE registration_tokens SET token = $1, hint = $2, hashed = TRUE WHERE token = $3 AND NOT hashed")
-                .bind(id(token))
+                .bind(id)
                 .bind(hint)
                 .bind(token.clone())
                 .execute(&mut *tx)

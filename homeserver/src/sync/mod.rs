@@ -84,6 +84,61 @@ fn raw<T>(v: &Value) -> Result<Raw<T>> {
     ))
 }
 
+/// Entries a filter's lists (`types`, `senders`, `rooms` and their `not_` forms) may have:
+/// each entry becomes a condition of every read the filter is used for.
+pub const MAX_FILTER_ENTRIES: usize = 100;
+
+/// Refuses filters with lists longer than `MAX_FILTER_ENTRIES` (400 `M_INVALID_PARAM`).
+pub fn check_filter(f: &FilterDefinition) -> Result<()> {
+    let room = &f.room;
+    let mut lists = vec![
+        room.not_rooms.len(),
+        room.rooms.as_ref().map_or(0, Vec::len),
+    ];
+    for e in [
+        &room.timeline,
+        &room.state,
+        &room.ephemeral,
+        &room.account_data,
+    ] {
+        lists.extend(room_event_filter_lists(e));
+    }
+    for g in [&f.presence, &f.account_data] {
+        lists.extend([
+            g.types.as_ref().map_or(0, Vec::len),
+            g.not_types.len(),
+            g.senders.as_ref().map_or(0, Vec::len),
+            g.not_senders.len(),
+        ]);
+    }
+    check_lists(&lists)
+}
+
+/// `check_filter` for the room event filter of `/messages` and `/context`.
+pub fn check_room_event_filter(f: &ruma::api::client::filter::RoomEventFilter) -> Result<()> {
+    check_lists(&room_event_filter_lists(f))
+}
+
+fn room_event_filter_lists(f: &ruma::api::client::filter::RoomEventFilter) -> Vec<usize> {
+    vec![
+        f.types.as_ref().map_or(0, Vec::len),
+        f.not_types.len(),
+        f.senders.as_ref().map_or(0, Vec::len),
+        f.not_senders.len(),
+        f.rooms.as_ref().map_or(0, Vec::len),
+        f.not_rooms.len(),
+    ]
+}
+
+fn check_lists(lengths: &[usize]) -> Result<()> {
+    if lengths.iter().any(|n| *n > MAX_FILTER_ENTRIES) {
+        return Err(Error::invalid_param(format!(
+            "filter lists have at most {MAX_FILTER_ENTRIES} entries"
+        )));
+    }
+    Ok(())
+}
+
 pub fn event_filter(f: &ruma::api::client::filter::RoomEventFilter) -> EventFilter {
     EventFilter {
         types: f.types.clone(),

@@ -78,10 +78,15 @@ impl FromRequestParts<Tenants> for Admin {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, tenants: &Tenants) -> Result<Self> {
-        let hs = tenant_for(tenants, &parts.headers, parts.extensions.get::<Conn>())?;
+        let hs = tenant_for(
+            tenants,
+            &parts.uri,
+            &parts.headers,
+            parts.extensions.get::<Conn>(),
+        )?;
         // Rate-limited per client address before the token is looked at: the admin API is on
         // the public listener, so token guessing and floods are slowed like any anonymous use.
-        let ip = client_ip(tenants, parts).map(|ip| ip.to_string());
+        let ip = client_ip(tenants, parts).map(|ip| crate::net::address_key(ip).to_string());
         hs.rate_limiter
             .check(&format!("admin-api {}", ip.unwrap_or_default()))
             .map_err(|retry_after_ms| Error::LimitExceeded { retry_after_ms })?;

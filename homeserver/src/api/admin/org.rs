@@ -131,6 +131,9 @@ async fn notice_job(admin: Admin, P(id): P<i64>) -> Result<Json<Value>> {
         .notice_job(id)
         .await?
         .ok_or_else(|| Error::not_found("no such notice job"))?;
+    admin
+        .audit("server_notices.job", Some(&id.to_string()), None)
+        .await?;
     Ok(Json(json!({
         "job_id": job.id,
         "created_ts": job.created_ts,
@@ -213,6 +216,8 @@ struct AuditQuery {
 async fn audit_log(admin: Admin, Q(q): Q<AuditQuery>) -> Result<Json<Value>> {
     let limit = page(q.limit)?;
     let rows = admin.hs.stores.admin.audit_log(q.from, limit).await?;
+    // Reading the log is recorded too (after the read, so the page shows what was there).
+    admin.audit("audit_log.read", None, None).await?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.id))
         .flatten();

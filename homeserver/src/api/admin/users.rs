@@ -275,12 +275,14 @@ async fn list_tokens(admin: Admin) -> Result<Json<Value>> {
 }
 
 async fn create_token(admin: Admin, J(body): J<NewToken>) -> Result<Json<Value>> {
+    let token = body.with_token();
+    let target = crate::accounts::registration_token_id(&token.token);
     let token = admin
         .audited(
             "registration_tokens.create",
-            None,
-            Some(json!({"uses_allowed": body.uses_allowed.or(Some(1)), "expiry_time": body.expiry_time})),
-            body.create(&admin.hs),
+            Some(&target),
+            Some(json!({"uses_allowed": token.uses(), "expiry_time": body.expiry_time})),
+            token.create(&admin.hs),
         )
         .await?;
     Ok(Json(json!({ "token": token })))

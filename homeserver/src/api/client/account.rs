@@ -27,6 +27,9 @@ pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
     route_limited(r, delete_devices)
 }
 
+/// Devices one `delete_devices` may name (each is a write in one transaction).
+const MAX_DELETE_DEVICES: usize = 1000;
+
 fn device(row: DeviceRow) -> Result<Device> {
     let mut d = Device::new(row.device_id.into());
     d.display_name = row.display_name;
@@ -142,11 +145,19 @@ async fn delete_devices(
     req: delete_devices::v3::Request,
 ) -> Result<delete_devices::v3::Response> {
     let s = ctx.session()?;
+    let mut ids: Vec<String> = req.devices.iter().map(|d| d.to_string()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    // Refused before the password confirmation, which it would otherwise spend.
+    if ids.len() > MAX_DELETE_DEVICES {
+        return Err(Error::invalid_param(format!(
+            "at most {MAX_DELETE_DEVICES} devices at once"
+        )));
+    }
     ctx.hs
         .accounts
         .uia_password(&s.user_id, req.auth.as_ref())
         .await?;
-    let ids: Vec<String> = req.devices.iter().map(|d| d.to_string()).collect();
     ctx.hs.accounts.delete_devices(&s.user_id, &ids).await?;
     Ok(delete_devices::v3::Response::new())
 }

@@ -11,7 +11,7 @@ use ruma::api::client::{
 
 use crate::{
     api::{Ctx, route},
-    error::Result,
+    error::{Error, Result},
     sync::parse_token,
     tenants::Tenants,
 };
@@ -31,7 +31,17 @@ async fn upload(ctx: Ctx, req: upload_keys::v3::Request) -> Result<upload_keys::
     Ok(upload_keys::v3::Response::new(counts))
 }
 
+/// Users (and devices per user) one key query may ask for.
+const MAX_QUERY_USERS: usize = 1000;
+
 async fn query(ctx: Ctx, req: get_keys::v3::Request) -> Result<get_keys::v3::Response> {
+    if req.device_keys.len() > MAX_QUERY_USERS
+        || req.device_keys.values().any(|d| d.len() > MAX_QUERY_USERS)
+    {
+        return Err(Error::invalid_param(format!(
+            "a key query asks for at most {MAX_QUERY_USERS} users and devices per user"
+        )));
+    }
     ctx.hs.query_keys(&ctx.session()?.user_id, req).await
 }
 

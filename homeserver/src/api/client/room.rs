@@ -30,7 +30,7 @@ use ruma::{
 use serde_json::{Map, Value};
 
 use crate::{
-    api::{Ctx, one_of, route},
+    api::{Ctx, one_of, route, route_limited},
     error::{Error, Result},
     rooms::{CreateRoom, NewContent, Page, create::Preset, membership::Change},
     store::Direction,
@@ -39,7 +39,8 @@ use crate::{
 };
 
 pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
-    let r = route(r, create_room);
+    // Rate-limited: a room is dozens of signed events.
+    let r = route_limited(r, create_room);
     let r = route(r, create_alias);
     let r = route(r, get_alias);
     let r = route(r, delete_alias);
@@ -86,6 +87,11 @@ fn object(raw: &serde_json::value::RawValue) -> Result<Value> {
     }
 }
 
+/// Invites in one `createRoom` at most (more are sent one by one afterwards).
+const MAX_CREATE_INVITES: usize = 500;
+/// `initial_state` events in one `createRoom` at most.
+const MAX_INITIAL_STATE: usize = 100;
+
 fn limit(l: UInt, max: u64) -> i64 {
     u64::from(l).clamp(1, max) as i64
 }
@@ -93,6 +99,12 @@ fn limit(l: UInt, max: u64) -> i64 {
 async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<create_room::v3::Response> {
     let hs = &ctx.hs;
     let creator = ctx.session()?.user_id.clone();
+    // Each invite and initial state event is an event signed and stored under the room lock.
+    if req.invite.len() > MAX_CREATE_INVITES || req.initial_state.len() > MAX_INITIAL_STATE {
+        return Err(Error::invalid_param(format!(
+            "createRoom takes at most {MAX_CREATE_INVITES} invites and {MAX_INITIAL_STATE} initial state events"
+        )));
+    }
     for user in &req.invite {
         if user.server_name() != hs.server_name {
             return Err(Error::forbidden(
@@ -259,10 +271,12 @@ async fn delete_alias(
             .hs
             .rooms
             .with_state(&room_id, |st| {
-                st.power_levels().user_can_send_state(
-                    &s.user_id,
-                    ruma::events::StateEventType::RoomCanonicalAlias,
-                )
+                // Power counts only while one is in the room (not after leaving or a ban).
+                st.membership(&s.user_id).as_deref() == Some("join")
+                    && st.power_levels().user_can_send_state(
+                        &s.user_id,
+                        ruma::events::StateEventType::RoomCanonicalAlias,
+                    )
             })
             .await?
             .unwrap_or(false);
@@ -624,6 +638,7 @@ async fn messages(
         None => 0,
     };
     let to = req.to.as_deref().map(parse_token).transpose()?;
+    crate::sync::check_room_event_filter(&req.filter)?;
     let lazy = !req.filter.lazy_load_options.is_disabled();
     let page: Page = ctx
         .hs
@@ -649,6 +664,7 @@ async fn messages(
 }
 
 async fn context(ctx: Ctx, req: get_context::v3::Request) -> Result<get_context::v3::Response> {
+    crate::sync::check_room_event_filter(&req.filter)?;
     let s = ctx.session()?;
     let c = ctx
         .hs

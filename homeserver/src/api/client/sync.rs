@@ -47,6 +47,7 @@ async fn sync_handler(
         Some(Filter::FilterId(id)) => load_filter(&ctx, id).await?,
         Some(_) => FilterDefinition::default(),
     };
+    crate::sync::check_filter(&filter)?;
     let since = req.since.as_deref().map(parse_sync_token).transpose()?;
     crate::api::one_of(
         "set_presence",
@@ -83,6 +84,7 @@ async fn create_filter(
     if req.user_id != ctx.session()?.user_id {
         return Err(Error::forbidden("you can only create filters for yourself"));
     }
+    crate::sync::check_filter(&req.filter)?;
     let json = serde_json::to_string(&req.filter).map_err(Error::internal)?;
     // Two concurrent creations may pick the same next id; the loser takes the one after.
     let mut attempt = 0;
