@@ -301,29 +301,9 @@ async fn corpus(store: Store) {
     {
         let server = TestServer::start(store).await;
         let other_name = unique_name("other");
-        server
-            .operator()
-            .ok(
-                Method::PUT,
-                &format!("/_tim/operator/v1/tenants/{other_name}"),
-                Some(json!({})),
-            )
-            .await;
+        server.add_tenant(&other_name).await;
         let other = fixture(&server, &other_name).await;
-        let admin_token = server
-            .operator()
-            .ok(
-                Method::POST,
-                &format!(
-                    "/_tim/operator/v1/tenants/{}/admin_token",
-                    server.server_name
-                ),
-                Some(json!({})),
-            )
-            .await["token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let admin_token = server.admin_token(&server.server_name).await;
         let http = reqwest::Client::builder()
             .resolve(&server.server_name, server.addr)
             .resolve(&other_name, server.addr)

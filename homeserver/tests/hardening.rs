@@ -59,23 +59,9 @@ async fn unknown_hosts_reach_no_tenant() {
     for store in STORES {
         let server = TestServer::start(store).await;
         let other = unique_name("org-b");
-        server
-            .operator()
-            .ok(
-                Method::PUT,
-                &format!("/_tim/operator/v1/tenants/{other}"),
-                Some(json!({})),
-            )
-            .await;
+        server.add_tenant(&other).await;
         let gone = unique_name("gone");
-        server
-            .operator()
-            .ok(
-                Method::PUT,
-                &format!("/_tim/operator/v1/tenants/{gone}"),
-                Some(json!({})),
-            )
-            .await;
+        server.add_tenant(&gone).await;
         server
             .operator()
             .ok(
@@ -567,14 +553,7 @@ async fn password_hashing_is_limited_across_tenants() {
     let mut hosts = vec![server.server_name.clone()];
     for _ in 0..3 {
         let name = unique_name("t");
-        server
-            .operator()
-            .ok(
-                Method::PUT,
-                &format!("/_tim/operator/v1/tenants/{name}"),
-                Some(json!({})),
-            )
-            .await;
+        server.add_tenant(&name).await;
         hosts.push(name);
     }
     // Eight logins at once over four tenants: one hashes, one waits, the rest are told to come
@@ -686,20 +665,7 @@ async fn slow_and_greedy_clients_are_cut_off() {
 async fn admin_actions_are_audited_with_their_outcome() {
     for store in STORES {
         let server = TestServer::start(store).await;
-        let token = server
-            .operator()
-            .ok(
-                Method::POST,
-                &format!(
-                    "/_tim/operator/v1/tenants/{}/admin_token",
-                    server.server_name
-                ),
-                Some(json!({})),
-            )
-            .await["token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let token = server.admin_token(&server.server_name).await;
         let mut admin = server.client();
         admin.token = Some(token);
         let bob = server.register("bob").await;
@@ -813,14 +779,7 @@ async fn a_tenant_is_served_only_after_its_registry_entry_is_saved() {
         );
         // Once saving works again, it can be added (its database lock was given back).
         std::fs::remove_dir(server.data_dir().join("tenants.json.tmp")).unwrap();
-        server
-            .operator()
-            .ok(
-                Method::PUT,
-                &format!("/_tim/operator/v1/tenants/{name}"),
-                Some(json!({})),
-            )
-            .await;
+        server.add_tenant(&name).await;
         let saved = std::fs::read_to_string(server.data_dir().join("tenants.json")).unwrap();
         assert!(saved.contains(&name));
         server.stop().await;

@@ -132,64 +132,12 @@ where
     F: Fn(Ctx, R) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
 {
-    route_with(router, Guard::default(), handler)
-}
-
-/// Like `route`, but rate-limited although the spec does not mark the endpoint so: endpoints
-/// that check a password (device deletion, password change, deactivation).
-pub fn route_limited<R, F, Fut>(router: Router<Tenants>, handler: F) -> Router<Tenants>
-where
-    R: IncomingRequest + Send + 'static,
-    R::OutgoingResponse: Send,
-    F: Fn(Ctx, R) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
-{
-    let guard = Guard {
-        rate_limit: true,
-        ..Guard::default()
-    };
-    route_with(router, guard, handler)
-}
-
-/// Like `route`, but requires an access token even where the spec leaves the endpoint open
-/// (TI-M A-ROOM-13: profile look-ups need authentication).
-pub fn route_authenticated<R, F, Fut>(router: Router<Tenants>, handler: F) -> Router<Tenants>
-where
-    R: IncomingRequest + Send + 'static,
-    R::OutgoingResponse: Send,
-    F: Fn(Ctx, R) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
-{
-    let guard = Guard {
-        auth: true,
-        ..Guard::default()
-    };
-    route_with(router, guard, handler)
-}
-
-/// Like `route`, but the body must pass `check` before Ruma parses it (for request types
-/// whose parser is not safe on every input).
-pub fn route_checked<R, F, Fut>(
-    router: Router<Tenants>,
-    check: BodyCheck,
-    handler: F,
-) -> Router<Tenants>
-where
-    R: IncomingRequest + Send + 'static,
-    R::OutgoingResponse: Send,
-    F: Fn(Ctx, R) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<R::OutgoingResponse, Error>> + Send + 'static,
-{
-    let guard = Guard {
-        body_check: Some(check),
-        ..Guard::default()
-    };
-    route_with(router, guard, handler)
+    route_guarded(router, Guard::default(), handler)
 }
 
 /// What a route demands beyond its endpoint's metadata.
 #[derive(Clone, Copy, Default)]
-struct Guard {
+pub struct Guard {
     /// Authenticate although the endpoint's metadata does not ask for it.
     auth: bool,
     /// Rate-limit although the endpoint's metadata does not ask for it.
@@ -198,9 +146,43 @@ struct Guard {
     body_check: Option<BodyCheck>,
 }
 
-type BodyCheck = fn(&[u8]) -> Result<(), Error>;
+impl Guard {
+    /// An access token even where the spec leaves the endpoint open (TI-M A-ROOM-13:
+    /// profile look-ups need authentication).
+    pub fn authenticated() -> Self {
+        Self {
+            auth: true,
+            ..Self::default()
+        }
+    }
 
-fn route_with<R, F, Fut>(router: Router<Tenants>, guard: Guard, handler: F) -> Router<Tenants>
+    /// Rate-limited although the spec does not mark the endpoint so: endpoints that check a
+    /// password or do much work per request.
+    pub fn rate_limited() -> Self {
+        Self {
+            rate_limit: true,
+            ..Self::default()
+        }
+    }
+
+    /// The body must pass `check` before Ruma parses it (for request types whose parser is
+    /// not safe on every input).
+    pub fn body_checked(check: BodyCheck) -> Self {
+        Self {
+            body_check: Some(check),
+            ..Self::default()
+        }
+    }
+}
+
+pub type BodyCheck = fn(&[u8]) -> Result<(), Error>;
+
+/// Like `route`, with more demands than the endpoint's metadata makes.
+pub fn route_guarded<R, F, Fut>(
+    router: Router<Tenants>,
+    guard: Guard,
+    handler: F,
+) -> Router<Tenants>
 where
     R: IncomingRequest + Send + 'static,
     R::OutgoingResponse: Send,

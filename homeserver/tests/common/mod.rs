@@ -122,6 +122,31 @@ impl TestServer {
         }
     }
 
+    /// Adds tenant `name` through the operator API.
+    pub async fn add_tenant(&self, name: &str) {
+        self.operator()
+            .ok(
+                Method::PUT,
+                &format!("/_tim/operator/v1/tenants/{name}"),
+                Some(json!({})),
+            )
+            .await;
+    }
+
+    /// A new admin API token of tenant `name`, through the operator API.
+    pub async fn admin_token(&self, name: &str) -> String {
+        self.operator()
+            .ok(
+                Method::POST,
+                &format!("/_tim/operator/v1/tenants/{name}/admin_token"),
+                Some(json!({})),
+            )
+            .await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         self._dir.path()
     }

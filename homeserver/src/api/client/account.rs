@@ -10,7 +10,7 @@ use ruma::{
 };
 
 use crate::{
-    api::{Ctx, route, route_limited},
+    api::{Ctx, Guard, route, route_guarded},
     error::{Error, Result},
     store::DeviceRow,
     tenants::Tenants,
@@ -18,13 +18,13 @@ use crate::{
 
 pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
     // Each of these checks a password: rate-limited as well as throttled per account.
-    let r = route_limited(r, change_password);
-    let r = route_limited(r, deactivate);
+    let r = route_guarded(r, Guard::rate_limited(), change_password);
+    let r = route_guarded(r, Guard::rate_limited(), deactivate);
     let r = route(r, get_devices);
     let r = route(r, get_device);
     let r = route(r, update_device);
-    let r = route_limited(r, delete_device);
-    route_limited(r, delete_devices)
+    let r = route_guarded(r, Guard::rate_limited(), delete_device);
+    route_guarded(r, Guard::rate_limited(), delete_devices)
 }
 
 /// Devices one `delete_devices` may name (each is a write in one transaction).

@@ -10,15 +10,15 @@ use ruma::{
 };
 
 use crate::{
-    api::{Ctx, route, route_authenticated},
+    api::{Ctx, Guard, route, route_guarded},
     error::{Error, Result},
     profiles::Editor,
     tenants::Tenants,
 };
 
 pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
-    let r = route_authenticated(r, get);
-    let r = route_authenticated(r, get_field);
+    let r = route_guarded(r, Guard::authenticated(), get);
+    let r = route_guarded(r, Guard::authenticated(), get_field);
     let r = route(r, set_field);
     route(r, delete_field)
 }

@@ -30,7 +30,7 @@ use ruma::{
 use serde_json::{Map, Value};
 
 use crate::{
-    api::{Ctx, one_of, route, route_limited},
+    api::{Ctx, Guard, one_of, route, route_guarded},
     error::{Error, Result},
     rooms::{CreateRoom, NewContent, Page, create::Preset, membership::Change},
     store::Direction,
@@ -40,7 +40,7 @@ use crate::{
 
 pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
     // Rate-limited: a room is dozens of signed events.
-    let r = route_limited(r, create_room);
+    let r = route_guarded(r, Guard::rate_limited(), create_room);
     let r = route(r, create_alias);
     let r = route(r, get_alias);
     let r = route(r, delete_alias);

@@ -15,7 +15,7 @@ use ruma::{
 };
 
 use crate::{
-    api::{Ctx, route, route_checked},
+    api::{Ctx, Guard, route, route_guarded},
     error::{Error, Result},
     tenants::Tenants,
 };
@@ -23,7 +23,7 @@ use crate::{
 pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
     let r = route(r, login_types);
     // Ruma's login parser panics on an object without `type`: checked first.
-    let r = route_checked(r, login_has_type, login);
+    let r = route_guarded(r, Guard::body_checked(login_has_type), login);
     let r = route(r, logout);
     let r = route(r, logout_all);
     let r = route(r, refresh);
