@@ -97,6 +97,9 @@ pub struct HttpConfig {
     pub body_read_timeout_secs: u64,
     /// Seconds an upload may pause between two chunks of its body.
     pub upload_idle_timeout_secs: u64,
+    /// After its first minute, an upload slower than this on average (bytes per second) is
+    /// cut off.
+    pub upload_min_bytes_per_sec: u64,
     /// Open connections at most; further clients wait in the listen backlog.
     pub max_connections: usize,
     /// Open connections per client address at most (trusted proxies are exempt); more are
@@ -110,6 +113,7 @@ impl Default for HttpConfig {
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
             upload_idle_timeout_secs: 30,
+            upload_min_bytes_per_sec: 16 * 1024,
             max_connections: 10_000,
             max_connections_per_ip: 256,
         }

@@ -48,10 +48,11 @@ impl Homeserver {
         let sender = session.user_id.to_string();
         let mut messages = Vec::new();
         let mut recipients: Vec<OwnedUserId> = Vec::new();
+        let mut remote = 0usize;
         for (user, devices) in &req.messages {
             if user.server_name() != self.server_name {
                 // Federation is not there yet: nobody can carry it to the other server.
-                tracing::warn!(server = %user.server_name(), "to-device message for another server dropped");
+                remote += 1;
                 continue;
             }
             for (device, content) in devices {
@@ -75,6 +76,13 @@ impl Homeserver {
                 });
             }
             recipients.push(user.clone());
+        }
+        if remote > 0 {
+            // One line per request, not per recipient (a request may name thousands).
+            tracing::warn!(
+                users = remote,
+                "to-device messages for other servers dropped"
+            );
         }
         let (hs, device, txn_id) = (
             self.clone(),

@@ -10,7 +10,7 @@ use ruma::api::client::{
 };
 
 use crate::{
-    api::{Ctx, route},
+    api::{Ctx, Guard, route, route_guarded},
     error::{Error, Result},
     sync::parse_token,
     tenants::Tenants,
@@ -18,7 +18,8 @@ use crate::{
 
 pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
     let r = route(r, upload);
-    let r = route(r, query);
+    // Stock clients ask with `{}` or no body at all; Synapse reads that as no users.
+    let r = route_guarded(r, Guard::body_hook(default_device_keys), query);
     let r = route(r, claim);
     let r = route(r, changes);
     let r = route(r, signing_keys);
@@ -29,6 +30,19 @@ pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
 async fn upload(ctx: Ctx, req: upload_keys::v3::Request) -> Result<upload_keys::v3::Response> {
     let counts = ctx.hs.upload_keys(ctx.session()?, req).await?;
     Ok(upload_keys::v3::Response::new(counts))
+}
+
+/// A key query without `device_keys` asks for nobody's keys (Ruma's type requires the field).
+pub(crate) fn default_device_keys(body: bytes::Bytes) -> Result<bytes::Bytes> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(bytes::Bytes::from_static(br#"{"device_keys":{}}"#));
+    }
+    let mut object: serde_json::Map<String, serde_json::Value> = crate::api::json_body(&body)?;
+    if object.contains_key("device_keys") {
+        return Ok(body);
+    }
+    object.insert("device_keys".into(), serde_json::json!({}));
+    Ok(serde_json::to_vec(&object).map_err(Error::internal)?.into())
 }
 
 /// Users (and devices per user) one key query may ask for.

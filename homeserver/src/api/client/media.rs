@@ -66,25 +66,33 @@ fn json<T: OutgoingResponseExt>(resp: T) -> Result<Response> {
     Ok(http.map(|b| Body::from(b.freeze())))
 }
 
-/// The upload's body; a client that pauses longer than `idle` between two chunks is cut off
-/// (a slow client must not hold an upload open forever).
-fn body_stream(body: Body, idle: Duration) -> ByteStream {
+/// The upload's body. A client that pauses longer than `limits.upload_idle_timeout_secs`
+/// between two chunks, or after the first minute sends slower on average than
+/// `limits.upload_min_bytes_per_sec`, is cut off: a trickling client must not hold an upload
+/// (and a connection) open for hours.
+fn body_stream(body: Body, limits: &crate::config::HttpConfig) -> ByteStream {
     use futures::StreamExt;
-    let chunks = body.into_data_stream();
+    let idle = Duration::from_secs(limits.upload_idle_timeout_secs);
+    let min_rate = limits.upload_min_bytes_per_sec as f64;
+    let started = tokio::time::Instant::now();
+    let stalled =
+        |why: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("the upload {why}"));
     Box::pin(futures::stream::unfold(
-        Some(chunks),
-        move |chunks| async move {
-            let mut chunks = chunks?;
+        Some((body.into_data_stream(), 0u64)),
+        move |state| async move {
+            let (mut chunks, received) = state?;
             match tokio::time::timeout(idle, chunks.next()).await {
-                Ok(Some(item)) => Some((item.map_err(std::io::Error::other), Some(chunks))),
+                Ok(Some(Ok(chunk))) => {
+                    let received = received + chunk.len() as u64;
+                    let secs = started.elapsed().as_secs_f64();
+                    if secs > 60.0 && (received as f64) / secs < min_rate {
+                        return Some((Err(stalled("is too slow")), None));
+                    }
+                    Some((Ok(chunk), Some((chunks, received))))
+                }
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
                 Ok(None) => None,
-                Err(_) => Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the upload stalled",
-                    )),
-                    None,
-                )),
+                Err(_) => Some((Err(stalled("stalled")), None)),
             }
         },
     ))
@@ -118,10 +126,7 @@ async fn upload(
     body: Body,
 ) -> Result<Response> {
     let meta = upload_meta(&headers, req.content_type, req.filename)?;
-    let mut body = body_stream(
-        body,
-        Duration::from_secs(ctx.hs.config.http.upload_idle_timeout_secs),
-    );
+    let mut body = body_stream(body, &ctx.hs.config.http);
     let uri = ctx
         .hs
         .media
@@ -171,10 +176,7 @@ async fn upload_reserved(
     body: Body,
 ) -> Result<Response> {
     let meta = upload_meta(&headers, req.content_type, req.filename)?;
-    let mut body = body_stream(
-        body,
-        Duration::from_secs(ctx.hs.config.http.upload_idle_timeout_secs),
-    );
+    let mut body = body_stream(body, &ctx.hs.config.http);
     let result = ctx
         .hs
         .media
@@ -400,4 +402,35 @@ async fn legacy_thumbnail(
         req.timeout_ms,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    /// A client that trickles one byte every 20 s passes the idle timeout but is cut off once
+    /// its first minute is over.
+    #[tokio::test(start_paused = true)]
+    async fn trickling_uploads_are_cut_off() {
+        let trickle = futures::stream::unfold(0u32, |n| async move {
+            tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+            Some((
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x")),
+                n + 1,
+            ))
+        });
+        let limits = crate::config::HttpConfig::default();
+        let mut body = super::body_stream(axum::body::Body::from_stream(trickle), &limits);
+        let mut received = 0;
+        let err = loop {
+            match body.next().await {
+                Some(Ok(chunk)) => received += chunk.len(),
+                Some(Err(e)) => break e,
+                None => panic!("the trickle ended"),
+            }
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        // Chunks at 20, 40 and 60 s pass; the one at 80 s, after the first minute, does not.
+        assert_eq!(received, 3);
+    }
 }

@@ -5,7 +5,7 @@ mod account_data;
 mod backup;
 mod directory;
 mod discovery;
-mod keys;
+pub(crate) mod keys;
 mod media;
 mod openid;
 mod presence;

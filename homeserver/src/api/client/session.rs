@@ -23,7 +23,7 @@ use crate::{
 pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
     let r = route(r, login_types);
     // Ruma's login parser panics on an object without `type`: checked first.
-    let r = route_guarded(r, Guard::body_checked(login_has_type), login);
+    let r = route_guarded(r, Guard::body_hook(login_has_type), login);
     let r = route(r, logout);
     let r = route(r, logout_all);
     let r = route(r, refresh);
@@ -43,13 +43,13 @@ async fn login_types(
 }
 
 /// A login body must be an object with a string `type` (what Ruma's parser assumes).
-pub(crate) fn login_has_type(body: &[u8]) -> Result<()> {
+pub(crate) fn login_has_type(body: bytes::Bytes) -> Result<bytes::Bytes> {
     #[derive(serde::Deserialize)]
     struct Typed {
         #[serde(rename = "type")]
         _kind: String,
     }
-    crate::api::json_body::<Typed>(body).map(|_| ())
+    crate::api::json_body::<Typed>(&body).map(|_| body)
 }
 
 async fn login(ctx: Ctx, req: login::v3::Request) -> Result<login::v3::Response> {
