@@ -289,8 +289,14 @@ async fn create_token(admin: Admin, J(body): J<NewToken>) -> Result<Json<Value>>
 }
 
 async fn delete_token(admin: Admin, P(token): P<String>) -> Result<axum::response::Response> {
+    // The entry names the token by its id, whether the path gave the token or its id.
+    let target = if token.len() == 43 && !token.contains(['.', '~']) {
+        token.clone()
+    } else {
+        crate::accounts::registration_token_id(&token)
+    };
     admin
-        .audited("registration_tokens.revoke", None, None, async {
+        .audited("registration_tokens.revoke", Some(&target), None, async {
             if !admin.hs.accounts.revoke_registration_token(&token).await? {
                 return Err(Error::not_found("no such registration token"));
             }
