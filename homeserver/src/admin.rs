@@ -135,8 +135,14 @@ impl Homeserver {
         self.settings().await
     }
 
-    /// Deactivates a user: no more logins, all sessions gone, out of every room.
+    /// Deactivates a user: no more logins, all sessions gone, out of every room. Runs to the
+    /// end even if the request that started it goes away (a user left in half their rooms).
     pub async fn deactivate_user(self: &Arc<Self>, user: &UserId) -> Result<()> {
+        let (hs, user) = (self.clone(), user.to_owned());
+        crate::homeserver::detached(async move { hs.deactivate_now(&user).await }).await
+    }
+
+    async fn deactivate_now(self: &Arc<Self>, user: &UserId) -> Result<()> {
         if !self.accounts.user_exists(user).await? {
             return Err(Error::not_found("no such user"));
         }
