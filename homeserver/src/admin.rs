@@ -88,34 +88,6 @@ impl Homeserver {
         )
     }
 
-    /// Writes an audit entry: who did what to whom.
-    /// Runs an admin action with its audit entry written first (so an action that happened is
-    /// always in the log) and its outcome recorded after.
-    pub async fn audited<T>(
-        &self,
-        actor: &str,
-        action: &str,
-        target: Option<&str>,
-        details: Option<serde_json::Value>,
-        work: impl Future<Output = Result<T>>,
-    ) -> Result<T> {
-        let details = details.map(|d| d.to_string());
-        let id = self
-            .stores
-            .admin
-            .audit(actor, action, target, details.as_deref(), now_ms())
-            .await?;
-        let result = work.await;
-        let outcome = match &result {
-            Ok(_) => "ok".to_owned(),
-            Err(e) => format!("failed: {}", crate::api::error::errcode(e)),
-        };
-        if let Err(e) = self.stores.admin.audit_outcome(id, &outcome).await {
-            tracing::warn!(error = %e, action, "audit outcome not recorded");
-        }
-        result
-    }
-
     pub async fn settings(&self) -> Result<TenantSettings> {
         let stored = self.stores.admin.setting(DISPLAYNAME_ADMIN_ONLY).await?;
         Ok(TenantSettings {

@@ -6,31 +6,9 @@ mod common;
 use std::io::Cursor;
 
 use common::{STORES, Store, TestServer};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn upload(
-    c: &common::Client,
-    bytes: Vec<u8>,
-    content_type: &str,
-    filename: &str,
-) -> (StatusCode, Value) {
-    let resp = c
-        .http
-        .post(format!(
-            "{}/_matrix/media/v3/upload?filename={filename}",
-            c.base
-        ))
-        .bearer_auth(c.token.as_ref().unwrap())
-        .header("content-type", content_type)
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
 
 fn media_id(uri: &Value) -> String {
     uri.as_str().unwrap().rsplit('/').next().unwrap().to_owned()
@@ -83,13 +61,9 @@ async fn upload_download_and_headers_on_both_stores() {
         let sn = server.server_name.clone();
 
         let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let (status, v) = upload(
-            &alice,
-            body.clone(),
-            "application/pdf",
-            "Befund%20M%C3%BCller.pdf",
-        )
-        .await;
+        let (status, v) = alice
+            .upload(body.clone(), "application/pdf", "Befund%20M%C3%BCller.pdf")
+            .await;
         assert_eq!(status, 200, "{v}");
         let uri = v["content_uri"].clone();
         assert!(uri.as_str().unwrap().starts_with(&format!("mxc://{sn}/")));
@@ -190,13 +164,9 @@ async fn upload_download_and_headers_on_both_stores() {
         )
         .await;
         // A hostile file name is only a name.
-        let (status, v) = upload(
-            &alice,
-            b"x".to_vec(),
-            "text/plain",
-            "..%2F..%2F..%2Fetc%2Fpasswd",
-        )
-        .await;
+        let (status, v) = alice
+            .upload(b"x".to_vec(), "text/plain", "..%2F..%2F..%2Fetc%2Fpasswd")
+            .await;
         assert_eq!(status, 200, "{v}");
         let r = get(
             &bob,
@@ -224,7 +194,9 @@ async fn limits_and_broken_uploads_on_both_stores() {
         let server = TestServer::start_with(store, |c| c.media.max_upload_bytes = 100_000).await;
         let alice = server.register("alice").await;
         // Announced too large: refused before reading; streamed too large (no length): refused.
-        let (status, v) = upload(&alice, vec![0; 100_001], "application/octet-stream", "big").await;
+        let (status, v) = alice
+            .upload(vec![0; 100_001], "application/octet-stream", "big")
+            .await;
         assert_eq!(
             (status.as_u16(), v["errcode"].as_str()),
             (413, Some("M_TOO_LARGE"))
@@ -245,7 +217,9 @@ async fn limits_and_broken_uploads_on_both_stores() {
             "M_TOO_LARGE"
         );
         // Exactly the limit is fine.
-        let (status, _) = upload(&alice, vec![1; 100_000], "application/octet-stream", "ok").await;
+        let (status, _) = alice
+            .upload(vec![1; 100_000], "application/octet-stream", "ok")
+            .await;
         assert_eq!(status, 200);
         let before = stored_files(&server).len();
 
@@ -273,18 +247,22 @@ async fn limits_and_broken_uploads_on_both_stores() {
             stored_files(&server)
         );
         // Bad metadata.
-        let (status, v) = upload(&alice, b"x".to_vec(), "nonsense", "f").await;
+        let (status, v) = alice.upload(b"x".to_vec(), "nonsense", "f").await;
         assert_eq!(
             (status.as_u16(), v["errcode"].as_str()),
             (400, Some("M_INVALID_PARAM"))
         );
-        let (status, v) = upload(&alice, b"x".to_vec(), "text/plain", &"n".repeat(300)).await;
+        let (status, v) = alice
+            .upload(b"x".to_vec(), "text/plain", &"n".repeat(300))
+            .await;
         assert_eq!(
             (status.as_u16(), v["errcode"].as_str()),
             (400, Some("M_INVALID_PARAM"))
         );
         // The server is fine afterwards.
-        let (status, _) = upload(&alice, b"still fine".to_vec(), "text/plain", "f").await;
+        let (status, _) = alice
+            .upload(b"still fine".to_vec(), "text/plain", "f")
+            .await;
         assert_eq!(status, 200);
         server.stop().await;
     }
@@ -369,7 +347,7 @@ async fn thumbnails_and_deletion_on_both_stores() {
         .await;
         let alice = server.register("alice").await;
         let sn = server.server_name.clone();
-        let (_, v) = upload(&alice, png(1000, 500), "image/png", "photo.png").await;
+        let (_, v) = alice.upload(png(1000, 500), "image/png", "photo.png").await;
         let id = media_id(&v["content_uri"]);
         for (w, h, method, expect) in [
             (32, 32, "crop", (32, 32)),
@@ -407,7 +385,9 @@ async fn thumbnails_and_deletion_on_both_stores() {
             }
         }
         // Not an image / not decodable / bad sizes.
-        let (_, v) = upload(&alice, b"%PDF-1.4".to_vec(), "application/pdf", "x.pdf").await;
+        let (_, v) = alice
+            .upload(b"%PDF-1.4".to_vec(), "application/pdf", "x.pdf")
+            .await;
         let pdf = media_id(&v["content_uri"]);
         alice
             .err(
@@ -418,7 +398,9 @@ async fn thumbnails_and_deletion_on_both_stores() {
                 "M_UNKNOWN",
             )
             .await;
-        let (_, v) = upload(&alice, b"garbage".to_vec(), "image/png", "x.png").await;
+        let (_, v) = alice
+            .upload(b"garbage".to_vec(), "image/png", "x.png")
+            .await;
         let broken = media_id(&v["content_uri"]);
         alice
             .err(

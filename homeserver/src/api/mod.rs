@@ -83,13 +83,9 @@ pub fn tenant_of<B>(tenants: &Tenants, req: &Request<B>) -> Result<Arc<Homeserve
 }
 
 /// The client's address: the peer, or what a trusted proxy forwarded.
-pub fn client_ip(tenants: &Tenants, parts: &http::request::Parts) -> Option<IpAddr> {
-    let conn = parts.extensions.get::<Conn>()?;
-    Some(
-        tenants
-            .trusted_proxies()
-            .client_ip(conn.peer.ip(), &parts.headers),
-    )
+pub fn client_ip(tenants: &Tenants, headers: &HeaderMap, conn: Option<&Conn>) -> Option<IpAddr> {
+    let conn = conn?;
+    Some(tenants.trusted_proxies().client_ip(conn.peer.ip(), headers))
 }
 
 /// Reads a whole request body: at most `limit` bytes (413 `M_TOO_LARGE`), within `timeout`
@@ -325,9 +321,7 @@ async fn measured(tenants: Tenants, req: Request<Body>, serve: Serve, how: How) 
     };
     let started = std::time::Instant::now();
     let server_name = hs.server_name.to_string();
-    let (parts, body) = req.into_parts();
-    let ip = client_ip(&tenants, &parts);
-    let req = Request::from_parts(parts, body);
+    let ip = client_ip(&tenants, req.headers(), req.extensions().get::<Conn>());
     let response = match serve(Admitted { hs, ip }, req, how).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

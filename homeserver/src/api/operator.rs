@@ -12,7 +12,7 @@ use axum::{
 use ruma::OwnedServerName;
 use serde::{Deserialize, Serialize};
 
-use super::admin::{J, P, Q};
+use super::admin::{J, P, Q, audited};
 use crate::{
     error::{Error, Result},
     homeserver::Homeserver,
@@ -79,15 +79,15 @@ pub fn router(token: String) -> Router<Tenants> {
                     let hs = tenant(&t, &name)?;
                     let target = hs.accounts.new_user_id(&body.localpart.to_lowercase())?;
                     let details = serde_json::json!({"admin": body.admin});
-                    let user_id = hs
-                        .audited(
-                            "operator",
-                            "users.create",
-                            Some(target.as_str()),
-                            Some(details),
-                            body.create(&hs),
-                        )
-                        .await?;
+                    let user_id = audited(
+                        &hs,
+                        "operator",
+                        "users.create",
+                        Some(target.as_str()),
+                        Some(details),
+                        body.create(&hs),
+                    )
+                    .await?;
                     Ok::<_, Error>(Json(serde_json::json!({ "user_id": user_id })))
                 },
             ),
@@ -104,15 +104,15 @@ pub fn router(token: String) -> Router<Tenants> {
                     let token = body.with_token();
                     let target = crate::accounts::registration_token_id(&token.token);
                     let details = serde_json::json!({"uses_allowed": token.uses()});
-                    let token = hs
-                        .audited(
-                            "operator",
-                            "registration_tokens.create",
-                            Some(&target),
-                            Some(details),
-                            token.create(&hs),
-                        )
-                        .await?;
+                    let token = audited(
+                        &hs,
+                        "operator",
+                        "registration_tokens.create",
+                        Some(&target),
+                        Some(details),
+                        token.create(&hs),
+                    )
+                    .await?;
                     Ok::<_, Error>(Json(serde_json::json!({ "token": token })))
                 },
             ),
@@ -123,15 +123,15 @@ pub fn router(token: String) -> Router<Tenants> {
                 move |State(t): State<Tenants>, h: HeaderMap, P(name): P<String>| async move {
                     c5(&h)?;
                     let hs = tenant(&t, &name)?;
-                    let token = hs
-                        .audited(
-                            "operator",
-                            "admin_token.rotate",
-                            None,
-                            None,
-                            hs.rotate_admin_token(),
-                        )
-                        .await?;
+                    let token = audited(
+                        &hs,
+                        "operator",
+                        "admin_token.rotate",
+                        None,
+                        None,
+                        hs.rotate_admin_token(),
+                    )
+                    .await?;
                     Ok::<_, Error>(Json(serde_json::json!({ "token": token })))
                 },
             ),

@@ -272,6 +272,29 @@ impl Client {
             .to_owned()
     }
 
+    /// `POST /_matrix/media/v3/upload`: status and answer.
+    pub async fn upload(
+        &self,
+        bytes: Vec<u8>,
+        content_type: &str,
+        filename: &str,
+    ) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/_matrix/media/v3/upload?filename={filename}",
+                self.base
+            ))
+            .bearer_auth(self.token.as_ref().unwrap())
+            .header("content-type", content_type)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> Value {
         let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
         if let Some(s) = since {

@@ -68,10 +68,35 @@ impl Admin {
         details: Option<Value>,
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        self.hs
-            .audited(&self.actor, action, target, details, work)
-            .await
+        audited(&self.hs, &self.actor, action, target, details, work).await
     }
+}
+
+/// Runs an admin or operator action with its audit entry written first (so an action that
+/// happened is always in the log) and its outcome — `ok` or `failed: <errcode>` — after.
+pub(crate) async fn audited<T>(
+    hs: &Homeserver,
+    actor: &str,
+    action: &str,
+    target: Option<&str>,
+    details: Option<Value>,
+    work: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let details = details.map(|d| d.to_string());
+    let now = crate::ephemeral::now_ms();
+    let audit = &hs.stores.admin;
+    let id = audit
+        .audit(actor, action, target, details.as_deref(), now)
+        .await?;
+    let result = work.await;
+    let outcome = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("failed: {}", super::error::errcode(e)),
+    };
+    if let Err(e) = audit.audit_outcome(id, &outcome).await {
+        tracing::warn!(error = %e, action, "audit outcome not recorded");
+    }
+    result
 }
 
 impl FromRequestParts<Tenants> for Admin {
@@ -86,7 +111,9 @@ impl FromRequestParts<Tenants> for Admin {
         )?;
         // Rate-limited per client address before the token is looked at: the admin API is on
         // the public listener, so token guessing and floods are slowed like any anonymous use.
-        let ip = client_ip(tenants, parts).map(|ip| crate::net::address_key(ip).to_string());
+        let conn = parts.extensions.get::<Conn>();
+        let ip = client_ip(tenants, &parts.headers, conn)
+            .map(|ip| crate::net::address_key(ip).to_string());
         hs.rate_limiter
             .check(&format!("admin-api {}", ip.unwrap_or_default()))
             .map_err(|retry_after_ms| Error::LimitExceeded { retry_after_ms })?;
