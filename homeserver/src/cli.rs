@@ -256,6 +256,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let token = server::operator_token(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let internal = tokio::net::TcpListener::bind(config.internal_listen).await?;
+    let federation_listener = match (
+        &config.federation.listen,
+        &config.federation.tls_certificate,
+        &config.federation.tls_private_key,
+    ) {
+        (Some(addr), Some(cert), Some(key)) => {
+            let tls = server::tls_config(cert, key)?;
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, "federation listening (TLS)");
+            Some((listener, tls))
+        }
+        _ => None,
+    };
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,
@@ -298,13 +311,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         trusted,
         stopped(&stop),
     );
+    let federation = async {
+        match federation_listener {
+            Some((listener, tls)) => {
+                server::serve_tls(
+                    listener,
+                    server::router(tenants.clone()),
+                    &config.http,
+                    tenants.trusted_proxies().clone(),
+                    tls,
+                    stopped(&stop),
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    };
     let signal = async {
         shutdown_signal().await;
         let _ = stop.send(());
     };
-    let (public, internal, ()) = tokio::join!(public, internal, signal);
+    let (public, internal, federation, ()) = tokio::join!(public, internal, federation, signal);
     public?;
     internal?;
+    federation?;
     tracing::info!("shutting down");
     tenants.close().await;
     Ok(())

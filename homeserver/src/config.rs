@@ -84,6 +84,69 @@ pub struct Config {
     pub push: PushConfig,
     /// Server notices (system messages of the organisation to its users).
     pub server_notices: ServerNoticesConfig,
+    /// The Server-Server API: other homeservers.
+    pub federation: FederationConfig,
+}
+
+/// Federation: talking to other homeservers (Matrix Server-Server API).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Talk to other homeservers. Off: federation requests are refused and nothing is sent.
+    pub enabled: bool,
+    /// Address of the TLS listener other homeservers connect to (the spec's port is 8448; it
+    /// serves the client API too). Needs `tls_certificate` and `tls_private_key`. Unset: no
+    /// TLS listener (a reverse proxy terminates TLS in front of `listen`).
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listener, valid for every tenant's server name.
+    pub tls_certificate: Option<PathBuf>,
+    /// PEM private key of the TLS listener.
+    pub tls_private_key: Option<PathBuf>,
+    /// PEM bundle of CA certificates trusted for outgoing connections besides the built-in
+    /// web PKI roots (a private federation's CA, tests).
+    pub ca_certificates: Option<PathBuf>,
+    /// Server name → `ip:port` to connect to instead of discovering it (`.well-known`, SRV,
+    /// DNS): tests and private networks. TLS still checks the certificate for the server name.
+    pub resolve: std::collections::BTreeMap<String, SocketAddr>,
+    /// Servers we federate with; empty: all (the TI-M federation list narrows this further).
+    pub allowed_servers: Vec<String>,
+    /// Timeout of one outgoing federation request, in seconds.
+    pub request_timeout_secs: u64,
+    /// How long other servers may cache our signing key (`valid_until_ts`), in seconds.
+    pub key_validity_secs: u64,
+}
+
+impl FederationConfig {
+    fn validate(&self) -> Result<(), String> {
+        for name in self.allowed_servers.iter().chain(self.resolve.keys()) {
+            ruma::ServerName::parse(name)
+                .map_err(|e| format!("federation: {name:?} is no server name: {e}"))?;
+        }
+        match (&self.listen, &self.tls_certificate, &self.tls_private_key) {
+            (Some(_), Some(_), Some(_)) | (None, _, _) => {}
+            _ => return Err("federation.listen needs tls_certificate and tls_private_key".into()),
+        }
+        if self.request_timeout_secs == 0 || self.key_validity_secs == 0 {
+            return Err("federation.request_timeout_secs and key_validity_secs must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            tls_certificate: None,
+            tls_private_key: None,
+            ca_certificates: None,
+            resolve: Default::default(),
+            allowed_servers: vec![],
+            request_timeout_secs: 30,
+            key_validity_secs: 24 * 3600,
+        }
+    }
 }
 
 /// Limits of the HTTP listeners.
@@ -286,6 +349,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             push: PushConfig::default(),
             server_notices: ServerNoticesConfig::default(),
+            federation: FederationConfig::default(),
         }
     }
 }
@@ -351,6 +415,7 @@ impl Config {
                 crate::server::MIN_OPERATOR_TOKEN
             ));
         }
+        self.federation.validate()?;
         if !self.tenant_baseurl.contains("{server_name}") {
             return Err("tenant_baseurl must contain {server_name}".into());
         }

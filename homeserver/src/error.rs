@@ -65,6 +65,12 @@ pub enum Error {
     WrongRoomKeysVersion { current: String },
     #[error("{0}")]
     Unknown(String),
+    /// A federation request whose signature, origin or destination does not check out.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// Another homeserver could not be reached or gave no usable answer.
+    #[error("remote server: {0}")]
+    Remote(String),
     #[error("storage error: {0}")]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]

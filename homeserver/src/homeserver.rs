@@ -7,6 +7,7 @@ use ruma::{OwnedServerName, OwnedUserId, RoomVersionId, UserId, signatures::Ed25
 
 use crate::{
     accounts::{Accounts, hashing::PasswordHashing},
+    clock::Clock,
     config::{Config, DatabaseLocation},
     e2ee::device_lists::DeviceLists,
     ephemeral::{
@@ -15,6 +16,7 @@ use crate::{
         typing::Typing,
     },
     error::{Error, Result},
+    federation::{Federation, transport::Transport},
     media::{Media, storage::FsStorage},
     push::Push,
     ratelimit::RateLimiter,
@@ -22,6 +24,15 @@ use crate::{
     store::{self, Stores},
     sync::{notifier::Notifier, stream::StreamIds},
 };
+
+/// What every tenant of a process shares: the password hashing queue, the outbound
+/// federation transport (one connection pool) and the clock.
+#[derive(Clone)]
+pub struct Shared {
+    pub hashing: Arc<PasswordHashing>,
+    pub federation_transport: Arc<dyn Transport>,
+    pub clock: Arc<dyn Clock>,
+}
 
 pub struct Homeserver {
     pub server_name: OwnedServerName,
@@ -41,6 +52,8 @@ pub struct Homeserver {
     pub push: Arc<Push>,
     /// Records device-list changes and wakes whoever has to hear of them.
     pub device_lists: Arc<DeviceLists>,
+    /// Other homeservers: signed client, keys, request authentication.
+    pub federation: Arc<Federation>,
     /// Serialises read-modify-writes of account data (`m.tag`, `m.push_rules`).
     pub(crate) account_data_edits: tokio::sync::Mutex<()>,
 }
@@ -51,7 +64,7 @@ impl Homeserver {
     pub async fn open(
         server_name: OwnedServerName,
         config: Arc<Config>,
-        hashing: Arc<PasswordHashing>,
+        shared: &Shared,
     ) -> Result<Arc<Self>> {
         let stores = match DatabaseLocation::parse(&config.database_url).map_err(Error::internal)? {
             DatabaseLocation::SqliteDir(dir) => {
@@ -62,14 +75,14 @@ impl Homeserver {
                 store::open_postgres(&url, server_name.as_str(), config.db_pool_size).await?
             }
         };
-        Self::with_stores(server_name, config, stores, hashing).await
+        Self::with_stores(server_name, config, stores, shared).await
     }
 
     pub async fn with_stores(
         server_name: OwnedServerName,
         config: Arc<Config>,
         stores: Stores,
-        hashing: Arc<PasswordHashing>,
+        shared: &Shared,
     ) -> Result<Arc<Self>> {
         let media_dir = media_dir(&config, &server_name)?;
         let (key_id, doc) = stores
@@ -125,7 +138,7 @@ impl Homeserver {
             stores.sessions.clone(),
             device_lists.clone(),
             (
-                hashing,
+                shared.hashing.clone(),
                 crate::accounts::throttle::LoginThrottle::from_config(&config.rate_limit),
             ),
             Duration::from_secs(config.refreshable_access_token_lifetime_secs),
@@ -161,7 +174,16 @@ impl Homeserver {
             stores.media.clone(),
             Arc::new(FsStorage::new(media_dir)),
         );
+        let federation = Arc::new(Federation::new(
+            server_name.clone(),
+            key.clone(),
+            &config.federation,
+            shared.federation_transport.clone(),
+            stores.remote_keys.clone(),
+            shared.clock.clone(),
+        ));
         let hs = Arc::new(Self {
+            federation,
             server_name,
             config,
             key,

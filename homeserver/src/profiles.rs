@@ -31,9 +31,13 @@ pub enum Editor {
 }
 
 impl Homeserver {
-    /// The user's profile fields; `None` when the user does not exist here.
+    /// The user's profile fields (a remote user's from their server); `None` when the user
+    /// does not exist.
     pub async fn profile(&self, user: &UserId) -> Result<Option<BTreeMap<String, Value>>> {
-        if user.server_name() != self.server_name || !self.accounts.user_exists(user).await? {
+        if user.server_name() != self.server_name {
+            return self.federation.profile(user).await;
+        }
+        if !self.accounts.user_exists(user).await? {
             return Ok(None);
         }
         let mut out = BTreeMap::new();

@@ -138,6 +138,58 @@ pub async fn serve(
     trusted: TrustedProxies,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, app, limits, trusted, None, shutdown).await
+}
+
+/// `serve` behind TLS (the federation listener): the handshake must finish within the header
+/// timeout, so a silent socket cannot hold a connection slot either.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: &HttpConfig,
+    trusted: TrustedProxies,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_with(listener, app, limits, trusted, Some(acceptor), shutdown).await
+}
+
+/// The TLS listener's configuration from PEM files: the certificate chain and its key.
+pub fn tls_config(
+    certificate: &std::path::Path,
+    private_key: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let chain = CertificateDer::pem_file_iter(certificate)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("TLS certificate {}: {e}", certificate.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!(
+            "TLS certificate {} holds no certificate",
+            certificate.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(private_key)
+        .map_err(|e| anyhow::anyhow!("TLS private key {}: {e}", private_key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: &HttpConfig,
+    trusted: TrustedProxies,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     // HTTP/1.1 only: clients reach us in plain HTTP/1.1 (TLS and HTTP/2 end at the reverse
     // proxy). hyper arms the header timeout as soon as it waits for a request, so silent
     // sockets and idle keep-alive connections are closed too — an HTTP/2 connection without
@@ -187,12 +239,25 @@ pub async fn serve(
                     req.extensions_mut().insert(conn);
                     req
                 });
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let connection = graceful.watch(connection);
+        let service = TowerToHyperService::new(service);
         let per_ip = per_ip.clone();
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let handshake_timeout = Duration::from_secs(limits.header_read_timeout_secs);
         tokio::spawn(async move {
-            let _ = connection.await;
+            match tls {
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(connection).await;
+                }
+                Some(acceptor) => {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                    {
+                        let connection = builder.serve_connection(TokioIo::new(stream), service);
+                        let _ = watcher.watch(connection).await;
+                    }
+                }
+            }
             if counted {
                 per_ip.leave(ip);
             }

@@ -14,7 +14,8 @@ use crate::{
     accounts::hashing::PasswordHashing,
     config::{Config, DatabaseLocation},
     error::{Error, Result},
-    homeserver::Homeserver,
+    federation::transport::HttpsTransport,
+    homeserver::{Homeserver, Shared},
     net::TrustedProxies,
     store::lock::{TenantLock, TenantLocks},
 };
@@ -29,8 +30,8 @@ struct Inner {
     /// Each served tenant's database is locked to this process: two processes serving one
     /// tenant would hand out the same stream positions and diverge.
     locks: TenantLocks,
-    /// Password hashing, shared by every tenant (one fair queue, bounded memory).
-    hashing: Arc<PasswordHashing>,
+    /// Password hashing, federation transport and clock, shared by every tenant.
+    shared: Shared,
     /// Serialises add/remove so the registry file and the map agree.
     changes: tokio::sync::Mutex<()>,
     trusted_proxies: TrustedProxies,
@@ -48,8 +49,16 @@ impl Tenants {
         let locks = TenantLocks::new(
             &DatabaseLocation::parse(&config.database_url).map_err(Error::internal)?,
         )?;
+        let clock = crate::clock::system();
         let tenants = Tenants(Arc::new(Inner {
-            hashing: Arc::new(PasswordHashing::new(&config.argon2)?),
+            shared: Shared {
+                hashing: Arc::new(PasswordHashing::new(&config.argon2)?),
+                federation_transport: Arc::new(
+                    HttpsTransport::new(&config.federation, clock.clone())
+                        .map_err(|e| Error::internal(format!("federation: {e}")))?,
+                ),
+                clock,
+            },
             config: config.clone(),
             default: default.clone(),
             by_name: RwLock::default(),
@@ -77,7 +86,7 @@ impl Tenants {
 
     async fn open_tenant(&self, name: &OwnedServerName) -> Result<Served> {
         let lock = self.0.locks.acquire(name.as_str()).await?;
-        match Homeserver::open(name.clone(), self.0.config.clone(), self.0.hashing.clone()).await {
+        match Homeserver::open(name.clone(), self.0.config.clone(), &self.0.shared).await {
             Ok(hs) => Ok(Served { hs, lock }),
             Err(e) => {
                 self.0.locks.release(lock).await;

@@ -257,7 +257,10 @@ async fn run(server: &TestServer, http: &reqwest::Client, case: Case, tally: &mu
         case.method,
         case.path.chars().take(200).collect::<String>()
     );
-    assert!(status < 500, "{what} -> {status}: {text}");
+    // 502 is the one 5xx allowed: a request about a remote user or room whose server cannot
+    // be reached (the corpus names servers that do not exist); the fault is not ours.
+    let unreachable = status == 502 && text.contains("could not be reached");
+    assert!(status < 500 || unreachable, "{what} -> {status}: {text}");
     if (400..500).contains(&status) {
         let v: Value = serde_json::from_str(&text)
             .unwrap_or_else(|_| panic!("{what} -> {status} without JSON: {text}"));

@@ -66,6 +66,8 @@ fn classify(err: &Error) -> Option<(StatusCode, ErrorKind)> {
             )),
         ),
         Unknown(_) => (StatusCode::BAD_REQUEST, ErrorKind::Unknown),
+        Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorKind::Unauthorized),
+        Remote(_) => (StatusCode::BAD_GATEWAY, ErrorKind::Unknown),
         Uiaa(_) => return None,
         Store(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown),
     })

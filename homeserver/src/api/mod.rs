@@ -22,6 +22,7 @@ use http::{HeaderMap, Request};
 use ruma::api::{
     IncomingRequest, IncomingRequestExt, OutgoingResponseExt,
     auth_scheme::{AccessToken, AccessTokenOptional},
+    federation::authentication::ServerSignatures,
     path_builder::PathBuilder,
 };
 
@@ -39,6 +40,8 @@ pub struct Ctx {
     pub session: Option<Session>,
     /// The client's address (behind a trusted proxy: the address it forwarded).
     pub ip: Option<IpAddr>,
+    /// The server that signed a federation request (`X-Matrix`, verified).
+    pub origin: Option<ruma::OwnedServerName>,
 }
 
 impl Ctx {
@@ -46,6 +49,14 @@ impl Ctx {
     /// spec leaves some endpoints' authentication optional, e.g. password change).
     pub fn session(&self) -> Result<&Session, Error> {
         self.session.as_ref().ok_or(Error::MissingToken)
+    }
+
+    /// The server that signed the request; 401 when it was not signed (federation endpoints
+    /// are always authenticated, so a handler reaching this without one is a routing bug).
+    pub fn origin(&self) -> Result<&ruma::ServerName, Error> {
+        self.origin
+            .as_deref()
+            .ok_or_else(|| Error::Unauthorized("the request carries no server signature".into()))
     }
 }
 
@@ -189,7 +200,7 @@ where
         let handler = handler.clone();
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            let (ctx, params) = admit::<R>(hs, &mut parts, how).await?;
+            let (mut ctx, params) = admit::<R>(hs, &mut parts, how).await?;
             let config = &ctx.hs.config;
             let bytes = read_body(
                 body,
@@ -202,6 +213,9 @@ where
                 Some(hook) => hook(bytes)?,
                 None => bytes,
             };
+            if TypeId::of::<R::Authentication>() == TypeId::of::<ServerSignatures>() {
+                ctx.origin = Some(ctx.hs.federation.authenticate(&parts, &bytes).await?);
+            }
             let request = parse::<R>(parts, &bytes, &params)?;
             let response = handler(ctx, request).await?;
             let http = response
@@ -391,7 +405,15 @@ async fn admit<R: IncomingRequest + 'static>(
             .check(&key)
             .map_err(|retry_after_ms| Error::LimitExceeded { retry_after_ms })?;
     }
-    Ok((Ctx { hs, session, ip }, params))
+    Ok((
+        Ctx {
+            hs,
+            session,
+            ip,
+            origin: None,
+        },
+        params,
+    ))
 }
 
 /// Refuses a value outside a closed set the spec defines: Ruma keeps unknown strings in a

@@ -14,7 +14,7 @@ use std::{
 };
 
 pub use create::CreateRoom;
-pub use read::{Context, Page, Visibility};
+pub use read::{Context, Page, PagePoint, TopoPoint, Visibility};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
     OwnedServerName, OwnedUserId, RoomId, RoomVersionId, UserId,
@@ -36,6 +36,9 @@ use crate::{
 
 /// Longest chain of delta state groups before a full snapshot is written.
 pub(crate) const MAX_STATE_CHAIN: i64 = 32;
+
+/// Most prev events a new event names (the spec's limit for a PDU's `prev_events`).
+pub(crate) const MAX_PREV_EVENTS: usize = 20;
 
 /// Rooms whose state a tenant keeps in memory before idle ones are dropped.
 const MAX_LOADED_ROOMS: usize = 2_000;
@@ -83,6 +86,13 @@ impl RoomState {
             self.members.insert(user, m);
         }
         self.state.insert(key, pdu);
+    }
+
+    /// A new event on top of the room: the extremities it references are replaced by it.
+    fn advance(&mut self, pdu: &Pdu) {
+        self.extremities.retain(|e| !pdu.prev_events.contains(e));
+        self.extremities.push(pdu.event_id.clone());
+        self.max_depth = self.max_depth.max(u64::from(pdu.depth));
     }
 
     pub fn membership(&self, user: &UserId) -> Option<String> {
@@ -317,7 +327,13 @@ impl Rooms {
         auth.sort_by(|a, b| a.event_id.cmp(&b.event_id));
         auth.dedup_by(|a, b| a.event_id == b.event_id);
         let auth_events: Vec<OwnedEventId> = auth.iter().map(|p| p.event_id.clone()).collect();
-        let prev_events: Vec<OwnedEventId> = room.extremities.iter().take(20).cloned().collect();
+        // All forward extremities, so branches meet again; at most as many as a PDU may name.
+        let prev_events: Vec<OwnedEventId> = room
+            .extremities
+            .iter()
+            .take(MAX_PREV_EVENTS)
+            .cloned()
+            .collect();
         let depth = room.max_depth + 1;
         let now = MilliSecondsSinceUnixEpoch::now();
 

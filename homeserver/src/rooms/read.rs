@@ -17,10 +17,64 @@ use crate::{
 };
 
 /// A page of events in client form, with the tokens around it.
+/// A point in a room's topological order (depth, then stream position): just after the event
+/// at `(depth, stream)`. `/messages` and `/context` page through this order, so history that
+/// arrives late (backfill, a fork) sits where it belongs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TopoPoint {
+    pub depth: i64,
+    pub stream: i64,
+}
+
+impl TopoPoint {
+    pub const START: Self = Self {
+        depth: i64::MIN,
+        stream: i64::MIN,
+    };
+    pub const END: Self = Self {
+        depth: i64::MAX,
+        stream: i64::MAX,
+    };
+
+    /// Just after `row`.
+    pub fn after(row: &EventRow) -> Self {
+        Self {
+            depth: row.depth,
+            stream: row.stream_pos,
+        }
+    }
+
+    /// Just before `row` (positions are integers: "at or before stream - 1" is "before").
+    pub fn before(row: &EventRow) -> Self {
+        Self {
+            depth: row.depth,
+            stream: row.stream_pos - 1,
+        }
+    }
+
+    fn pair(self) -> (i64, i64) {
+        (self.depth, self.stream)
+    }
+}
+
+/// Where a page starts or ends: a topological point (from `/messages`, `/context`, sync's
+/// `prev_batch`) or a stream position (a sync token some clients pass).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PagePoint {
+    Topo(TopoPoint),
+    Stream(i64),
+}
+
+/// A page in stream order (`/relations`): `end` is where the next page starts.
+pub struct StreamPage {
+    pub chunk: Vec<Value>,
+    pub end: Option<i64>,
+}
+
 pub struct Page {
     pub chunk: Vec<Value>,
-    pub start: i64,
-    pub end: Option<i64>,
+    pub start: TopoPoint,
+    pub end: Option<TopoPoint>,
     /// Member events of the page's senders (lazy loading).
     pub state: Vec<Value>,
 }
@@ -198,8 +252,8 @@ impl Rooms {
         room_id: &RoomId,
         user: &UserId,
         device: &str,
-        from: i64,
-        to: Option<i64>,
+        from: PagePoint,
+        to: Option<PagePoint>,
         dir: Direction,
         limit: i64,
         filter: &EventFilter,
@@ -209,21 +263,26 @@ impl Rooms {
         if !vis.is_or_was_member() {
             return Err(Error::forbidden("you are not in this room"));
         }
-        let bound = vis.upper_bound().unwrap_or(i64::MAX);
+        let bound = match vis.upper_bound() {
+            Some(pos) => self.topo_point(room_id, PagePoint::Stream(pos)).await?,
+            None => TopoPoint::END,
+        };
+        let from = self.topo_point(room_id, from).await?;
+        let to = match to {
+            Some(to) => Some(self.topo_point(room_id, to).await?),
+            None => None,
+        };
         let (from, to) = match dir {
-            Direction::Backward => (from.min(bound), to.unwrap_or(0)),
-            Direction::Forward => (from, to.unwrap_or(i64::MAX).min(bound)),
+            Direction::Backward => (from.min(bound), to.unwrap_or(TopoPoint::START)),
+            Direction::Forward => (from, to.unwrap_or(TopoPoint::END).min(bound)),
         };
         let rows = self
             .store
-            .room_events(room_id.as_str(), from, to, dir, limit, filter)
+            .room_events_topological(room_id.as_str(), from.pair(), to.pair(), dir, limit, filter)
             .await?;
-        let end = rows.last().map(|r| {
-            if dir == Direction::Backward {
-                r.stream_pos - 1
-            } else {
-                r.stream_pos
-            }
+        let end = rows.last().map(|r| match dir {
+            Direction::Backward => TopoPoint::before(r),
+            Direction::Forward => TopoPoint::after(r),
         });
         let end = if (rows.len() as i64) < limit {
             None
@@ -244,6 +303,22 @@ impl Rooms {
             start: from,
             end,
             state,
+        })
+    }
+
+    /// A page point as a topological point: a stream position stands for the point just
+    /// after the room's newest event at or before it.
+    async fn topo_point(&self, room_id: &RoomId, point: PagePoint) -> Result<TopoPoint> {
+        Ok(match point {
+            PagePoint::Topo(t) => t,
+            PagePoint::Stream(pos) => TopoPoint {
+                depth: self
+                    .store
+                    .depth_at(room_id.as_str(), pos)
+                    .await?
+                    .unwrap_or(0),
+                stream: pos,
+            },
         })
     }
 
@@ -320,13 +395,16 @@ impl Rooms {
         let vis = self.visibility(room_id, user).await?;
         let before_n = limit / 2;
         let after_n = limit - before_n;
-        let bound = vis.upper_bound().unwrap_or(i64::MAX);
+        let bound = match vis.upper_bound() {
+            Some(pos) => self.topo_point(room_id, PagePoint::Stream(pos)).await?,
+            None => TopoPoint::END,
+        };
         let before = self
             .store
-            .room_events(
+            .room_events_topological(
                 room_id.as_str(),
-                row.stream_pos - 1,
-                0,
+                TopoPoint::before(&row).pair(),
+                TopoPoint::START.pair(),
                 Direction::Backward,
                 before_n,
                 filter,
@@ -334,10 +412,10 @@ impl Rooms {
             .await?;
         let after = self
             .store
-            .room_events(
+            .room_events_topological(
                 room_id.as_str(),
-                row.stream_pos,
-                bound,
+                TopoPoint::after(&row).pair(),
+                bound.pair(),
                 Direction::Forward,
                 after_n,
                 filter,
@@ -345,9 +423,12 @@ impl Rooms {
             .await?;
         let start = before
             .last()
-            .map(|r| r.stream_pos - 1)
-            .unwrap_or(row.stream_pos - 1);
-        let end = after.last().map(|r| r.stream_pos).unwrap_or(row.stream_pos);
+            .map(TopoPoint::before)
+            .unwrap_or(TopoPoint::before(&row));
+        let end = after
+            .last()
+            .map(TopoPoint::after)
+            .unwrap_or(TopoPoint::after(&row));
         let last = after.last().unwrap_or(&row);
         let state_ids = self.state_after(last).await?;
         let state_rows = self
@@ -402,7 +483,7 @@ impl Rooms {
         to: Option<i64>,
         dir: Direction,
         limit: i64,
-    ) -> Result<Page> {
+    ) -> Result<StreamPage> {
         self.visible_event(room_id, user, event_id).await?;
         let vis = self.visibility(room_id, user).await?;
         let (from, to) = match dir {
@@ -437,11 +518,9 @@ impl Rooms {
             .into_iter()
             .filter(|r| vis.can_see(r.stream_pos))
             .collect();
-        Ok(Page {
+        Ok(StreamPage {
             chunk: self.client_events(&rows, Some(device)).await?,
-            start: from,
             end,
-            state: vec![],
         })
     }
 
@@ -570,6 +649,6 @@ pub struct Context {
     pub before: Vec<Value>,
     pub after: Vec<Value>,
     pub state: Vec<Value>,
-    pub start: i64,
-    pub end: i64,
+    pub start: TopoPoint,
+    pub end: TopoPoint,
 }

@@ -44,6 +44,7 @@ pub(super) struct Prepared {
     rel: Option<(String, String, Option<String>)>,
     pruned: Option<(String, String)>,
     prev: Vec<String>,
+    auth: Vec<String>,
     txn: Option<(String, String)>,
     /// The sender has read up to here (not for a display name or avatar change, which the
     /// server writes for them).
@@ -72,6 +73,7 @@ impl Prepared {
                 .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_deref())),
             txn: self.txn.as_ref().map(|(d, t)| (d.as_str(), t.as_str())),
             prev_events: &self.prev,
+            auth_events: &self.auth,
             redacts: self.pruned.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
             push,
             marks_read: self.marks_read,
@@ -162,8 +164,7 @@ impl Rooms {
             let txn = p.txn.as_ref().map(|(d, t)| (d.as_ref(), t.as_ref()));
             match self.prepare(room, &p.sender, &p.new, txn).await {
                 Ok(event) => {
-                    room.extremities = vec![event.pdu.event_id.clone()];
-                    room.max_depth = u64::from(event.pdu.depth);
+                    room.advance(&event.pdu);
                     prepared.push(event);
                     waiting.push(p);
                 }
@@ -302,6 +303,7 @@ impl Rooms {
             marks_read: !profile_update,
             kind: pdu.kind.to_string(),
             prev: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
+            auth: pdu.auth_events.iter().map(|e| e.to_string()).collect(),
             txn: txn.map(|(d, t)| (d.to_string(), t.to_string())),
             pdu,
             json,
@@ -386,8 +388,7 @@ impl Rooms {
         let mut wakes = Vec::with_capacity(events.len());
         for event in events {
             let event_id = event.pdu.event_id.clone();
-            room.extremities = vec![event_id.clone()];
-            room.max_depth = u64::from(event.pdu.depth);
+            room.advance(&event.pdu);
             let mut wake = room.interested_users();
             if let (Some(key), Some(group)) = (event.state_key, event.new_group) {
                 if key.0 == StateEventType::RoomMember

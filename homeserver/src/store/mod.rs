@@ -50,6 +50,8 @@ pub struct Stores {
     pub admin: Arc<dyn AdminStore>,
     pub keys: Arc<dyn KeyStore>,
     pub backup: Arc<dyn BackupStore>,
+    pub graph: Arc<dyn GraphStore>,
+    pub remote_keys: Arc<dyn RemoteKeyStore>,
     /// Closes the pools (tenant removal, shutdown).
     pub closer: Arc<dyn Closer>,
 }
@@ -818,6 +820,8 @@ pub struct EventRow {
     pub redacted_by: Option<String>,
     /// `(device id, txn id)` of the sending device, for `unsigned.transaction_id`.
     pub txn: Option<(String, String)>,
+    /// Its place in the topological order (with `stream_pos`).
+    pub depth: i64,
 }
 
 /// A new event and everything that changes with it, written in one transaction.
@@ -841,6 +845,8 @@ pub struct NewEvent<'a> {
     pub txn: Option<(&'a str, &'a str)>,
     /// The events this one replaces as forward extremities (its `prev_events`).
     pub prev_events: &'a [String],
+    /// Its `auth_events` (written as graph edges).
+    pub auth_events: &'a [String],
     /// For a redaction: the redacted event and its pruned JSON.
     pub redacts: Option<(&'a str, &'a str)>,
     /// Members this event notifies, with their push actions.
@@ -966,6 +972,19 @@ pub trait EventStore: Send + Sync {
         limit: i64,
         filter: &EventFilter,
     ) -> StoreResult<Vec<EventRow>>;
+    /// Events of a room between two points of the topological order, `(depth, stream
+    /// position)`: forward `(from, to]` oldest first; backward `(to, from]` newest first.
+    async fn room_events_topological(
+        &self,
+        room_id: &str,
+        from: (i64, i64),
+        to: (i64, i64),
+        dir: Direction,
+        limit: i64,
+        filter: &EventFilter,
+    ) -> StoreResult<Vec<EventRow>>;
+    /// Depth of the room's newest event (in stream order) at or before `stream_pos`.
+    async fn depth_at(&self, room_id: &str, stream_pos: i64) -> StoreResult<Option<i64>>;
     /// For each room, its newest `limit` events at or below `upto` passing `filter` (newest
     /// first) — one query per 100 rooms, each room read through its index.
     async fn latest_events(
@@ -1014,6 +1033,118 @@ pub trait EventStore: Send + Sync {
 
     async fn forget_room(&self, user_id: &str, room_id: &str) -> StoreResult<()>;
     async fn unforget_room(&self, user_id: &str, room_id: &str) -> StoreResult<()>;
+}
+
+/// A remote server's signing key, as verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteKeyRow {
+    pub key_id: String,
+    /// Unpadded base64.
+    pub public_key: String,
+    pub valid_until_ts: i64,
+    pub expired_ts: Option<i64>,
+}
+
+/// Other servers' signing keys.
+#[async_trait]
+pub trait RemoteKeyStore: Send + Sync {
+    async fn remote_keys(&self, server_name: &str) -> StoreResult<Vec<RemoteKeyRow>>;
+    /// Saves keys fetched at `now`: a key seen again gets the newer validity; a retired key
+    /// stays retired.
+    async fn save_remote_keys(
+        &self,
+        server_name: &str,
+        keys: &[RemoteKeyRow],
+        now: i64,
+    ) -> StoreResult<()>;
+}
+
+/// Why an event is known but not part of the room's timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventStatus {
+    /// Known without the state before it (an invite's room, an auth event of another event).
+    Outlier,
+    /// Failed the authorization rules (against its auth events or the state before it).
+    Rejected,
+    /// Passed those, but not against the room's current state: kept, never shown.
+    SoftFailed,
+}
+
+impl EventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outlier => "outlier",
+            Self::Rejected => "rejected",
+            Self::SoftFailed => "soft_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> StoreResult<Self> {
+        match s {
+            "outlier" => Ok(Self::Outlier),
+            "rejected" => Ok(Self::Rejected),
+            "soft_failed" => Ok(Self::SoftFailed),
+            other => Err(StoreError::Corrupt(format!("unknown event status {other}"))),
+        }
+    }
+}
+
+/// An event stored outside the timeline.
+pub struct OutsideEvent<'a> {
+    pub event_id: &'a str,
+    pub room_id: &'a str,
+    pub depth: i64,
+    pub json: &'a str,
+    pub prev_events: &'a [String],
+    pub auth_events: &'a [String],
+    pub status: EventStatus,
+    pub reason: Option<&'a str>,
+    pub received_ts: i64,
+}
+
+/// A PDU wherever it is stored: in the timeline (`status` None) or outside it.
+#[derive(Clone, Debug)]
+pub struct StoredPdu {
+    pub event_id: String,
+    pub room_id: String,
+    pub depth: i64,
+    pub json: String,
+    pub status: Option<EventStatus>,
+    pub reason: Option<String>,
+}
+
+/// The room's event graph: its edges walked in SQL (backfill, missing events, auth chains) and
+/// the events known outside the timeline.
+#[async_trait]
+pub trait GraphStore: Send + Sync {
+    /// Stores events outside the timeline with their edges; an event already known (in the
+    /// timeline or outside it) keeps its place.
+    async fn store_outside_timeline(&self, events: &[OutsideEvent<'_>]) -> StoreResult<()>;
+    /// PDUs by id, from the timeline and from outside it.
+    async fn pdus(&self, event_ids: &[String]) -> StoreResult<Vec<StoredPdu>>;
+    /// Every event reachable from `event_ids` through auth edges (those events excluded).
+    async fn auth_chain(&self, event_ids: &[String]) -> StoreResult<Vec<String>>;
+    /// Timeline events of the room before `from`, walking prev edges backwards, newest
+    /// (topologically) first: the walk does not pass `stop` events nor go below `min_depth`,
+    /// and looks at most `limit` levels of depth back. `include_from` adds the `from` events
+    /// themselves (`/backfill` does, `/get_missing_events` does not).
+    async fn walk_back(
+        &self,
+        room_id: &str,
+        from: &[String],
+        stop: &[String],
+        min_depth: i64,
+        limit: i64,
+        include_from: bool,
+    ) -> StoreResult<Vec<StoredPdu>>;
+    /// Prev events named in the room's timeline that this server does not have: where the
+    /// known history ends and backfill continues.
+    async fn backward_extremities(&self, room_id: &str) -> StoreResult<Vec<String>>;
+    /// Edges of an event: `(prev events, auth events)`, as stored.
+    async fn edges(&self, event_id: &str) -> StoreResult<(Vec<String>, Vec<String>)>;
+    /// The lowest stream position in use (0 if none is below 0): backfilled history takes
+    /// positions below it, so it never shows up in sync as new.
+    async fn min_stream_pos(&self) -> StoreResult<i64>;
 }
 
 pub struct LoadedRoom {

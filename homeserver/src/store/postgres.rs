@@ -26,6 +26,8 @@ mod imp {
     include!("sql/push.rs");
     include!("sql/admin.rs");
     include!("sql/keys.rs");
+    include!("sql/graph.rs");
+    include!("sql/remote_keys.rs");
 
     /// One statement text for any number of rows (arrays through UNNEST), so PostgreSQL plans
     /// it once per connection instead of once per batch size.
@@ -90,9 +92,9 @@ mod imp {
             limit: i64,
             filter: &EventFilter,
         ) -> StoreResult<Vec<EventRow>> {
-            let mut sql = String::from(
-                "SELECT e.stream_pos, e.event_id, e.room_id, e.json, e.state_group, e.replaces_state, e.redacted_by, e.txn_device, e.txn_id \
-                FROM unnest($1::text[]) AS r(room_id) CROSS JOIN LATERAL (SELECT e.* FROM events e WHERE e.room_id = r.room_id AND e.stream_pos <= $2",
+            let mut sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM unnest($1::text[]) AS r(room_id) \
+                 CROSS JOIN LATERAL (SELECT e.* FROM events e WHERE e.room_id = r.room_id AND e.stream_pos <= $2",
             );
             let mut binds: Vec<String> = Vec::new();
             let mut next = 4;

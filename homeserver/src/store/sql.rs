@@ -42,6 +42,8 @@ impl SqlStore {
             admin: store.clone(),
             keys: store.clone(),
             backup: store.clone(),
+            graph: store.clone(),
+            remote_keys: store.clone(),
             closer: store,
         }
     }
@@ -531,7 +533,9 @@ impl AccountDataStore for SqlStore {
     }
 }
 
-const EVENT_COLUMNS: &str = "e.stream_pos, e.event_id, e.room_id, e.json, e.state_group, e.replaces_state, e.redacted_by, e.txn_device, e.txn_id";
+/// The columns `event_row` reads; queries that select more put them after these.
+const EVENT_COLUMNS: &str = "e.stream_pos, e.event_id, e.room_id, e.json, e.state_group, e.replaces_state, e.redacted_by, e.txn_device, e.txn_id, e.depth";
+const EVENT_COLUMN_COUNT: usize = 10;
 
 fn event_row(r: &DbRow) -> StoreResult<EventRow> {
     let txn_device: Option<String> = r.try_get(7)?;
@@ -545,6 +549,7 @@ fn event_row(r: &DbRow) -> StoreResult<EventRow> {
         replaces_state: r.try_get(5)?,
         redacted_by: r.try_get(6)?,
         txn: txn_device.zip(txn_id),
+        depth: r.try_get(9)?,
     })
 }
 
@@ -680,6 +685,8 @@ impl EventStore for SqlStore {
             q.execute(&mut *tx).await.map_err(unique)?;
         }
         insert_push_queue_rows(&mut tx, events).await?;
+        let edges: Vec<GraphEdges<'_>> = events.iter().map(|e| GraphEdges { event_id: e.event_id, room_id: e.room_id, prev: e.prev_events, auth: e.auth_events }).collect();
+        insert_edges(&mut tx, &edges).await?;
         for ev in events {
             if let Some(group) = &ev.new_state_group {
                 sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES ($1, $2, $3, $4)")
@@ -803,7 +810,7 @@ impl EventStore for SqlStore {
         let mut state_types = Vec::with_capacity(state_rows.len());
         for r in &state_rows {
             state.push(event_row(r)?);
-            state_types.push((r.try_get(9)?, r.try_get(10)?));
+            state_types.push((r.try_get(EVENT_COLUMN_COUNT)?, r.try_get(EVENT_COLUMN_COUNT + 1)?));
         }
         let extremities = sqlx::query("SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id")
             .bind(room_id)
@@ -884,7 +891,7 @@ impl EventStore for SqlStore {
             }
             for r in q.fetch_all(&self.read).await? {
                 let row = event_row(&r)?;
-                out.push((row.room_id.clone(), r.try_get(9)?, r.try_get(10)?, row));
+                out.push((row.room_id.clone(), r.try_get(EVENT_COLUMN_COUNT)?, r.try_get(EVENT_COLUMN_COUNT + 1)?, row));
             }
         }
         Ok(out)
@@ -964,6 +971,32 @@ impl EventStore for SqlStore {
             q = q.bind(b);
         }
         event_rows(q.fetch_all(&self.read).await?)
+    }
+
+    async fn room_events_topological(&self, room_id: &str, from: (i64, i64), to: (i64, i64), dir: Direction, limit: i64, filter: &EventFilter) -> StoreResult<Vec<EventRow>> {
+        let (range, order) = match dir {
+            Direction::Forward => ("(e.depth, e.stream_pos) > ($2, $3) AND (e.depth, e.stream_pos) <= ($4, $5)", "ASC"),
+            Direction::Backward => ("(e.depth, e.stream_pos) <= ($2, $3) AND (e.depth, e.stream_pos) > ($4, $5)", "DESC"),
+        };
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND {range}");
+        let mut binds = Vec::new();
+        let mut next = 7;
+        filter_sql(filter, &mut next, &mut sql, &mut binds);
+        sql.push_str(&format!(" ORDER BY e.depth {order}, e.stream_pos {order} LIMIT $6"));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_id).bind(from.0).bind(from.1).bind(to.0).bind(to.1).bind(limit);
+        for b in &binds {
+            q = q.bind(b);
+        }
+        event_rows(q.fetch_all(&self.read).await?)
+    }
+
+    async fn depth_at(&self, room_id: &str, stream_pos: i64) -> StoreResult<Option<i64>> {
+        let row = sqlx::query("SELECT depth FROM events WHERE room_id = $1 AND stream_pos <= $2 ORDER BY stream_pos DESC LIMIT 1")
+            .bind(room_id)
+            .bind(stream_pos)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok(r.try_get(0)?)).transpose()
     }
 
     async fn latest_events(&self, room_ids: &[String], upto: i64, limit: i64, filter: &EventFilter) -> StoreResult<Vec<EventRow>> {

@@ -22,6 +22,8 @@ mod imp {
     include!("sql/push.rs");
     include!("sql/admin.rs");
     include!("sql/keys.rs");
+    include!("sql/graph.rs");
+    include!("sql/remote_keys.rs");
 
     /// Multi-row inserts (SQLite has no arrays; statements are cheap in-process).
     async fn insert_push_queue(

@@ -28,7 +28,7 @@ use crate::{
     error::{Error, Result},
     homeserver::Homeserver,
     rooms::{
-        Visibility,
+        PagePoint, TopoPoint, Visibility,
         pdu::{content_of, stripped_event},
     },
     store::{Direction, EventFilter, EventRow},
@@ -45,6 +45,24 @@ pub fn parse_token(token: &str) -> Result<i64> {
 
 pub fn token(pos: i64) -> String {
     format!("s{pos}")
+}
+
+/// A pagination token: a point of the topological order (`t{depth}_{stream}`), or a stream
+/// position (`s{pos}`, a sync token).
+pub fn parse_page_token(token: &str) -> Result<PagePoint> {
+    if let Some(rest) = token.strip_prefix('t') {
+        let parsed = rest
+            .split_once('_')
+            .and_then(|(d, s)| Some((d.parse::<i64>().ok()?, s.parse::<i64>().ok()?)));
+        return parsed
+            .map(|(depth, stream)| PagePoint::Topo(TopoPoint { depth, stream }))
+            .ok_or_else(|| Error::invalid_param("unknown pagination token"));
+    }
+    parse_token(token).map(PagePoint::Stream)
+}
+
+pub fn page_token(point: TopoPoint) -> String {
+    format!("t{}_{}", point.depth, point.stream)
 }
 
 /// A sync token: the stream position and the ephemeral serial (`s{pos}_{serial}`; tokens
@@ -783,7 +801,7 @@ async fn timeline(
     let events = hs.rooms.client_events(&shown, Some(device)).await?;
     let mut timeline = Timeline::new();
     timeline.limited = limited;
-    timeline.prev_batch = shown.first().map(|r| token(r.stream_pos - 1));
+    timeline.prev_batch = shown.first().map(|r| page_token(TopoPoint::before(r)));
     timeline.events = events.iter().map(raw).collect::<Result<_>>()?;
     Ok((timeline, shown))
 }

@@ -22,6 +22,8 @@ pub const STORES: [Store; 2] = [Store::Sqlite, Store::Postgres];
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The TLS (federation) listener, when the test asked for one.
+    pub tls_addr: Option<SocketAddr>,
     /// The internal listener (operator API, metrics).
     pub internal_addr: SocketAddr,
     pub tenants: Tenants,
@@ -44,6 +46,16 @@ impl TestServer {
     }
 
     pub async fn start_with(store: Store, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_full(store, None, tweak).await
+    }
+
+    /// A server that also serves TLS on `tls` (a bound listener, so other servers' configs
+    /// can name its port before it starts) with the certificate of `ca`.
+    pub async fn start_full(
+        store: Store,
+        tls: Option<(tokio::net::TcpListener, &TestCa)>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let server_name = unique_name("hs");
@@ -62,6 +74,8 @@ impl TestServer {
         config.argon2.t_cost = 1;
         config.rate_limit.disabled = true;
         tweak(&mut config);
+        // The tweak may name the server.
+        let server_name = config.server_name.clone();
         let config = Arc::new(config);
         let tenants = Tenants::open(config.clone()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -81,12 +95,26 @@ impl TestServer {
             let (config, trusted, stopped) = (config.clone(), trusted.clone(), stopped());
             async move { server::serve(listener, app, &config.http, trusted, stopped).await }
         });
+        let tls_addr = match tls {
+            Some((listener, ca)) => {
+                let addr = listener.local_addr().unwrap();
+                let tls = server::tls_config(&ca.cert_file, &ca.key_file).unwrap();
+                let app = server::router(tenants.clone());
+                let (config, trusted, stopped) = (config.clone(), trusted.clone(), stopped());
+                tokio::spawn(async move {
+                    server::serve_tls(listener, app, &config.http, trusted, tls, stopped).await
+                });
+                Some(addr)
+            }
+            None => None,
+        };
         let internal_app = server::internal_router(tenants.clone(), "operator-secret".into(), None);
         tokio::spawn(async move {
             server::serve(internal, internal_app, &config.http, trusted, stopped()).await
         });
         TestServer {
             addr,
+            tls_addr,
             internal_addr,
             tenants,
             server_name,
@@ -181,6 +209,55 @@ impl TestServer {
                     .unwrap();
             }
         }
+    }
+}
+
+/// A test CA and one certificate (with its key) for every name a federation test uses, as
+/// PEM files in a temp folder.
+pub struct TestCa {
+    pub ca_file: std::path::PathBuf,
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    pub ca_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new(names: &[&str]) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let write = |name: &str, pem: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        TestCa {
+            ca_file: write("ca.pem", ca.pem()),
+            cert_file: write("cert.pem", cert.pem()),
+            key_file: write("key.pem", key.serialize_pem()),
+            ca_pem: ca.pem(),
+            _dir: dir,
+        }
+    }
+
+    /// An HTTPS client that trusts only this CA and reaches `host` at `addr`.
+    pub fn client(&self, host: &str, addr: SocketAddr) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap();
+        reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .resolve(host, addr)
+            .build()
+            .unwrap()
     }
 }
 

@@ -32,9 +32,11 @@ use serde_json::{Map, Value};
 use crate::{
     api::{Ctx, Guard, one_of, route, route_guarded},
     error::{Error, Result},
-    rooms::{CreateRoom, NewContent, Page, create::Preset, membership::Change},
+    rooms::{
+        CreateRoom, NewContent, Page, PagePoint, TopoPoint, create::Preset, membership::Change,
+    },
     store::Direction,
-    sync::{event_filter, parse_token, token},
+    sync::{event_filter, page_token, parse_page_token, parse_token, token},
     tenants::Tenants,
 };
 
@@ -633,11 +635,11 @@ async fn messages(
     let s = ctx.session()?;
     let dir = direction(req.dir);
     let from = match &req.from {
-        Some(t) => parse_token(t)?,
-        None if dir == Direction::Backward => ctx.hs.stream.visible(),
-        None => 0,
+        Some(t) => parse_page_token(t)?,
+        None if dir == Direction::Backward => PagePoint::Stream(ctx.hs.stream.visible()),
+        None => PagePoint::Topo(TopoPoint::START),
     };
-    let to = req.to.as_deref().map(parse_token).transpose()?;
+    let to = req.to.as_deref().map(parse_page_token).transpose()?;
     crate::sync::check_room_event_filter(&req.filter)?;
     let lazy = !req.filter.lazy_load_options.is_disabled();
     let page: Page = ctx
@@ -656,8 +658,8 @@ async fn messages(
         )
         .await?;
     let mut resp = get_message_events::v3::Response::new();
-    resp.start = token(page.start);
-    resp.end = page.end.map(token);
+    resp.start = page_token(page.start);
+    resp.end = page.end.map(page_token);
     resp.chunk = raws(page.chunk)?;
     resp.state = raws(page.state)?;
     Ok(resp)
@@ -679,8 +681,8 @@ async fn context(ctx: Ctx, req: get_context::v3::Request) -> Result<get_context:
         )
         .await?;
     let mut resp = get_context::v3::Response::new();
-    resp.start = Some(token(c.start));
-    resp.end = Some(token(c.end));
+    resp.start = Some(page_token(c.start));
+    resp.end = Some(page_token(c.end));
     resp.event = Some(Raw::from_json(
         serde_json::value::to_raw_value(&c.event).map_err(Error::internal)?,
     ));

@@ -1,13 +1,17 @@
-//! Server-Server API handlers, one module per spec section. So far only what a third party
-//! needs of it: OpenID user info, which the VZD-FHIR-Directory calls although it is no
-//! federation member (A-FED-11).
+//! Server-Server API handlers, one module per spec section. Every endpoint but the key and
+//! version look-ups and OpenID user info (which the VZD-FHIR-Directory calls although it is no
+//! federation member, A-FED-11) is signed with `X-Matrix`, verified before the handler runs.
 
+mod keys;
 mod openid;
+mod query;
 
 use axum::Router;
 
 use crate::tenants::Tenants;
 
 pub fn router(r: Router<Tenants>) -> Router<Tenants> {
+    let r = keys::routes(r);
+    let r = query::routes(r);
     openid::routes(r)
 }

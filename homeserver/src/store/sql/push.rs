@@ -243,10 +243,10 @@ impl PushStore for SqlStore {
             }
             for r in q.fetch_all(&self.read).await? {
                 let event = event_row(&r)?;
-                let all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&r.try_get::<String, _>(9)?).unwrap_or_default();
+                let all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&r.try_get::<String, _>(EVENT_COLUMN_COUNT)?).unwrap_or_default();
                 let actions = all.get(user_id).map(|a| a.to_string()).unwrap_or_else(|| "[]".into());
                 let read_pos = read.get(&event.room_id).copied().unwrap_or(0);
-                out.push(NotificationRow { read: event.stream_pos <= read_pos, actions, ts: r.try_get(10)?, event });
+                out.push(NotificationRow { read: event.stream_pos <= read_pos, actions, ts: r.try_get(EVENT_COLUMN_COUNT + 1)?, event });
             }
         }
         out.sort_by_key(|n| std::cmp::Reverse(n.event.stream_pos));

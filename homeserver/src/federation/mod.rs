@@ -1,0 +1,166 @@
+//! Federation: this homeserver among others (Server-Server API). Each part is a value built
+//! with what it needs — the transport (`transport`, `resolver`), the signed client
+//! (`client`), the key store (`keys`) — and `Federation` bundles them for one tenant.
+//! Tenants of one process reach each other through the same signed, verified path.
+
+pub mod client;
+pub mod keys;
+pub mod resolver;
+pub mod transport;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ruma::{
+    OwnedServerName, UserId,
+    api::federation::{authentication::XMatrix, query::get_profile_information},
+    signatures::{Ed25519KeyPair, PublicKeyMap},
+};
+
+use serde_json::Value;
+
+use self::{
+    client::{FederationClient, FederationError},
+    keys::ServerKeys,
+    transport::Transport,
+};
+use crate::{
+    clock::Clock,
+    config::FederationConfig,
+    error::{Error, Result},
+    policy::federation::{FederationScope, may_federate_with},
+    store::RemoteKeyStore,
+};
+
+pub struct Federation {
+    server_name: OwnedServerName,
+    enabled: bool,
+    scope: FederationScope,
+    clock: Arc<dyn Clock>,
+    pub client: Arc<FederationClient>,
+    pub keys: Arc<ServerKeys>,
+}
+
+impl Federation {
+    pub fn new(
+        server_name: OwnedServerName,
+        key: Arc<Ed25519KeyPair>,
+        config: &FederationConfig,
+        transport: Arc<dyn Transport>,
+        remote_keys: Arc<dyn RemoteKeyStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let scope = scope(config);
+        let client = Arc::new(FederationClient::new(
+            server_name.clone(),
+            key.clone(),
+            transport,
+            scope.clone(),
+        ));
+        let keys = Arc::new(ServerKeys::new(
+            server_name.clone(),
+            key,
+            config.key_validity_secs as i64 * 1000,
+            remote_keys,
+            client.clone(),
+            clock.clone(),
+        ));
+        Self {
+            server_name,
+            enabled: config.enabled,
+            scope,
+            clock,
+            client,
+            keys,
+        }
+    }
+
+    /// Refuses everything federation when it is switched off.
+    pub fn check_enabled(&self) -> Result<()> {
+        if self.enabled {
+            Ok(())
+        } else {
+            Err(Error::forbidden("federation is disabled on this server"))
+        }
+    }
+
+    /// The server that sent an incoming federation request, from its `X-Matrix` signature:
+    /// 401 when it is missing, names another destination or does not verify; 403 when the
+    /// origin is not a server we federate with.
+    pub async fn authenticate(
+        &self,
+        parts: &http::request::Parts,
+        body: &[u8],
+    ) -> Result<OwnedServerName> {
+        self.check_enabled()?;
+        let xmatrix = XMatrix::extract_from_http_headers(&parts.headers)
+            .map_err(|e| Error::Unauthorized(format!("no valid X-Matrix authorization: {e}")))?;
+        if xmatrix
+            .destination
+            .as_ref()
+            .is_some_and(|d| *d != self.server_name)
+        {
+            return Err(Error::Unauthorized(
+                "the request is signed for another destination".into(),
+            ));
+        }
+        if !may_federate_with(&self.scope, &xmatrix.origin) {
+            return Err(Error::forbidden(format!(
+                "{} is not a server this one federates with",
+                xmatrix.origin
+            )));
+        }
+        let keys = self
+            .keys
+            .keys_for(
+                &xmatrix.origin,
+                &[xmatrix.key.to_string()],
+                self.clock.now_ms(),
+            )
+            .await?;
+        if keys.is_empty() {
+            return Err(Error::Unauthorized(format!(
+                "the key {} of {} is not known",
+                xmatrix.key, xmatrix.origin
+            )));
+        }
+        let map: PublicKeyMap = BTreeMap::from([(xmatrix.origin.to_string(), keys)]);
+        let mut request = http::Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        xmatrix
+            .verify_http_request(&request, &self.server_name, &map)
+            .map_err(|e| {
+                Error::Unauthorized(format!("the request signature does not verify: {e}"))
+            })?;
+        Ok(xmatrix.origin)
+    }
+
+    /// A remote user's profile from their server; `None` when it has no such user.
+    pub async fn profile(&self, user: &UserId) -> Result<Option<BTreeMap<String, Value>>> {
+        self.check_enabled()?;
+        let request = get_profile_information::v1::Request::new(user.to_owned());
+        match self.client.request(user.server_name(), request).await {
+            Ok(response) => Ok(Some(
+                response
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )),
+            Err(FederationError::Remote { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn scope(config: &FederationConfig) -> FederationScope {
+    if config.allowed_servers.is_empty() {
+        return FederationScope::Open;
+    }
+    FederationScope::Only(
+        config
+            .allowed_servers
+            .iter()
+            .filter_map(|s| OwnedServerName::try_from(s.as_str()).ok())
+            .collect(),
+    )
+}
