@@ -68,6 +68,9 @@ pub enum Error {
     /// A federation request whose signature, origin or destination does not check out.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// The room's version is not one the joining server supports.
+    #[error("the room's version {0} is not supported by your server")]
+    IncompatibleRoomVersion(ruma::RoomVersionId),
     /// Another homeserver could not be reached or gave no usable answer.
     #[error("remote server: {0}")]
     Remote(String),

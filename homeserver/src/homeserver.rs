@@ -115,7 +115,7 @@ impl Homeserver {
         let rooms = Arc::new(Rooms::new(
             server_name.clone(),
             key.clone(),
-            stores.events.clone(),
+            (stores.events.clone(), stores.graph.clone()),
             stream.clone(),
             notifier.clone(),
             push.clone(),
@@ -179,7 +179,8 @@ impl Homeserver {
             key.clone(),
             &config.federation,
             shared.federation_transport.clone(),
-            stores.remote_keys.clone(),
+            rooms.clone(),
+            &stores,
             shared.clock.clone(),
         ));
         let hs = Arc::new(Self {

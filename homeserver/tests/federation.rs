@@ -318,3 +318,370 @@ async fn servers_outside_the_allowed_set_are_refused_both_ways() {
 fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
+
+/// A signed federation request from `from` (its real key) to `to`'s TLS listener.
+async fn federation_request(
+    from: &TestServer,
+    to: &TestServer,
+    ca: &TestCa,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let hs = from.hs();
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b).unwrap())
+        .unwrap_or_default();
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .body(bytes.clone())
+        .unwrap();
+    let x = XMatrix::sign_http_request(
+        &request,
+        XMatrixSigningInput::new(
+            hs.server_name.clone(),
+            to.server_name.as_str().try_into().unwrap(),
+            &hs.key,
+        ),
+    )
+    .unwrap();
+    let tls = to.tls_addr.unwrap();
+    let url = format!("https://{}:{}{path}", to.server_name, tls.port());
+    let mut req = ca
+        .client(&to.server_name, tls)
+        .request(method.parse().unwrap(), url)
+        .header("authorization", http::HeaderValue::from(&x));
+    if !bytes.is_empty() {
+        req = req.header("content-type", "application/json").body(bytes);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Hashes and signs a PDU as `hs`; its event id.
+fn sign_pdu(
+    hs: &tim_homeserver::homeserver::Homeserver,
+    pdu: Value,
+) -> (String, ruma::CanonicalJsonObject) {
+    let rules = ruma::RoomVersionId::V10.rules().unwrap();
+    let mut object: ruma::CanonicalJsonObject = serde_json::from_value(pdu).unwrap();
+    ruma::signatures::hash_and_sign_event(
+        hs.server_name.as_str(),
+        hs.key.as_ref(),
+        &mut object,
+        &rules.redaction,
+    )
+    .unwrap();
+    let id = format!(
+        "${}",
+        ruma::signatures::reference_hash(&object, &rules).unwrap()
+    );
+    (id, object)
+}
+
+fn state_id(state: &Value, kind: &str, key: &str) -> String {
+    state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == kind && e["state_key"] == key)
+        .map(|e| {
+            // Room versions 3+ name events by their reference hash; PDUs carry no id.
+            let object: ruma::CanonicalJsonObject = serde_json::from_value(e.clone()).unwrap();
+            let rules = ruma::RoomVersionId::V10.rules().unwrap();
+            format!(
+                "${}",
+                ruma::signatures::reference_hash(&object, &rules).unwrap()
+            )
+        })
+        .unwrap_or_else(|| panic!("no {kind} {key}"))
+}
+
+#[tokio::test]
+async fn a_remote_user_joins_and_sends_through_checked_pdus() {
+    let Pair { a, b, ca, a2: _ } = pair().await;
+    let alice = a.register("alice").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Praxisnetz"}))
+        .await;
+    let bob_id = format!("@bob:{}", b.server_name);
+    let b_hs = b.hs();
+
+    // make_join: a template built on the room's tips; a room version B lacks is refused.
+    let (status, body) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "GET",
+        &format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=1",
+            urlencode(&room),
+            urlencode(&bob_id)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INCOMPATIBLE_ROOM_VERSION"))
+    );
+    let (status, made) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "GET",
+        &format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=9&ver=10",
+            urlencode(&room),
+            urlencode(&bob_id)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(made["room_version"], "10");
+    // A server may only make joins for its own users.
+    let (status, _) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "GET",
+        &format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=10",
+            urlencode(&room),
+            urlencode(&alice.user_id)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // send_join: signed by B, checked, added; the state before it and the auth chain back.
+    let (join_id, join) = sign_pdu(&b_hs, made["event"].clone());
+    let (status, joined) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "PUT",
+        &format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            urlencode(&room),
+            urlencode(&join_id)
+        ),
+        Some(serde_json::to_value(&join).unwrap()),
+    )
+    .await;
+    assert_eq!(status, 200, "{joined}");
+    let create = state_id(&joined["state"], "m.room.create", "");
+    let power = state_id(&joined["state"], "m.room.power_levels", "");
+    assert!(
+        joined["auth_chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.create")
+    );
+    let sync = alice.sync(None, 0).await;
+    let members: Vec<&Value> = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member" && e["state_key"] == bob_id.as_str())
+        .collect();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0]["content"]["membership"], "join");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // A message from Bob in a transaction.
+    let message = |body: &str, depth: u64, prev: &str, sender: &str| {
+        json!({
+            "type": "m.room.message", "room_id": room, "sender": sender,
+            "content": {"msgtype": "m.text", "body": body},
+            "prev_events": [prev], "auth_events": [create, power, join_id],
+            "depth": depth, "origin_server_ts": 1_700_000_000_000u64,
+        })
+    };
+    let (hello_id, hello) = sign_pdu(&b_hs, message("hello from B", 100, &join_id, &bob_id));
+    let txn = |pdus: Vec<Value>| json!({"origin": b.server_name, "origin_server_ts": 1_700_000_000_000u64, "pdus": pdus, "edus": []});
+    let body = txn(vec![serde_json::to_value(&hello).unwrap()]);
+    let (status, result) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "PUT",
+        "/_matrix/federation/v1/send/t1",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["pdus"][&hello_id], json!({}));
+    let sync = alice.sync(Some(&since), 0).await;
+    assert_eq!(common::bodies(&sync, &room), vec!["hello from B"]);
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    // The same transaction again: the same answer, nothing twice.
+    let (status, again) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "PUT",
+        "/_matrix/federation/v1/send/t1",
+        Some(body),
+    )
+    .await;
+    assert_eq!((status, &again), (200, &result));
+
+    // Bad PDUs, each on its own: a tampered content hash (kept, redacted), a sender who is
+    // not in the room (rejected), unknown prev events (outlier), a forged signature, an
+    // oversized PDU; garbage and an unknown room get no result (no event id to answer under).
+    let (tampered_id, mut tampered) =
+        sign_pdu(&b_hs, message("signed text", 101, &hello_id, &bob_id));
+    tampered.insert(
+        "content".into(),
+        serde_json::from_value(json!({"msgtype": "m.text", "body": "changed on the way"})).unwrap(),
+    );
+    let (outsider_id, outsider) = sign_pdu(
+        &b_hs,
+        message(
+            "let me in",
+            102,
+            &tampered_id,
+            &format!("@mallory:{}", b.server_name),
+        ),
+    );
+    let (orphan_id, orphan) = sign_pdu(&b_hs, message("orphan", 103, "$unknownprev", &bob_id));
+    let (forged_id, mut forged) = sign_pdu(&b_hs, message("forged", 104, &tampered_id, &bob_id));
+    forged.insert(
+        "signatures".into(),
+        serde_json::from_value(json!({b.server_name.clone(): {b_hs.federation.keys.key_id(): "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}))
+            .unwrap(),
+    );
+    let big = {
+        let mut m = message("x", 105, &tampered_id, &bob_id);
+        m["content"]["body"] = Value::String("x".repeat(70_000));
+        let mut object: ruma::CanonicalJsonObject = serde_json::from_value(m).unwrap();
+        object.insert(
+            "hashes".into(),
+            serde_json::from_value(json!({"sha256": "x"})).unwrap(),
+        );
+        object
+    };
+    let unknown_room = {
+        let mut m = message("elsewhere", 106, &hello_id, &bob_id);
+        m["room_id"] = json!("!nowhere:elsewhere.test");
+        sign_pdu(&b_hs, m).1
+    };
+    let pdus = vec![
+        serde_json::to_value(&tampered).unwrap(),
+        serde_json::to_value(&outsider).unwrap(),
+        serde_json::to_value(&orphan).unwrap(),
+        serde_json::to_value(&forged).unwrap(),
+        serde_json::to_value(&big).unwrap(),
+        json!(5),
+        serde_json::to_value(&unknown_room).unwrap(),
+    ];
+    let (status, result) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "PUT",
+        "/_matrix/federation/v1/send/t2",
+        Some(txn(pdus)),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    let results = result["pdus"].as_object().unwrap();
+    assert_eq!(results[&tampered_id], json!({}), "{result}");
+    assert!(
+        results[&outsider_id]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("rejected")
+    );
+    assert!(
+        results[&orphan_id]["error"]
+            .as_str()
+            .unwrap()
+            .contains("prev events")
+    );
+    assert!(
+        results[&forged_id]["error"]
+            .as_str()
+            .unwrap()
+            .contains("signature")
+    );
+    // The oversized PDU still has an id (the reference hash covers its redacted form).
+    assert_eq!(
+        results
+            .values()
+            .filter(|r| r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("larger than 65536")))
+            .count(),
+        1
+    );
+    assert_eq!(results.len(), 5, "{result}");
+    let graph = a.hs().stores.graph.clone();
+    let stored = graph
+        .pdus(&[outsider_id.clone(), orphan_id.clone(), forged_id.clone()])
+        .await
+        .unwrap();
+    let status_of = |id: &str| stored.iter().find(|p| p.event_id == id).map(|p| p.status);
+    use tim_homeserver::store::EventStatus;
+    assert_eq!(status_of(&outsider_id), Some(Some(EventStatus::Rejected)));
+    assert_eq!(status_of(&orphan_id), Some(Some(EventStatus::Outlier)));
+    assert_eq!(
+        status_of(&forged_id),
+        None,
+        "a forged event is not stored at all"
+    );
+    // Alice sees the tampered event redacted, nothing else.
+    let sync = alice.sync(Some(&since), 0).await;
+    let events = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event_id"], tampered_id.as_str());
+    assert_eq!(events[0]["content"], json!({}));
+
+    // A transaction that is no JSON, or too big, is refused as a whole.
+    let too_many: Vec<Value> = (0..51).map(|_| json!({})).collect();
+    let (status, body) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "PUT",
+        "/_matrix/federation/v1/send/t3",
+        Some(txn(too_many)),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_BAD_JSON"))
+    );
+    let (status, _) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "PUT",
+        "/_matrix/federation/v1/send/t4",
+        Some(json!([1])),
+    )
+    .await;
+    assert_eq!(status, 400);
+    // Another server's transaction cannot claim B's origin.
+    let (status, _) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "PUT",
+        "/_matrix/federation/v1/send/t5",
+        Some(json!({"origin": "someone-else.test", "origin_server_ts": 1, "pdus": []})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    a.stop().await;
+    b.stop().await;
+}

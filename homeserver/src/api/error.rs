@@ -68,6 +68,12 @@ fn classify(err: &Error) -> Option<(StatusCode, ErrorKind)> {
         Unknown(_) => (StatusCode::BAD_REQUEST, ErrorKind::Unknown),
         Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorKind::Unauthorized),
         Remote(_) => (StatusCode::BAD_GATEWAY, ErrorKind::Unknown),
+        IncompatibleRoomVersion(version) => (
+            StatusCode::BAD_REQUEST,
+            ErrorKind::IncompatibleRoomVersion(
+                ruma::api::error::IncompatibleRoomVersionErrorData::new(version.clone()),
+            ),
+        ),
         Uiaa(_) => return None,
         Store(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown),
     })

@@ -5,6 +5,8 @@
 
 pub mod client;
 pub mod keys;
+pub mod pdu;
+pub mod receiver;
 pub mod resolver;
 pub mod transport;
 
@@ -21,6 +23,7 @@ use serde_json::Value;
 use self::{
     client::{FederationClient, FederationError},
     keys::ServerKeys,
+    receiver::Receiver,
     transport::Transport,
 };
 use crate::{
@@ -28,7 +31,8 @@ use crate::{
     config::FederationConfig,
     error::{Error, Result},
     policy::federation::{FederationScope, may_federate_with},
-    store::RemoteKeyStore,
+    rooms::Rooms,
+    store::Stores,
 };
 
 pub struct Federation {
@@ -38,6 +42,7 @@ pub struct Federation {
     clock: Arc<dyn Clock>,
     pub client: Arc<FederationClient>,
     pub keys: Arc<ServerKeys>,
+    pub receiver: Receiver,
 }
 
 impl Federation {
@@ -46,7 +51,8 @@ impl Federation {
         key: Arc<Ed25519KeyPair>,
         config: &FederationConfig,
         transport: Arc<dyn Transport>,
-        remote_keys: Arc<dyn RemoteKeyStore>,
+        rooms: Arc<Rooms>,
+        stores: &Stores,
         clock: Arc<dyn Clock>,
     ) -> Self {
         let scope = scope(config);
@@ -60,11 +66,19 @@ impl Federation {
             server_name.clone(),
             key,
             config.key_validity_secs as i64 * 1000,
-            remote_keys,
+            stores.remote_keys.clone(),
             client.clone(),
             clock.clone(),
         ));
+        let receiver = Receiver::new(
+            rooms,
+            keys.clone(),
+            (stores.events.clone(), stores.federation.clone()),
+            scope.clone(),
+            clock.clone(),
+        );
         Self {
+            receiver,
             server_name,
             enabled: config.enabled,
             scope,

@@ -6,6 +6,7 @@ pub mod create;
 pub mod membership;
 pub mod pdu;
 mod read;
+pub mod receive;
 mod write;
 
 use std::{
@@ -30,7 +31,7 @@ use serde_json::Value;
 use self::pdu::Pdu;
 use crate::{
     error::{Error, Result},
-    store::EventStore,
+    store::{EventStore, GraphStore},
     sync::{notifier::Notifier, stream::StreamIds},
 };
 
@@ -188,6 +189,7 @@ pub struct Rooms {
     server_name: OwnedServerName,
     key: Arc<Ed25519KeyPair>,
     store: Arc<dyn EventStore>,
+    graph: Arc<dyn GraphStore>,
     stream: Arc<StreamIds<OwnedUserId>>,
     notifier: Arc<Notifier>,
     notifications: Arc<dyn Notifications>,
@@ -202,7 +204,7 @@ impl Rooms {
     pub fn new(
         server_name: OwnedServerName,
         key: Arc<Ed25519KeyPair>,
-        store: Arc<dyn EventStore>,
+        (store, graph): (Arc<dyn EventStore>, Arc<dyn GraphStore>),
         stream: Arc<StreamIds<OwnedUserId>>,
         notifier: Arc<Notifier>,
         notifications: Arc<dyn Notifications>,
@@ -214,6 +216,7 @@ impl Rooms {
             server_name,
             key,
             store,
+            graph,
             stream,
             notifier,
             notifications,

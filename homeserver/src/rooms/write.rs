@@ -261,15 +261,28 @@ impl Rooms {
         if let Some(redacts) = &pdu.redacts {
             self.check_redaction(room, &pdu, redacts).await?;
         }
+        self.prepared(room, pdu, &object, txn).await
+    }
+
+    /// An authorised event (local or remote) with everything the store writes with it.
+    pub(super) async fn prepared(
+        &self,
+        room: &RoomState,
+        pdu: Pdu,
+        object: &CanonicalJsonObject,
+        txn: Option<(&DeviceId, &TransactionId)>,
+    ) -> Result<Prepared> {
+        let sender: &UserId = &pdu.sender.clone();
         let pruned = match &pdu.redacts {
-            Some(target) => Some((
-                target.to_string(),
-                self.pruned_json(target, &room.rules).await?,
-            )),
+            Some(target) => match self.pruned_json(target, &room.rules).await {
+                Ok(json) => Some((target.to_string(), json)),
+                // A remote redaction of an event this server does not have.
+                Err(Error::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            },
             None => None,
         };
-        let json =
-            serde_json::to_string(&object as &CanonicalJsonObject).map_err(Error::internal)?;
+        let json = serde_json::to_string(object).map_err(Error::internal)?;
         let state_key = pdu
             .state_key
             .clone()
@@ -353,7 +366,7 @@ impl Rooms {
 
     /// Persists prepared events of one room in one transaction; on success the room in memory
     /// moves on and syncs wake. Batches hold at most one state event (it comes alone).
-    async fn commit(
+    pub(super) async fn commit(
         &self,
         room: &mut RoomState,
         events: Vec<Prepared>,

@@ -52,6 +52,7 @@ pub struct Stores {
     pub backup: Arc<dyn BackupStore>,
     pub graph: Arc<dyn GraphStore>,
     pub remote_keys: Arc<dyn RemoteKeyStore>,
+    pub federation: Arc<dyn FederationStore>,
     /// Closes the pools (tenant removal, shutdown).
     pub closer: Arc<dyn Closer>,
 }
@@ -1055,6 +1056,21 @@ pub trait RemoteKeyStore: Send + Sync {
         &self,
         server_name: &str,
         keys: &[RemoteKeyRow],
+        now: i64,
+    ) -> StoreResult<()>;
+}
+
+/// Federation bookkeeping: transactions received.
+#[async_trait]
+pub trait FederationStore: Send + Sync {
+    /// Our answer to a transaction `origin` sent before, if any.
+    async fn inbound_txn(&self, origin: &str, txn_id: &str) -> StoreResult<Option<String>>;
+    /// Records our answer to a transaction (a repeat keeps the first answer).
+    async fn save_inbound_txn(
+        &self,
+        origin: &str,
+        txn_id: &str,
+        response: &str,
         now: i64,
     ) -> StoreResult<()>;
 }

@@ -27,7 +27,7 @@ mod imp {
     include!("sql/admin.rs");
     include!("sql/keys.rs");
     include!("sql/graph.rs");
-    include!("sql/remote_keys.rs");
+    include!("sql/federation.rs");
 
     /// One statement text for any number of rows (arrays through UNNEST), so PostgreSQL plans
     /// it once per connection instead of once per batch size.

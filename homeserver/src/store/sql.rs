@@ -44,6 +44,7 @@ impl SqlStore {
             backup: store.clone(),
             graph: store.clone(),
             remote_keys: store.clone(),
+            federation: store.clone(),
             closer: store,
         }
     }

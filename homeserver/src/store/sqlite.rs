@@ -23,7 +23,7 @@ mod imp {
     include!("sql/admin.rs");
     include!("sql/keys.rs");
     include!("sql/graph.rs");
-    include!("sql/remote_keys.rs");
+    include!("sql/federation.rs");
 
     /// Multi-row inserts (SQLite has no arrays; statements are cheap in-process).
     async fn insert_push_queue(

@@ -3,8 +3,10 @@
 //! federation member, A-FED-11) is signed with `X-Matrix`, verified before the handler runs.
 
 mod keys;
+mod membership;
 mod openid;
 mod query;
+mod transaction;
 
 use axum::Router;
 
@@ -13,5 +15,7 @@ use crate::tenants::Tenants;
 pub fn router(r: Router<Tenants>) -> Router<Tenants> {
     let r = keys::routes(r);
     let r = query::routes(r);
+    let r = membership::routes(r);
+    let r = transaction::routes(r);
     openid::routes(r)
 }

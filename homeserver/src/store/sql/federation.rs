@@ -1,4 +1,5 @@
-// Other servers' signing keys (included by `sqlite.rs` and `postgres.rs` after `sql.rs`).
+// Other servers' signing keys and transactions (included by `sqlite.rs` and `postgres.rs`
+// after `sql.rs`).
 #[async_trait]
 impl RemoteKeyStore for SqlStore {
     async fn remote_keys(&self, server_name: &str) -> StoreResult<Vec<RemoteKeyRow>> {
@@ -31,6 +32,29 @@ impl RemoteKeyStore for SqlStore {
             .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl FederationStore for SqlStore {
+    async fn inbound_txn(&self, origin: &str, txn_id: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT response FROM federation_inbound_txns WHERE origin = $1 AND txn_id = $2")
+            .bind(origin)
+            .bind(txn_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok(r.try_get(0)?)).transpose()
+    }
+
+    async fn save_inbound_txn(&self, origin: &str, txn_id: &str, response: &str, now: i64) -> StoreResult<()> {
+        sqlx::query("INSERT INTO federation_inbound_txns (origin, txn_id, response, received_ts) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(origin)
+            .bind(txn_id)
+            .bind(response)
+            .bind(now)
+            .execute(&self.write)
+            .await?;
         Ok(())
     }
 }

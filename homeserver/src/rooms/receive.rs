@@ -1,0 +1,360 @@
+//! Events from other servers, after `federation::pdu::check`: authorised against their auth
+//! events, the state before them and the room's current state (spec: "Checks performed on
+//! receipt of a PDU", steps 4–6), then persisted through the same per-room path and
+//! transaction local events take — or recorded as rejected, soft-failed or outlier with why.
+
+use std::sync::Arc;
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId,
+    UserId, events::TimelineEventType,
+};
+
+use super::{MAX_PREV_EVENTS, RoomState, Rooms, pdu::Pdu};
+use crate::{
+    error::{Error, Result},
+    homeserver::detached,
+    store::{EventStatus, OutsideEvent, StateIds},
+};
+
+/// Most auth events a PDU may name (as the spec suggests).
+const MAX_AUTH_EVENTS: usize = 10;
+
+/// What became of a remote event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Added to the timeline.
+    Accepted,
+    /// Already known (in the timeline or outside it).
+    Known,
+    /// Failed the authorization rules; kept as rejected.
+    Rejected(String),
+    /// Passed the rules against its own history but not against the room's current state:
+    /// kept, never shown (spec: soft failure).
+    SoftFailed(String),
+    /// Kept outside the timeline for now: what it builds on is not known here yet.
+    Outlier(String),
+}
+
+/// A checked remote event with its canonical JSON.
+pub struct Incoming {
+    pub pdu: Pdu,
+    pub object: CanonicalJsonObject,
+    pub json: String,
+}
+
+impl Rooms {
+    /// Adds a remote event to its room: under the room's lock, like local events.
+    pub async fn receive(self: &Arc<Self>, incoming: Incoming) -> Result<Received> {
+        let this = self.clone();
+        detached(async move {
+            let room_id = incoming.pdu.room_id.clone();
+            let mut guard = this
+                .lock(&room_id)
+                .await?
+                .ok_or_else(|| Error::not_found("the room is not known here"))?;
+            let room = guard.as_mut().expect("locked room is loaded");
+            this.receive_locked(room, incoming).await
+        })
+        .await
+    }
+
+    async fn receive_locked(&self, room: &mut RoomState, incoming: Incoming) -> Result<Received> {
+        let Incoming { pdu, object, json } = incoming;
+        let id = pdu.event_id.to_string();
+        if !self.graph.pdus(std::slice::from_ref(&id)).await?.is_empty() {
+            return Ok(Received::Known);
+        }
+        if pdu.prev_events.len() > MAX_PREV_EVENTS || pdu.auth_events.len() > MAX_AUTH_EVENTS {
+            return self
+                .keep_outside(
+                    &pdu,
+                    &json,
+                    EventStatus::Rejected,
+                    "too many prev or auth events",
+                )
+                .await;
+        }
+        // The auth events must be known; their own checks happened when they arrived.
+        let auth_ids: Vec<String> = pdu.auth_events.iter().map(|e| e.to_string()).collect();
+        let auth_rows = self.graph.pdus(&auth_ids).await?;
+        if auth_rows.len() < auth_ids.len() {
+            return self
+                .keep_outside(
+                    &pdu,
+                    &json,
+                    EventStatus::Outlier,
+                    "auth events not known here",
+                )
+                .await;
+        }
+        if auth_rows
+            .iter()
+            .any(|a| a.status == Some(EventStatus::Rejected))
+        {
+            return self
+                .keep_outside(
+                    &pdu,
+                    &json,
+                    EventStatus::Rejected,
+                    "an auth event was rejected",
+                )
+                .await;
+        }
+        let auth: Vec<Arc<Pdu>> = auth_rows
+            .iter()
+            .map(|r| Pdu::from_json(&r.event_id, &r.json).map(Arc::new))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(Error::internal)?;
+        if let Err(reason) = ruma::state_res::check_state_independent_auth_rules(
+            &room.rules.authorization,
+            &pdu,
+            |id| auth.iter().find(|p| p.event_id == id).cloned(),
+        ) {
+            return self
+                .keep_outside(&pdu, &json, EventStatus::Rejected, &reason)
+                .await;
+        }
+        // The state before the event: the room's current state when the event builds on what
+        // this server has.
+        match self.state_before_is_current(room, &pdu).await? {
+            Some(true) => {}
+            Some(false) => {
+                return self
+                    .keep_outside(
+                        &pdu,
+                        &json,
+                        EventStatus::Outlier,
+                        "builds on a branch whose state differs from the current state",
+                    )
+                    .await;
+            }
+            None => {
+                return self
+                    .keep_outside(
+                        &pdu,
+                        &json,
+                        EventStatus::Outlier,
+                        "prev events not known here",
+                    )
+                    .await;
+            }
+        }
+        if let Err(reason) = ruma::state_res::check_state_dependent_auth_rules(
+            &room.rules.authorization,
+            &pdu,
+            |kind, key| room.state.get(&(kind.clone(), key.to_owned())).cloned(),
+        ) {
+            return self
+                .keep_outside(&pdu, &json, EventStatus::Rejected, &reason)
+                .await;
+        }
+        if let Some(target) = &pdu.redacts
+            && self.check_redaction(room, &pdu, target).await.is_err()
+            && self.store.get_event(target.as_str()).await?.is_some()
+        {
+            return self
+                .keep_outside(
+                    &pdu,
+                    &json,
+                    EventStatus::SoftFailed,
+                    "may not redact that event",
+                )
+                .await;
+        }
+        let prepared = self.prepared(room, pdu, &object, None).await?;
+        self.commit(room, vec![prepared]).await?;
+        Ok(Received::Accepted)
+    }
+
+    /// Whether the state before `pdu` is the room's current state: `Some(true)` when each of
+    /// its prev events is a forward extremity whose state is the current state; `None` when
+    /// a prev event is not in this server's timeline.
+    async fn state_before_is_current(&self, room: &RoomState, pdu: &Pdu) -> Result<Option<bool>> {
+        if pdu.prev_events.is_empty() {
+            return Ok(Some(false));
+        }
+        if pdu.prev_events.iter().all(|p| room.extremities.contains(p))
+            && pdu.prev_events.len() == room.extremities.len()
+        {
+            return Ok(Some(true));
+        }
+        let ids: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+        let rows = self.store.get_events(&ids).await?;
+        if rows.len() < ids.len() {
+            return Ok(None);
+        }
+        let current: StateIds = room
+            .state
+            .iter()
+            .map(|((kind, key), p)| ((kind.to_string(), key.clone()), p.event_id.to_string()))
+            .collect();
+        for row in &rows {
+            if self.state_after_row(row).await? != current {
+                return Ok(Some(false));
+            }
+        }
+        Ok(Some(true))
+    }
+
+    async fn state_after_row(&self, row: &crate::store::EventRow) -> Result<StateIds> {
+        let mut state = self.store.state_at_group(row.state_group).await?;
+        let pdu = Pdu::from_row(row).map_err(Error::internal)?;
+        if let Some(key) = &pdu.state_key {
+            state.insert(
+                (pdu.kind.to_string(), key.clone()),
+                pdu.event_id.to_string(),
+            );
+        }
+        Ok(state)
+    }
+
+    async fn keep_outside(
+        &self,
+        pdu: &Pdu,
+        json: &str,
+        status: EventStatus,
+        reason: &str,
+    ) -> Result<Received> {
+        let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+        let auth: Vec<String> = pdu.auth_events.iter().map(|e| e.to_string()).collect();
+        self.graph
+            .store_outside_timeline(&[OutsideEvent {
+                event_id: pdu.event_id.as_str(),
+                room_id: pdu.room_id.as_str(),
+                depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
+                json,
+                prev_events: &prev,
+                auth_events: &auth,
+                status,
+                reason: Some(reason),
+                received_ts: super::create::now_ms(),
+            }])
+            .await?;
+        tracing::info!(event_id = %pdu.event_id, room_id = %pdu.room_id, status = status.as_str(), %reason, "remote event kept outside the timeline");
+        Ok(match status {
+            EventStatus::Rejected => Received::Rejected(reason.to_owned()),
+            EventStatus::SoftFailed => Received::SoftFailed(reason.to_owned()),
+            EventStatus::Outlier => Received::Outlier(reason.to_owned()),
+        })
+    }
+
+    /// The template of a join event for a remote user (`make_join`): built on the room's
+    /// forward extremities; 403 when the room's rules would not let the user join.
+    pub async fn join_template(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        supported: &[ruma::RoomVersionId],
+    ) -> Result<(ruma::RoomVersionId, CanonicalJsonObject)> {
+        self.with_state(room_id, |room| {
+            if !supported.contains(&room.version) {
+                return Err(Error::IncompatibleRoomVersion(room.version.clone()));
+            }
+            let content = serde_json::json!({"membership": "join"});
+            let content_raw = serde_json::value::to_raw_value(&content).map_err(Error::internal)?;
+            let auth_types = ruma::state_res::auth_types_for_event(
+                &TimelineEventType::RoomMember,
+                user,
+                Some(user.as_str()),
+                &content_raw,
+                &room.rules.authorization,
+            )
+            .map_err(Error::bad_json)?;
+            let mut auth: Vec<OwnedEventId> = auth_types
+                .iter()
+                .filter_map(|(k, s)| room.state.get(&(k.clone(), s.clone())))
+                .map(|p| p.event_id.clone())
+                .collect();
+            auth.sort();
+            auth.dedup();
+            let prev: Vec<OwnedEventId> = room
+                .extremities
+                .iter()
+                .take(MAX_PREV_EVENTS)
+                .cloned()
+                .collect();
+            let template = Pdu {
+                event_id: ruma::owned_event_id!("$template"),
+                room_id: room.room_id.clone(),
+                sender: user.to_owned(),
+                origin_server_ts: MilliSecondsSinceUnixEpoch::now(),
+                kind: TimelineEventType::RoomMember,
+                content: content_raw,
+                state_key: Some(user.to_string()),
+                prev_events: prev.clone(),
+                auth_events: auth.clone(),
+                depth: ruma::UInt::try_from(room.max_depth + 1).map_err(Error::internal)?,
+                redacts: None,
+            };
+            ruma::state_res::check_state_dependent_auth_rules(
+                &room.rules.authorization,
+                &template,
+                |kind, key| room.state.get(&(kind.clone(), key.to_owned())).cloned(),
+            )
+            .map_err(|e| Error::forbidden(format!("you may not join this room: {e}")))?;
+            let mut object = CanonicalJsonObject::new();
+            let ids = |v: &[OwnedEventId]| {
+                CanonicalJsonValue::Array(
+                    v.iter()
+                        .map(|e| CanonicalJsonValue::String(e.to_string()))
+                        .collect(),
+                )
+            };
+            object.insert("auth_events".into(), ids(&auth));
+            object.insert("prev_events".into(), ids(&prev));
+            object.insert(
+                "content".into(),
+                ruma::canonical_json::to_canonical_value(&content).map_err(Error::internal)?,
+            );
+            object.insert("depth".into(), super::canon(&template.depth)?);
+            object.insert(
+                "origin_server_ts".into(),
+                super::canon(&template.origin_server_ts)?,
+            );
+            object.insert("room_id".into(), room.room_id.as_str().into());
+            object.insert("sender".into(), user.as_str().into());
+            object.insert("state_key".into(), user.as_str().into());
+            object.insert("type".into(), "m.room.member".into());
+            Ok((room.version.clone(), object))
+        })
+        .await?
+        .ok_or_else(|| Error::not_found("the room is not known here"))?
+    }
+
+    /// The state before an event in the timeline and its auth chain, as PDUs (`send_join`,
+    /// `/state`): `(state, auth chain)`.
+    pub async fn state_and_auth_chain_before(
+        &self,
+        event_id: &ruma::EventId,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let row = self
+            .store
+            .get_event(event_id.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("event not found"))?;
+        let state: Vec<String> = self
+            .store
+            .state_at_group(row.state_group)
+            .await?
+            .into_values()
+            .collect();
+        let mut roots = state.clone();
+        roots.push(event_id.to_string());
+        let chain = self.graph.auth_chain(&roots).await?;
+        let state_pdus = self.graph.pdus(&state).await?;
+        let chain_pdus = self.graph.pdus(&chain).await?;
+        Ok((
+            state_pdus.into_iter().map(|p| p.json).collect(),
+            chain_pdus.into_iter().map(|p| p.json).collect(),
+        ))
+    }
+}
+
+/// Whether a remote event's state key and type make it a membership event of `user`.
+pub fn is_member_event_of(pdu: &Pdu, user: &UserId, membership: &str) -> bool {
+    pdu.kind == TimelineEventType::RoomMember
+        && pdu.state_key.as_deref() == Some(user.as_str())
+        && pdu.sender == user
+        && pdu.membership().as_deref() == Some(membership)
+}
