@@ -16,7 +16,7 @@ use crate::{
         typing::Typing,
     },
     error::{Error, Result},
-    federation::{Federation, transport::Transport},
+    federation::{Federation, Outgoing, transport::Transport},
     media::{Media, storage::FsStorage},
     push::Push,
     ratelimit::RateLimiter,
@@ -111,6 +111,13 @@ impl Homeserver {
             stores.account_data.clone(),
             stores.push.clone(),
         ));
+        let outgoing = Outgoing::new(
+            &server_name,
+            key.clone(),
+            &config.federation,
+            shared.federation_transport.clone(),
+            &stores,
+        );
         let parse_version = |v: &str| RoomVersionId::try_from(v).map_err(Error::internal);
         let rooms = Arc::new(Rooms::new(
             server_name.clone(),
@@ -118,8 +125,11 @@ impl Homeserver {
             (stores.events.clone(), stores.graph.clone()),
             stream.clone(),
             notifier.clone(),
-            push.clone(),
-            stores.events.max_state_group().await?,
+            (push.clone(), outgoing.sender.clone()),
+            (
+                stores.events.max_state_group().await?,
+                stores.graph.min_stream_pos().await?,
+            ),
             parse_version(&config.default_room_version)?,
             config
                 .supported_room_versions
@@ -178,7 +188,7 @@ impl Homeserver {
             server_name.clone(),
             key.clone(),
             &config.federation,
-            shared.federation_transport.clone(),
+            outgoing,
             rooms.clone(),
             &stores,
             shared.clock.clone(),
@@ -209,6 +219,10 @@ impl Homeserver {
             first_push_due,
         ));
         hs.resume_notice_jobs(notice_jobs);
+        {
+            let sender = hs.federation.sender.clone();
+            tokio::spawn(async move { sender.resume().await });
+        }
         Ok(hs)
     }
 

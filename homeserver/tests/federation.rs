@@ -685,3 +685,106 @@ async fn a_remote_user_joins_and_sends_through_checked_pdus() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Syncs until `body` shows up in `room` (or ten seconds pass); the sync token after it.
+async fn wait_for(
+    client: &common::Client,
+    room: &str,
+    body: &str,
+    since: Option<String>,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut since = since;
+    loop {
+        let sync = client.sync(since.as_deref(), 1_000).await;
+        let next = sync["next_batch"].as_str().unwrap().to_owned();
+        let bodies = common::bodies(&sync, room);
+        if bodies.iter().any(|b| b == body) {
+            return next;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{body} did not arrive in {room}"
+        );
+        since = Some(next);
+    }
+}
+
+#[tokio::test]
+async fn users_of_two_servers_chat_in_a_room_joined_over_federation() {
+    let Pair {
+        a,
+        b,
+        ca: _ca,
+        a2: _,
+    } = pair().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Praxisnetz"}))
+        .await;
+    alice.send(&room, "before", "from before the join").await;
+
+    // Bob's server does not have the room: it joins through Alice's.
+    let joined = bob
+        .ok(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                urlencode(&room),
+                a.server_name
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(joined["room_id"], room.as_str());
+    let sync = bob.sync(None, 0).await;
+    let state = &sync["rooms"]["join"][&room]["state"]["events"];
+    let timeline = &sync["rooms"]["join"][&room]["timeline"]["events"];
+    let none = vec![];
+    let all: Vec<&Value> = state
+        .as_array()
+        .unwrap_or(&none)
+        .iter()
+        .chain(timeline.as_array().unwrap_or(&none))
+        .collect();
+    assert!(
+        all.iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Praxisnetz"),
+        "{sync}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+    );
+    let bob_since = sync["next_batch"].as_str().unwrap().to_owned();
+    // Alice sees Bob arrive.
+    let alice_sync = alice.sync(None, 0).await;
+    assert!(alice_sync.to_string().contains(&bob.user_id));
+    let alice_since = alice_sync["next_batch"].as_str().unwrap().to_owned();
+
+    // Both directions, through each server's sender.
+    alice.send(&room, "a1", "Guten Tag aus der Praxis").await;
+    wait_for(&bob, &room, "Guten Tag aus der Praxis", Some(bob_since)).await;
+    bob.send(&room, "b1", "Hallo aus der Klinik").await;
+    wait_for(&alice, &room, "Hallo aus der Klinik", Some(alice_since)).await;
+
+    // The outboxes are empty once delivered.
+    for server in [&a, &b] {
+        let hs = server.hs();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !hs
+            .stores
+            .federation
+            .outbox_destinations()
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            assert!(std::time::Instant::now() < deadline, "outbox not drained");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}

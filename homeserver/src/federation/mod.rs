@@ -4,10 +4,12 @@
 //! Tenants of one process reach each other through the same signed, verified path.
 
 pub mod client;
+pub mod joiner;
 pub mod keys;
 pub mod pdu;
 pub mod receiver;
 pub mod resolver;
+pub mod sender;
 pub mod transport;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -22,8 +24,10 @@ use serde_json::Value;
 
 use self::{
     client::{FederationClient, FederationError},
+    joiner::Joiner,
     keys::ServerKeys,
     receiver::Receiver,
+    sender::Sender,
     transport::Transport,
 };
 use crate::{
@@ -41,8 +45,47 @@ pub struct Federation {
     scope: FederationScope,
     clock: Arc<dyn Clock>,
     pub client: Arc<FederationClient>,
+    pub sender: Arc<Sender>,
     pub keys: Arc<ServerKeys>,
     pub receiver: Receiver,
+    pub joiner: Joiner,
+}
+
+/// The outbound half, built before the room service (which fills the outbox and wakes the
+/// sender when it commits an event).
+pub struct Outgoing {
+    pub client: Arc<FederationClient>,
+    pub sender: Arc<Sender>,
+}
+
+impl Outgoing {
+    pub fn new(
+        server_name: &OwnedServerName,
+        key: Arc<Ed25519KeyPair>,
+        config: &FederationConfig,
+        transport: Arc<dyn Transport>,
+        stores: &Stores,
+    ) -> Self {
+        let client = Arc::new(FederationClient::new(
+            server_name.clone(),
+            key,
+            transport,
+            scope(config),
+        ));
+        // Switched off: no destination is allowed, so nothing is queued.
+        let sender_scope = if config.enabled {
+            scope(config)
+        } else {
+            FederationScope::Only(Default::default())
+        };
+        let sender = Arc::new(Sender::new(
+            server_name.clone(),
+            client.clone(),
+            (stores.federation.clone(), stores.graph.clone()),
+            sender_scope,
+        ));
+        Self { client, sender }
+    }
 }
 
 impl Federation {
@@ -50,26 +93,29 @@ impl Federation {
         server_name: OwnedServerName,
         key: Arc<Ed25519KeyPair>,
         config: &FederationConfig,
-        transport: Arc<dyn Transport>,
+        outgoing: Outgoing,
         rooms: Arc<Rooms>,
         stores: &Stores,
         clock: Arc<dyn Clock>,
     ) -> Self {
         let scope = scope(config);
-        let client = Arc::new(FederationClient::new(
-            server_name.clone(),
-            key.clone(),
-            transport,
-            scope.clone(),
-        ));
+        let Outgoing { client, sender } = outgoing;
         let keys = Arc::new(ServerKeys::new(
             server_name.clone(),
-            key,
+            key.clone(),
             config.key_validity_secs as i64 * 1000,
             stores.remote_keys.clone(),
             client.clone(),
             clock.clone(),
         ));
+        let joiner = Joiner::new(
+            (server_name.clone(), key),
+            client.clone(),
+            keys.clone(),
+            rooms.clone(),
+            scope.clone(),
+            clock.clone(),
+        );
         let receiver = Receiver::new(
             rooms,
             keys.clone(),
@@ -79,11 +125,13 @@ impl Federation {
         );
         Self {
             receiver,
+            joiner,
             server_name,
             enabled: config.enabled,
             scope,
             clock,
             client,
+            sender,
             keys,
         }
     }

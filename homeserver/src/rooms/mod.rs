@@ -58,6 +58,8 @@ pub struct RoomState {
     chain_len: i64,
     /// Membership of every user with a member event, kept in step with `state`.
     members: HashMap<OwnedUserId, String>,
+    /// Joined members per server, kept in step with `members` (where events go).
+    servers: HashMap<OwnedServerName, usize>,
 }
 
 impl RoomState {
@@ -76,6 +78,7 @@ impl RoomState {
             state_group: 0,
             chain_len: 0,
             members: HashMap::new(),
+            servers: HashMap::new(),
         }
     }
 
@@ -84,9 +87,27 @@ impl RoomState {
         if key.0 == StateEventType::RoomMember
             && let (Ok(user), Some(m)) = (UserId::parse(key.1.as_str()), pdu.membership())
         {
-            self.members.insert(user, m);
+            let joins = m == "join";
+            let server = user.server_name().to_owned();
+            let was_joined = self.members.insert(user, m).as_deref() == Some("join");
+            if joins && !was_joined {
+                *self.servers.entry(server).or_default() += 1;
+            } else if was_joined
+                && !joins
+                && let Some(n) = self.servers.get_mut(&server)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    self.servers.remove(&server);
+                }
+            }
         }
         self.state.insert(key, pdu);
+    }
+
+    /// Servers with joined members.
+    pub fn servers(&self) -> impl Iterator<Item = &ruma::ServerName> {
+        self.servers.keys().map(|s| s.as_ref())
     }
 
     /// A new event on top of the room: the extremities it references are replaced by it.
@@ -147,6 +168,14 @@ pub trait Notifications: Send + Sync {
     fn queued(&self);
 }
 
+/// Where this server's events go beyond it: the other servers in the room (federation).
+pub trait Outbound: Send + Sync {
+    /// Of the servers in a room, those an event of ours is sent to.
+    fn destinations(&self, servers: &mut dyn Iterator<Item = &ruma::ServerName>) -> Vec<String>;
+    /// Events were written to the outbox for these destinations.
+    fn queued(&self, destinations: &[String]);
+}
+
 /// An event a local user wants to add to a room.
 pub struct NewContent {
     pub kind: TimelineEventType,
@@ -193,7 +222,10 @@ pub struct Rooms {
     stream: Arc<StreamIds<OwnedUserId>>,
     notifier: Arc<Notifier>,
     notifications: Arc<dyn Notifications>,
+    outbound: Arc<dyn Outbound>,
     state_groups: AtomicI64,
+    /// The lowest stream position in use: history from elsewhere goes below it.
+    lowest_pos: AtomicI64,
     rooms: Mutex<HashMap<OwnedRoomId, Arc<RoomSlot>>>,
     pub default_version: RoomVersionId,
     pub supported_versions: Vec<RoomVersionId>,
@@ -207,8 +239,8 @@ impl Rooms {
         (store, graph): (Arc<dyn EventStore>, Arc<dyn GraphStore>),
         stream: Arc<StreamIds<OwnedUserId>>,
         notifier: Arc<Notifier>,
-        notifications: Arc<dyn Notifications>,
-        max_state_group: i64,
+        (notifications, outbound): (Arc<dyn Notifications>, Arc<dyn Outbound>),
+        (max_state_group, lowest_pos): (i64, i64),
         default_version: RoomVersionId,
         supported_versions: Vec<RoomVersionId>,
     ) -> Self {
@@ -220,7 +252,9 @@ impl Rooms {
             stream,
             notifier,
             notifications,
+            outbound,
             state_groups: AtomicI64::new(max_state_group),
+            lowest_pos: AtomicI64::new(lowest_pos),
             rooms: Mutex::new(HashMap::new()),
             default_version,
             supported_versions,
@@ -280,6 +314,11 @@ impl Rooms {
             *guard = Some(room);
         }
         Ok(Some(guard))
+    }
+
+    /// Whether this server has the room (it was created here or joined through another).
+    pub async fn knows(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self.store.room_version(room_id.as_str()).await?.is_some())
     }
 
     /// Runs `f` on the room's current state under the room lock.

@@ -216,16 +216,15 @@ impl Rooms {
         status: EventStatus,
         reason: &str,
     ) -> Result<Received> {
-        let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
-        let auth: Vec<String> = pdu.auth_events.iter().map(|e| e.to_string()).collect();
+        let edges = Edges::of(pdu);
         self.graph
             .store_outside_timeline(&[OutsideEvent {
                 event_id: pdu.event_id.as_str(),
                 room_id: pdu.room_id.as_str(),
                 depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
                 json,
-                prev_events: &prev,
-                auth_events: &auth,
+                prev_events: &edges.prev,
+                auth_events: &edges.auth,
                 status,
                 reason: Some(reason),
                 received_ts: super::create::now_ms(),
@@ -237,6 +236,128 @@ impl Rooms {
             EventStatus::SoftFailed => Received::SoftFailed(reason.to_owned()),
             EventStatus::Outlier => Received::Outlier(reason.to_owned()),
         })
+    }
+
+    /// A room joined through another server: its state (checked PDUs) stored behind all
+    /// known history, the auth chain's other events as outliers, then our join added on top,
+    /// authorised against that state like any event.
+    pub async fn import_joined(
+        self: &Arc<Self>,
+        version: &ruma::RoomVersionId,
+        state: Vec<Incoming>,
+        outliers: Vec<Incoming>,
+        join: Incoming,
+    ) -> Result<OwnedEventId> {
+        let this = self.clone();
+        let version = version.clone();
+        detached(async move {
+            let room_id = join.pdu.room_id.clone();
+            let creator = state
+                .iter()
+                .find(|e| {
+                    e.pdu.kind == TimelineEventType::RoomCreate
+                        && e.pdu.state_key.as_deref() == Some("")
+                })
+                .map(|e| e.pdu.sender.to_string())
+                .ok_or_else(|| Error::Remote("the room's state has no create event".into()))?;
+            let mut state = state;
+            state.sort_by_key(|e| std::cmp::Reverse(e.pdu.depth));
+            let first = this
+                .lowest_pos
+                .fetch_sub(state.len() as i64, std::sync::atomic::Ordering::SeqCst);
+            let placed: Vec<Placed> = state
+                .iter()
+                .enumerate()
+                .map(|(i, e)| Placed {
+                    pos: first - 1 - i as i64,
+                    edges: Edges::of(&e.pdu),
+                    kind: e.pdu.kind.to_string(),
+                    membership: (e.pdu.kind == TimelineEventType::RoomMember)
+                        .then(|| e.pdu.membership())
+                        .flatten(),
+                })
+                .collect();
+            let imported: Vec<crate::store::ImportedEvent<'_>> = state
+                .iter()
+                .zip(&placed)
+                .map(|(e, p)| crate::store::ImportedEvent {
+                    stream_pos: p.pos,
+                    event_id: e.pdu.event_id.as_str(),
+                    sender: e.pdu.sender.as_str(),
+                    event_type: &p.kind,
+                    state_key: e.pdu.state_key.as_deref().unwrap_or_default(),
+                    membership: p.membership.as_deref(),
+                    depth: i64::try_from(u64::from(e.pdu.depth)).unwrap_or(i64::MAX),
+                    origin_server_ts: i64::from(e.pdu.origin_server_ts.0),
+                    json: &e.json,
+                    prev_events: &p.edges.prev,
+                    auth_events: &p.edges.auth,
+                })
+                .collect();
+            let group = crate::store::NewStateGroup {
+                id: this
+                    .state_groups
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    + 1,
+                prev_group: None,
+                chain_len: 0,
+                entries: imported
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.event_type.to_owned(),
+                            e.state_key.to_owned(),
+                            e.event_id.to_owned(),
+                        )
+                    })
+                    .collect(),
+            };
+            let outlier_edges: Vec<Edges> = outliers.iter().map(|e| Edges::of(&e.pdu)).collect();
+            let now = super::create::now_ms();
+            let outside: Vec<OutsideEvent<'_>> = outliers
+                .iter()
+                .zip(&outlier_edges)
+                .map(|(e, edges)| OutsideEvent {
+                    event_id: e.pdu.event_id.as_str(),
+                    room_id: e.pdu.room_id.as_str(),
+                    depth: i64::try_from(u64::from(e.pdu.depth)).unwrap_or(i64::MAX),
+                    json: &e.json,
+                    prev_events: &edges.prev,
+                    auth_events: &edges.auth,
+                    status: EventStatus::Outlier,
+                    reason: Some("auth chain of a joined room"),
+                    received_ts: now,
+                })
+                .collect();
+            this.graph
+                .import_room(&crate::store::ImportedRoom {
+                    room_id: room_id.as_str(),
+                    version: version.as_str(),
+                    creator: &creator,
+                    now,
+                    state: &imported,
+                    group: &group,
+                    outliers: &outside,
+                })
+                .await?;
+            let mut guard = this
+                .lock(&room_id)
+                .await?
+                .ok_or_else(|| Error::internal("the joined room did not load"))?;
+            let room = guard.as_mut().expect("locked room is loaded");
+            let auth: Vec<Arc<Pdu>> = join
+                .pdu
+                .auth_events
+                .iter()
+                .filter_map(|id| room.state.values().find(|p| p.event_id == *id).cloned())
+                .collect();
+            this.authorize(room, &join.pdu, &auth)?;
+            let event_id = join.pdu.event_id.clone();
+            let prepared = this.prepared(room, join.pdu, &join.object, None).await?;
+            this.commit(room, vec![prepared]).await?;
+            Ok(event_id)
+        })
+        .await
     }
 
     /// The template of a join event for a remote user (`make_join`): built on the room's
@@ -349,6 +470,29 @@ impl Rooms {
             chain_pdus.into_iter().map(|p| p.json).collect(),
         ))
     }
+}
+
+/// An event's edges as the store takes them.
+struct Edges {
+    prev: Vec<String>,
+    auth: Vec<String>,
+}
+
+impl Edges {
+    fn of(pdu: &Pdu) -> Self {
+        Self {
+            prev: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
+            auth: pdu.auth_events.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+}
+
+/// Where an imported state event goes.
+struct Placed {
+    pos: i64,
+    edges: Edges,
+    kind: String,
+    membership: Option<String>,
 }
 
 /// Whether a remote event's state key and type make it a membership event of `user`.

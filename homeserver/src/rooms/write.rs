@@ -77,6 +77,7 @@ impl Prepared {
             redacts: self.pruned.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
             push,
             marks_read: self.marks_read,
+            destinations: &[],
         }
     }
 }
@@ -377,12 +378,27 @@ impl Rooms {
             push.push(self.notifications.evaluate(room, &e.pdu, &e.json).await);
         }
         let queued = push.iter().flatten().any(|a| a.send);
+        // Our own events go to every other server in the room (remote events came from theirs).
+        let destinations: Vec<String> = if events
+            .iter()
+            .any(|e| e.pdu.sender.server_name() == self.server_name)
+        {
+            self.outbound.destinations(&mut room.servers())
+        } else {
+            vec![]
+        };
         let positions: Vec<_> = events.iter().map(|_| self.stream.next()).collect();
         let mut rows: Vec<NewEvent<'_>> = events
             .iter()
             .zip(&positions)
             .zip(&push)
-            .map(|((e, p), push)| e.new_event(p.pos(), push))
+            .map(|((e, p), push)| {
+                let mut row = e.new_event(p.pos(), push);
+                if e.pdu.sender.server_name() == self.server_name {
+                    row.destinations = &destinations;
+                }
+                row
+            })
             .collect();
         let mut group = room.state_group;
         for row in &mut rows {
@@ -395,6 +411,9 @@ impl Rooms {
         drop(rows);
         if queued {
             self.notifications.queued();
+        }
+        if !destinations.is_empty() {
+            self.outbound.queued(&destinations);
         }
         // Committed: the room in memory follows, then waiting syncs wake.
         let mut ids = Vec::with_capacity(events.len());

@@ -854,6 +854,8 @@ pub struct NewEvent<'a> {
     pub push: &'a [NewPushAction],
     /// The sender has read the room up to this event.
     pub marks_read: bool,
+    /// Servers the event is sent to (written to the federation outbox with it).
+    pub destinations: &'a [String],
 }
 
 /// A member's push actions for a new event.
@@ -1073,6 +1075,12 @@ pub trait FederationStore: Send + Sync {
         response: &str,
         now: i64,
     ) -> StoreResult<()>;
+    /// The oldest events waiting for `destination`: `(position, event id)`.
+    async fn outbox(&self, destination: &str, limit: i64) -> StoreResult<Vec<(i64, String)>>;
+    /// `destination` has the events up to `upto`.
+    async fn outbox_sent(&self, destination: &str, upto: i64) -> StoreResult<()>;
+    /// Destinations with events waiting.
+    async fn outbox_destinations(&self) -> StoreResult<Vec<String>>;
 }
 
 /// Why an event is known but not part of the room's timeline.
@@ -1118,6 +1126,35 @@ pub struct OutsideEvent<'a> {
     pub received_ts: i64,
 }
 
+/// A state event of a room joined over federation, placed behind the room's known history.
+pub struct ImportedEvent<'a> {
+    /// Below every position in use: never shown by sync as new.
+    pub stream_pos: i64,
+    pub event_id: &'a str,
+    pub sender: &'a str,
+    pub event_type: &'a str,
+    pub state_key: &'a str,
+    pub membership: Option<&'a str>,
+    pub depth: i64,
+    pub origin_server_ts: i64,
+    pub json: &'a str,
+    pub prev_events: &'a [String],
+    pub auth_events: &'a [String],
+}
+
+/// The room state a resident server gave us when we joined its room.
+pub struct ImportedRoom<'a> {
+    pub room_id: &'a str,
+    pub version: &'a str,
+    pub creator: &'a str,
+    pub now: i64,
+    pub state: &'a [ImportedEvent<'a>],
+    /// The state as a full snapshot (the state before our join).
+    pub group: &'a NewStateGroup,
+    /// Auth chain events that are not part of the state.
+    pub outliers: &'a [OutsideEvent<'a>],
+}
+
 /// A PDU wherever it is stored: in the timeline (`status` None) or outside it.
 #[derive(Clone, Debug)]
 pub struct StoredPdu {
@@ -1158,6 +1195,9 @@ pub trait GraphStore: Send + Sync {
     async fn backward_extremities(&self, room_id: &str) -> StoreResult<Vec<String>>;
     /// Edges of an event: `(prev events, auth events)`, as stored.
     async fn edges(&self, event_id: &str) -> StoreResult<(Vec<String>, Vec<String>)>;
+    /// Creates a room joined over federation with the state its resident server gave, in one
+    /// transaction; the join itself is written afterwards like any event.
+    async fn import_room(&self, room: &ImportedRoom<'_>) -> StoreResult<()>;
     /// The lowest stream position in use (0 if none is below 0): backfilled history takes
     /// positions below it, so it never shows up in sync as new.
     async fn min_stream_pos(&self) -> StoreResult<i64>;

@@ -688,6 +688,7 @@ impl EventStore for SqlStore {
         insert_push_queue_rows(&mut tx, events).await?;
         let edges: Vec<GraphEdges<'_>> = events.iter().map(|e| GraphEdges { event_id: e.event_id, room_id: e.room_id, prev: e.prev_events, auth: e.auth_events }).collect();
         insert_edges(&mut tx, &edges).await?;
+        insert_outbox(&mut tx, events).await?;
         for ev in events {
             if let Some(group) = &ev.new_state_group {
                 sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES ($1, $2, $3, $4)")

@@ -334,6 +334,7 @@ async fn change(
     target: &ruma::UserId,
     change: Change,
     reason: Option<&str>,
+    via: &[ruma::OwnedServerName],
 ) -> Result<()> {
     let s = ctx.session()?;
     if change == Change::Join {
@@ -348,6 +349,16 @@ async fn change(
         Change::Join | Change::Invite { .. } => ctx.hs.member_profile(target).await?,
         _ => Map::new(),
     };
+    // A room this server does not have is joined through the servers that do.
+    if change == Change::Join && !ctx.hs.rooms.knows(room).await? {
+        ctx.hs.federation.check_enabled()?;
+        ctx.hs
+            .federation
+            .joiner
+            .join(room, &s.user_id, via, profile)
+            .await?;
+        return Ok(());
+    }
     ctx.hs
         .rooms
         .change_membership(room, &s.user_id, target, change, reason, profile)
@@ -360,7 +371,15 @@ async fn join_by_id(
     req: join_room_by_id::v3::Request,
 ) -> Result<join_room_by_id::v3::Response> {
     let me = ctx.session()?.user_id.clone();
-    change(&ctx, &req.room_id, &me, Change::Join, req.reason.as_deref()).await?;
+    change(
+        &ctx,
+        &req.room_id,
+        &me,
+        Change::Join,
+        req.reason.as_deref(),
+        &[],
+    )
+    .await?;
     Ok(join_room_by_id::v3::Response::new(req.room_id))
 }
 
@@ -380,7 +399,15 @@ async fn join_by_id_or_alias(
         }
     };
     let me = ctx.session()?.user_id.clone();
-    change(&ctx, &room_id, &me, Change::Join, req.reason.as_deref()).await?;
+    change(
+        &ctx,
+        &room_id,
+        &me,
+        Change::Join,
+        req.reason.as_deref(),
+        &req.via,
+    )
+    .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -403,6 +430,7 @@ async fn invite(ctx: Ctx, req: invite_user::v3::Request) -> Result<invite_user::
         target,
         Change::Invite { is_direct: false },
         recipient.reason.as_deref(),
+        &[],
     )
     .await?;
     Ok(invite_user::v3::Response::new())
@@ -416,6 +444,7 @@ async fn leave(ctx: Ctx, req: leave_room::v3::Request) -> Result<leave_room::v3:
         &me,
         Change::Leave,
         req.reason.as_deref(),
+        &[],
     )
     .await?;
     Ok(leave_room::v3::Response::new())
@@ -447,6 +476,7 @@ async fn kick(ctx: Ctx, req: kick_user::v3::Request) -> Result<kick_user::v3::Re
         &req.user_id,
         Change::Kick,
         req.reason.as_deref(),
+        &[],
     )
     .await?;
     Ok(kick_user::v3::Response::new())
@@ -459,6 +489,7 @@ async fn ban(ctx: Ctx, req: ban_user::v3::Request) -> Result<ban_user::v3::Respo
         &req.user_id,
         Change::Ban,
         req.reason.as_deref(),
+        &[],
     )
     .await?;
     Ok(ban_user::v3::Response::new())
@@ -471,6 +502,7 @@ async fn unban(ctx: Ctx, req: unban_user::v3::Request) -> Result<unban_user::v3:
         &req.user_id,
         Change::Unban,
         req.reason.as_deref(),
+        &[],
     )
     .await?;
     Ok(unban_user::v3::Response::new())

@@ -36,6 +36,21 @@ impl RemoteKeyStore for SqlStore {
     }
 }
 
+/// Outbox rows of new events, in the events' transaction: a crash loses none.
+async fn insert_outbox(tx: &mut sqlx::Transaction<'_, Db>, events: &[NewEvent<'_>]) -> StoreResult<()> {
+    let rows: Vec<(&str, i64, &str)> = events.iter().flat_map(|e| e.destinations.iter().map(move |d| (d.as_str(), e.stream_pos, e.event_id))).collect();
+    for chunk in rows.chunks(300) {
+        let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3)).collect();
+        let sql = format!("INSERT INTO federation_outbox (destination, stream_pos, event_id) VALUES {}", values.join(", "));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (destination, pos, event_id) in chunk {
+            q = q.bind(*destination).bind(*pos).bind(*event_id);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl FederationStore for SqlStore {
     async fn inbound_txn(&self, origin: &str, txn_id: &str) -> StoreResult<Option<String>> {
@@ -56,5 +71,23 @@ impl FederationStore for SqlStore {
             .execute(&self.write)
             .await?;
         Ok(())
+    }
+
+    async fn outbox(&self, destination: &str, limit: i64) -> StoreResult<Vec<(i64, String)>> {
+        let rows = sqlx::query("SELECT stream_pos, event_id FROM federation_outbox WHERE destination = $1 ORDER BY stream_pos LIMIT $2")
+            .bind(destination)
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    async fn outbox_sent(&self, destination: &str, upto: i64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM federation_outbox WHERE destination = $1 AND stream_pos <= $2").bind(destination).bind(upto).execute(&self.write).await?;
+        Ok(())
+    }
+
+    async fn outbox_destinations(&self) -> StoreResult<Vec<String>> {
+        hashes(sqlx::query("SELECT DISTINCT destination FROM federation_outbox ORDER BY destination").fetch_all(&self.read).await?)
     }
 }

@@ -171,6 +171,77 @@ impl GraphStore for SqlStore {
         Ok((hashes(prev)?, hashes(auth)?))
     }
 
+    async fn import_room(&self, room: &ImportedRoom<'_>) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("INSERT INTO rooms (room_id, room_version, creator, created_ts, current_state_group) VALUES ($1, $2, $3, $4, $5)")
+            .bind(room.room_id)
+            .bind(room.version)
+            .bind(room.creator)
+            .bind(room.now)
+            .bind(room.group.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unique)?;
+        for ev in room.state {
+            sqlx::query(
+                "INSERT INTO events (stream_pos, event_id, room_id, sender, type, state_key, depth, origin_server_ts, json, state_group, membership) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+            )
+            .bind(ev.stream_pos)
+            .bind(ev.event_id)
+            .bind(room.room_id)
+            .bind(ev.sender)
+            .bind(ev.event_type)
+            .bind(ev.state_key)
+            .bind(ev.depth)
+            .bind(ev.origin_server_ts)
+            .bind(ev.json)
+            .bind(room.group.id)
+            .bind(ev.membership)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_pos) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(room.room_id)
+                .bind(ev.event_type)
+                .bind(ev.state_key)
+                .bind(ev.event_id)
+                .bind(ev.membership)
+                .bind(ev.stream_pos)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES ($1, $2, NULL, 0)").bind(room.group.id).bind(room.room_id).execute(&mut *tx).await?;
+        for chunk in room.group.entries.chunks(200) {
+            let values: Vec<String> = (0..chunk.len()).map(|i| format!("($1, ${}, ${}, ${})", 2 + i * 3, 3 + i * 3, 4 + i * 3)).collect();
+            let sql = format!("INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES {}", values.join(", "));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room.group.id);
+            for (ty, key, id) in chunk {
+                q = q.bind(ty).bind(key).bind(id);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        let mut edges: Vec<GraphEdges<'_>> = room.state.iter().map(|e| GraphEdges { event_id: e.event_id, room_id: room.room_id, prev: e.prev_events, auth: e.auth_events }).collect();
+        for ev in room.outliers {
+            sqlx::query(
+                "INSERT INTO events_outside_timeline (event_id, room_id, depth, json, status, reason, received_ts) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(ev.event_id)
+            .bind(ev.room_id)
+            .bind(ev.depth)
+            .bind(ev.json)
+            .bind(ev.status.as_str())
+            .bind(ev.reason)
+            .bind(ev.received_ts)
+            .execute(&mut *tx)
+            .await?;
+            edges.push(GraphEdges { event_id: ev.event_id, room_id: ev.room_id, prev: ev.prev_events, auth: ev.auth_events });
+        }
+        insert_edges(&mut tx, &edges).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn min_stream_pos(&self) -> StoreResult<i64> {
         let min: i64 = sqlx::query("SELECT COALESCE(MIN(stream_pos), 0) FROM events").fetch_one(&self.read).await?.try_get(0)?;
         Ok(min.min(0))
