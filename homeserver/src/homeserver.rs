@@ -117,6 +117,7 @@ impl Homeserver {
             &config.federation,
             shared.federation_transport.clone(),
             &stores,
+            shared.clock.clone(),
         );
         let parse_version = |v: &str| RoomVersionId::try_from(v).map_err(Error::internal);
         let rooms = Arc::new(Rooms::new(
@@ -125,7 +126,11 @@ impl Homeserver {
             (stores.events.clone(), stores.graph.clone()),
             stream.clone(),
             notifier.clone(),
-            (push.clone(), outgoing.sender.clone()),
+            (
+                push.clone(),
+                outgoing.sender.clone(),
+                outgoing.inviter.clone(),
+            ),
             (
                 stores.events.max_state_group().await?,
                 stores.graph.min_stream_pos().await?,

@@ -529,14 +529,30 @@ async fn tenants_are_isolated_on_both_stores() {
                 .get("rooms")
                 .is_none_or(|r| r["join"].as_object().is_none_or(|j| j.is_empty()))
         );
-        b.err(
-            Method::POST,
-            "/_matrix/client/v3/createRoom",
-            Some(json!({"invite": [a.user_id]})),
-            403,
-            "M_FORBIDDEN",
-        )
-        .await;
+        // Another tenant's user is invited over federation only (signed, through the
+        // network), never by a shortcut inside the process: here the tenant's name resolves
+        // nowhere, so the invite fails and A's user sees nothing.
+        let (status, body) = b
+            .raw(
+                Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(json!({"invite": [a.user_id]})),
+            )
+            .await;
+        assert_eq!(status, 502, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("could not be reached")
+        );
+        let sync_a = a.sync(None, 0).await;
+        assert!(
+            sync_a["rooms"]["invite"]
+                .as_object()
+                .is_none_or(|i| i.is_empty()),
+            "{sync_a}"
+        );
         // Removing the tenant stops serving it; its host reaches no tenant at all (A-ARCH-04:
         // never the default one, where B's users could register).
         assert!(

@@ -788,3 +788,188 @@ async fn users_of_two_servers_chat_in_a_room_joined_over_federation() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Syncs until `found` holds for a sync response (or ten seconds pass); that response.
+async fn sync_until(client: &common::Client, what: &str, found: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut since: Option<String> = None;
+    loop {
+        let sync = client.sync(since.as_deref(), 1_000).await;
+        if found(&sync) {
+            return sync;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: not seen");
+        since = Some(sync["next_batch"].as_str().unwrap().to_owned());
+    }
+}
+
+/// The membership of `user` in `room` as a (full) sync shows it in the room's state or
+/// timeline.
+fn member_of(sync: &Value, room: &str, user: &str) -> Option<String> {
+    let mut found = None;
+    for section in ["join", "leave"] {
+        for part in ["state", "timeline"] {
+            for e in sync["rooms"][section][room][part]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                if e["type"] == "m.room.member" && e["state_key"] == user {
+                    found = e["content"]["membership"].as_str().map(str::to_owned);
+                }
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn invites_cross_servers_and_are_accepted_or_rejected() {
+    let Pair {
+        a,
+        b,
+        ca: _ca,
+        a2: _,
+    } = pair().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let carol = b.register("carol").await;
+    let dave = b.register("dave").await;
+
+    // Alice invites Bob when she creates the room: B countersigns, Bob sees the invite with
+    // the room's name and who invited him.
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "name": "Konsil", "invite": [bob.user_id]}))
+        .await;
+    let sync = sync_until(&bob, "bob's invite", |s| {
+        !s["rooms"]["invite"][&room].is_null()
+    })
+    .await;
+    let state = sync["rooms"]["invite"][&room]["invite_state"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        state
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Konsil"),
+        "{sync}"
+    );
+    assert!(state.iter().any(|e| e["type"] == "m.room.member"
+        && e["state_key"] == bob.user_id.as_str()
+        && e["sender"] == alice.user_id.as_str()
+        && e["content"]["membership"] == "invite"));
+    // The invite Alice's server stored carries B's signature.
+    let hs = a.hs();
+    let invite_id = hs
+        .stores
+        .events
+        .current_state_ids(&room)
+        .await
+        .unwrap()
+        .get(&("m.room.member".to_owned(), bob.user_id.clone()))
+        .cloned()
+        .unwrap();
+    let stored = hs.stores.graph.pdus(&[invite_id]).await.unwrap();
+    let signed: Value = serde_json::from_str(&stored[0].json).unwrap();
+    assert!(signed["signatures"][&b.server_name].is_object(), "{signed}");
+
+    // Bob accepts without naming a server: the inviting server is tried.
+    bob.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/rooms/{}/join", urlencode(&room)),
+        Some(json!({})),
+    )
+    .await;
+    alice.send(&room, "k1", "Befund anbei").await;
+    wait_for(&bob, &room, "Befund anbei", None).await;
+
+    // B is in the room now: Carol's invite reaches B with the room's events, and her
+    // rejection goes back the same way.
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", urlencode(&room)),
+            Some(json!({"user_id": carol.user_id})),
+        )
+        .await;
+    sync_until(&carol, "carol's invite", |s| {
+        !s["rooms"]["invite"][&room].is_null()
+    })
+    .await;
+    carol
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", urlencode(&room)),
+            Some(json!({})),
+        )
+        .await;
+    sync_until(&alice, "carol's rejection", |s| {
+        member_of(s, &room, &carol.user_id).as_deref() == Some("leave")
+    })
+    .await;
+
+    // A room B does not have: Dave's invite is kept on B with the invite state, and his
+    // rejection goes to Alice's server through make_leave/send_leave.
+    let other = alice
+        .create_room(json!({"preset": "private_chat", "name": "Fallbesprechung"}))
+        .await;
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", urlencode(&other)),
+            Some(json!({"user_id": dave.user_id})),
+        )
+        .await;
+    let sync = sync_until(&dave, "dave's invite", |s| {
+        !s["rooms"]["invite"][&other].is_null()
+    })
+    .await;
+    assert!(sync.to_string().contains("Fallbesprechung"), "{sync}");
+    dave.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/rooms/{}/leave", urlencode(&other)),
+        Some(json!({"reason": "nicht zuständig"})),
+    )
+    .await;
+    sync_until(&alice, "dave's rejection", |s| {
+        member_of(s, &other, &dave.user_id).as_deref() == Some("leave")
+    })
+    .await;
+    // Dave's sync drops the invite and lists the room as left.
+    let sync = dave.sync(None, 0).await;
+    assert!(sync["rooms"]["invite"][&other].is_null(), "{sync}");
+    // Rejecting again: the invite is gone.
+    let (status, _) = dave
+        .raw(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", urlencode(&other)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Users B does not have are refused by B, and Alice learns it.
+    let (status, body) = alice
+        .raw(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", urlencode(&other)),
+            Some(json!({"user_id": format!("@nobody:{}", b.server_name)})),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+
+    // Bob leaves; Alice sees it.
+    bob.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/rooms/{}/leave", urlencode(&room)),
+        Some(json!({})),
+    )
+    .await;
+    sync_until(&alice, "bob's leave", |s| {
+        member_of(s, &room, &bob.user_id).as_deref() == Some("leave")
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -1,4 +1,4 @@
-//! Our users joining rooms that live on other servers: `make_join` at a resident server, our
+//! Our users joining rooms that live on other servers (and rejecting invites to them): `make_join` at a resident server, our
 //! signature on the join, `send_join`, and the room's state and auth chain checked (ids,
 //! signatures, hashes, auth rules) before anything is stored.
 
@@ -6,8 +6,10 @@ use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedServerName, RoomId, RoomVersionId,
-    UserId,
-    api::federation::membership::{create_join_event, prepare_join_event},
+    ServerName, UserId,
+    api::federation::membership::{
+        create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+    },
     room_version_rules::RoomVersionRules,
     signatures::Ed25519KeyPair,
 };
@@ -23,6 +25,7 @@ use crate::{
     error::{Error, Result},
     policy::federation::{FederationScope, may_federate_with},
     rooms::{Rooms, pdu::Pdu, receive::Incoming},
+    store::RemoteMembership,
 };
 
 pub struct Joiner {
@@ -53,6 +56,10 @@ impl Joiner {
             scope,
             clock,
         }
+    }
+
+    pub fn rooms(&self) -> &Arc<Rooms> {
+        &self.rooms
     }
 
     /// Joins `user` to a room this server is not in, through `via` (and the server in the
@@ -106,7 +113,9 @@ impl Joiner {
         let rules = version
             .rules()
             .ok_or_else(|| Error::IncompatibleRoomVersion(version.clone()))?;
-        let (event_id, join) = self.sign_join(&made.event, room_id, user, profile, &rules)?;
+        let mut content = profile.clone();
+        content.insert("membership".into(), Value::String("join".into()));
+        let (event_id, join) = self.sign_membership(&made.event, room_id, user, content, &rules)?;
         let request = create_join_event::v2::Request::new(
             room_id.to_owned(),
             event_id.clone(),
@@ -152,17 +161,93 @@ impl Joiner {
             .await
     }
 
-    /// Our join on the resident server's template: our user, the profile, signed by us.
-    fn sign_join(
+    /// Rejects an invite to a room this server does not have: `make_leave` and `send_leave`
+    /// at the inviting server, then the rejection is recorded. When that server cannot be
+    /// reached or refuses, the invite is still dropped here (the user asked for it gone) and
+    /// the error is logged.
+    pub async fn reject_invite(
+        &self,
+        invite: &RemoteMembership,
+        user: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let room_id = RoomId::parse(&invite.room_id).map_err(Error::internal)?;
+        let inviter = UserId::parse(&invite.sender).map_err(Error::internal)?;
+        let server = inviter.server_name().to_owned();
+        let (event_id, json) = match self.leave_via(&server, &room_id, user, reason).await {
+            Ok(left) => left,
+            Err(e) => {
+                tracing::info!(%server, room_id = %room_id, error = %e, "remote invite rejected here only");
+                (String::new(), String::new())
+            }
+        };
+        self.rooms
+            .record_remote_membership(RemoteMembership {
+                stream_pos: 0,
+                user_id: user.to_string(),
+                room_id: room_id.to_string(),
+                membership: "leave".into(),
+                event_id,
+                sender: user.to_string(),
+                room_version: invite.room_version.clone(),
+                json,
+                invite_state: "[]".into(),
+            })
+            .await
+    }
+
+    /// `make_leave` and `send_leave` at `server`: the leave's event id and JSON.
+    async fn leave_via(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+    ) -> Result<(String, String)> {
+        if !may_federate_with(&self.scope, server) {
+            return Err(Error::forbidden(format!(
+                "{server} is not a server this one federates with"
+            )));
+        }
+        let request = prepare_leave_event::v1::Request::new(room_id.to_owned(), user.to_owned());
+        let made = self.client.request(server, request).await?;
+        let version = made.room_version.unwrap_or(RoomVersionId::V1);
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::IncompatibleRoomVersion(version.clone()))?;
+        let mut content = Map::new();
+        content.insert("membership".into(), Value::String("leave".into()));
+        if let Some(reason) = reason {
+            content.insert("reason".into(), Value::String(reason.into()));
+        }
+        let (event_id, leave) =
+            self.sign_membership(&made.event, room_id, user, content, &rules)?;
+        let json = serde_json::to_string(&leave).map_err(Error::internal)?;
+        let request = create_leave_event::v2::Request::new(
+            room_id.to_owned(),
+            event_id.clone(),
+            RawValue::from_string(json.clone()).map_err(Error::internal)?,
+        );
+        self.client.request(server, request).await?;
+        Ok((event_id.to_string(), json))
+    }
+
+    /// Our membership event on a resident server's template: our user, `content`, signed by
+    /// us.
+    fn sign_membership(
         &self,
         template: &RawValue,
         room_id: &RoomId,
         user: &UserId,
-        profile: &Map<String, Value>,
+        content: Map<String, Value>,
         rules: &RoomVersionRules,
     ) -> Result<(OwnedEventId, CanonicalJsonObject)> {
-        let mut object: CanonicalJsonObject = serde_json::from_str(template.get())
-            .map_err(|e| Error::Remote(format!("the join template is not canonical JSON: {e}")))?;
+        let mut object: CanonicalJsonObject =
+            serde_json::from_str(template.get()).map_err(|e| {
+                Error::Remote(format!(
+                    "the membership template is not canonical JSON: {e}"
+                ))
+            })?;
         let names = |key: &str| match object.get(key) {
             Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
             _ => None,
@@ -173,13 +258,8 @@ impl Joiner {
             || names("type").as_deref() != Some("m.room.member")
         {
             return Err(Error::Remote(
-                "the join template is not for this join".into(),
+                "the membership template is not for this user and room".into(),
             ));
-        }
-        let mut content = Map::new();
-        content.insert("membership".into(), Value::String("join".into()));
-        for (k, v) in profile {
-            content.insert(k.clone(), v.clone());
         }
         object.insert(
             "content".into(),

@@ -4,6 +4,7 @@
 //! Tenants of one process reach each other through the same signed, verified path.
 
 pub mod client;
+pub mod invites;
 pub mod joiner;
 pub mod keys;
 pub mod pdu;
@@ -15,7 +16,7 @@ pub mod transport;
 use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
-    OwnedServerName, UserId,
+    OwnedServerName, RoomId, UserId,
     api::federation::{authentication::XMatrix, query::get_profile_information},
     signatures::{Ed25519KeyPair, PublicKeyMap},
 };
@@ -24,6 +25,7 @@ use serde_json::Value;
 
 use self::{
     client::{FederationClient, FederationError},
+    invites::Inviter,
     joiner::Joiner,
     keys::ServerKeys,
     receiver::Receiver,
@@ -56,6 +58,8 @@ pub struct Federation {
 pub struct Outgoing {
     pub client: Arc<FederationClient>,
     pub sender: Arc<Sender>,
+    pub keys: Arc<ServerKeys>,
+    pub inviter: Arc<Inviter>,
 }
 
 impl Outgoing {
@@ -65,12 +69,27 @@ impl Outgoing {
         config: &FederationConfig,
         transport: Arc<dyn Transport>,
         stores: &Stores,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let client = Arc::new(FederationClient::new(
             server_name.clone(),
-            key,
+            key.clone(),
             transport,
             scope(config),
+        ));
+        let keys = Arc::new(ServerKeys::new(
+            server_name.clone(),
+            key,
+            config.key_validity_secs as i64 * 1000,
+            stores.remote_keys.clone(),
+            client.clone(),
+            clock.clone(),
+        ));
+        let inviter = Arc::new(Inviter::new(
+            client.clone(),
+            keys.clone(),
+            scope(config),
+            clock,
         ));
         // Switched off: no destination is allowed, so nothing is queued.
         let sender_scope = if config.enabled {
@@ -84,7 +103,12 @@ impl Outgoing {
             (stores.federation.clone(), stores.graph.clone()),
             sender_scope,
         ));
-        Self { client, sender }
+        Self {
+            client,
+            sender,
+            keys,
+            inviter,
+        }
     }
 }
 
@@ -99,17 +123,14 @@ impl Federation {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let scope = scope(config);
-        let Outgoing { client, sender } = outgoing;
-        let keys = Arc::new(ServerKeys::new(
-            server_name.clone(),
-            key.clone(),
-            config.key_validity_secs as i64 * 1000,
-            stores.remote_keys.clone(),
-            client.clone(),
-            clock.clone(),
-        ));
+        let Outgoing {
+            client,
+            sender,
+            keys,
+            ..
+        } = outgoing;
         let joiner = Joiner::new(
-            (server_name.clone(), key),
+            (server_name.clone(), key.clone()),
             client.clone(),
             keys.clone(),
             rooms.clone(),
@@ -117,9 +138,14 @@ impl Federation {
             clock.clone(),
         );
         let receiver = Receiver::new(
+            (server_name.clone(), key),
             rooms,
             keys.clone(),
-            (stores.events.clone(), stores.federation.clone()),
+            (
+                stores.events.clone(),
+                stores.federation.clone(),
+                stores.accounts.clone(),
+            ),
             scope.clone(),
             clock.clone(),
         );
@@ -134,6 +160,30 @@ impl Federation {
             sender,
             keys,
         }
+    }
+
+    /// A local user joins a room this server does not have — through `via`, the room's
+    /// server and the server that invited them — or (`join` false) rejects an invite to one.
+    pub async fn join_or_reject(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        join: bool,
+        via: &[OwnedServerName],
+        (profile, reason): (serde_json::Map<String, Value>, Option<&str>),
+    ) -> Result<()> {
+        let invite = self.joiner.rooms().remote_invite(user, room_id).await?;
+        if !join {
+            let invite = invite.ok_or_else(|| Error::not_found("room not found"))?;
+            return self.joiner.reject_invite(&invite, user, reason).await;
+        }
+        self.check_enabled()?;
+        let mut via = via.to_vec();
+        if let Some(inviter) = invite.and_then(|i| UserId::parse(&i.sender).ok()) {
+            via.push(inviter.server_name().to_owned());
+        }
+        self.joiner.join(room_id, user, &via, profile).await?;
+        Ok(())
     }
 
     /// Refuses everything federation when it is switched off.

@@ -100,6 +100,37 @@ pub async fn check(
     })
 }
 
+/// Checks that `server` signed a PDU too (the invitee's server on an invite it countersigned).
+pub async fn check_signed_by(
+    keys: &ServerKeys,
+    rules: &RoomVersionRules,
+    object: &CanonicalJsonObject,
+    server: &ruma::ServerName,
+    now: i64,
+) -> Result<(), PduError> {
+    if key_ids(object, &server.to_owned()).is_empty() {
+        return Err(PduError::BadSignature(format!("{server} did not sign it")));
+    }
+    // Every signature present is verified (the inviter's as well).
+    let Some(CanonicalJsonValue::Object(signers)) = object.get("signatures") else {
+        return Err(PduError::Malformed("no signatures".into()));
+    };
+    let mut map = PublicKeyMap::new();
+    for signer in signers.keys() {
+        let signer = OwnedServerName::try_from(signer.as_str())
+            .map_err(|e| PduError::Malformed(e.to_string()))?;
+        let found = keys
+            .keys_for(&signer, &key_ids(object, &signer), now)
+            .await
+            .map_err(|e| PduError::Keys(e.to_string()))?;
+        map.insert(signer.to_string(), found);
+    }
+    let redacted = ruma::canonical_json::redact(object.clone(), &rules.redaction, None)
+        .map_err(|e| PduError::Malformed(e.to_string()))?;
+    ruma::signatures::verify_json(&map, &redacted)
+        .map_err(|e| PduError::BadSignature(e.to_string()))
+}
+
 /// The event id of a PDU: `$` and its reference hash.
 pub fn event_id(
     object: &CanonicalJsonObject,

@@ -1,12 +1,14 @@
-//! What other servers send us: transactions of PDUs (`/send`), and remote users joining our
-//! rooms (`make_join`, `send_join`). Every PDU goes through `pdu::check` and then the room's
+//! What other servers send us: transactions of PDUs (`/send`), remote users joining and
+//! leaving our rooms (`make_join`, `send_join`, `make_leave`, `send_leave`), invites of our
+//! users. Every PDU goes through `pdu::check` and then the room's
 //! own path (`Rooms::receive`); every server name met is checked against the federation scope.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
-    EventId, OwnedEventId, RoomId, RoomVersionId, ServerName, UserId,
-    room_version_rules::RoomVersionRules,
+    EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
+    api::federation::membership::RawStrippedState, room_version_rules::RoomVersionRules,
+    signatures::Ed25519KeyPair,
 };
 use serde_json::value::RawValue;
 
@@ -22,7 +24,7 @@ use crate::{
         Rooms,
         receive::{Incoming, Received, is_member_event_of},
     },
-    store::{EventStore, FederationStore},
+    store::{AccountStore, EventStore, FederationStore, RemoteMembership},
 };
 
 /// Most PDUs and EDUs a transaction may carry (spec).
@@ -30,7 +32,10 @@ pub const MAX_TXN_PDUS: usize = 50;
 pub const MAX_TXN_EDUS: usize = 100;
 
 pub struct Receiver {
+    server_name: OwnedServerName,
+    key: Arc<Ed25519KeyPair>,
     rooms: Arc<Rooms>,
+    accounts: Arc<dyn AccountStore>,
     keys: Arc<ServerKeys>,
     events: Arc<dyn EventStore>,
     store: Arc<dyn FederationStore>,
@@ -47,13 +52,21 @@ pub struct JoinedState {
 
 impl Receiver {
     pub fn new(
+        (server_name, key): (OwnedServerName, Arc<Ed25519KeyPair>),
         rooms: Arc<Rooms>,
         keys: Arc<ServerKeys>,
-        (events, store): (Arc<dyn EventStore>, Arc<dyn FederationStore>),
+        (events, store, accounts): (
+            Arc<dyn EventStore>,
+            Arc<dyn FederationStore>,
+            Arc<dyn AccountStore>,
+        ),
         scope: FederationScope,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
+            server_name,
+            key,
+            accounts,
             rooms,
             keys,
             events,
@@ -174,6 +187,122 @@ impl Receiver {
             .await
     }
 
+    /// `make_leave`: the leave event template for `user` of `origin` (rejecting an invite,
+    /// leaving from a server that lost the room).
+    pub async fn make_leave(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<(RoomVersionId, String)> {
+        if user.server_name() != origin {
+            return Err(Error::forbidden(
+                "you may only make leaves for your own users",
+            ));
+        }
+        let (version, template) = self
+            .rooms
+            .member_template(room_id, user, "leave", None)
+            .await?;
+        Ok((
+            version,
+            serde_json::to_string(&template).map_err(Error::internal)?,
+        ))
+    }
+
+    /// `send_leave`: the signed leave of a user of `origin`, added to the room.
+    pub async fn send_leave(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        raw: &RawValue,
+    ) -> Result<()> {
+        self.send_membership(origin, room_id, event_id, raw, "leave")
+            .await
+    }
+
+    /// An invite of one of our users by a user of `origin` (`PUT /v2/invite`): checked,
+    /// signed by us and, when the room is not on this server, recorded for the user's sync.
+    /// Answers the invite with our signature.
+    pub async fn invite(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        version: &RoomVersionId,
+        raw: &RawValue,
+        invite_state: &[RawStrippedState],
+    ) -> Result<String> {
+        if !self.rooms.supported_versions.contains(version) {
+            return Err(Error::IncompatibleRoomVersion(version.clone()));
+        }
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::IncompatibleRoomVersion(version.clone()))?;
+        let checked = pdu::check(&self.keys, &rules, raw, Some(event_id), self.clock.now_ms())
+            .await
+            .map_err(pdu_error)?;
+        let pdu = &checked.pdu;
+        let target = pdu
+            .state_key
+            .as_deref()
+            .and_then(|k| UserId::parse(k).ok())
+            .filter(|_| {
+                pdu.kind == ruma::events::TimelineEventType::RoomMember
+                    && pdu.membership().as_deref() == Some("invite")
+            });
+        let Some(target) = target else {
+            return Err(Error::bad_json("the event is not an invite"));
+        };
+        if checked.redacted || pdu.room_id != room_id || pdu.sender.server_name() != origin {
+            return Err(Error::bad_json(
+                "the invite is not from one of your users to this room",
+            ));
+        }
+        if target.server_name() != self.server_name {
+            return Err(Error::bad_json("the invitee is not a user of this server"));
+        }
+        let exists = self
+            .accounts
+            .get_user(target.as_str())
+            .await?
+            .is_some_and(|u| !u.deactivated);
+        if !exists {
+            return Err(Error::not_found(format!("user {target} does not exist")));
+        }
+        let mut object = checked.object.clone();
+        ruma::signatures::hash_and_sign_event(
+            self.server_name.as_str(),
+            self.key.as_ref(),
+            &mut object,
+            &rules.redaction,
+        )
+        .map_err(Error::internal)?;
+        let json = serde_json::to_string(&object).map_err(Error::internal)?;
+        // A room our users are in: the invite arrives with the room's other events.
+        if !self.rooms.is_resident(room_id).await? {
+            let state: Vec<serde_json::Value> = invite_state
+                .iter()
+                .filter_map(super::invites::stripped)
+                .collect();
+            self.rooms
+                .record_remote_membership(RemoteMembership {
+                    stream_pos: 0,
+                    user_id: target.to_string(),
+                    room_id: room_id.to_string(),
+                    membership: "invite".into(),
+                    event_id: event_id.to_string(),
+                    sender: pdu.sender.to_string(),
+                    room_version: version.to_string(),
+                    json: json.clone(),
+                    invite_state: serde_json::to_string(&state).map_err(Error::internal)?,
+                })
+                .await?;
+        }
+        Ok(json)
+    }
+
     /// `make_join`: the join event template for `user` of `origin`.
     pub async fn make_join(
         &self,
@@ -193,7 +322,10 @@ impl Receiver {
         } else {
             versions.to_vec()
         };
-        let (version, template) = self.rooms.join_template(room_id, user, &versions).await?;
+        let (version, template) = self
+            .rooms
+            .member_template(room_id, user, "join", Some(&versions))
+            .await?;
         Ok((
             version,
             serde_json::to_string(&template).map_err(Error::internal)?,
@@ -209,6 +341,21 @@ impl Receiver {
         event_id: &EventId,
         raw: &RawValue,
     ) -> Result<JoinedState> {
+        self.send_membership(origin, room_id, event_id, raw, "join")
+            .await?;
+        let (state, auth_chain) = self.rooms.state_and_auth_chain_before(event_id).await?;
+        Ok(JoinedState { state, auth_chain })
+    }
+
+    /// A signed membership event (`join`, `leave`) of a user of `origin`, added to the room.
+    async fn send_membership(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        raw: &RawValue,
+        membership: &str,
+    ) -> Result<()> {
         let version = self
             .events
             .room_version(room_id.as_str())
@@ -224,25 +371,26 @@ impl Receiver {
         let pdu = &checked.pdu;
         if pdu.room_id != room_id
             || pdu.sender.server_name() != origin
-            || !is_member_event_of(pdu, &pdu.sender, "join")
+            || !is_member_event_of(pdu, &pdu.sender, membership)
         {
-            return Err(Error::bad_json(
-                "the event is not a join of one of your users to this room",
-            ));
+            return Err(Error::bad_json(format!(
+                "the event is not a {membership} of one of your users in this room"
+            )));
         }
         match self.admit(checked).await? {
             Received::Accepted | Received::Known => {}
             Received::Rejected(reason) | Received::SoftFailed(reason) => {
-                return Err(Error::forbidden(format!("the join was refused: {reason}")));
+                return Err(Error::forbidden(format!(
+                    "the {membership} was refused: {reason}"
+                )));
             }
             Received::Outlier(reason) => {
                 return Err(Error::forbidden(format!(
-                    "the join could not be added: {reason}"
+                    "the {membership} could not be added: {reason}"
                 )));
             }
         }
-        let (state, auth_chain) = self.rooms.state_and_auth_chain_before(event_id).await?;
-        Ok(JoinedState { state, auth_chain })
+        Ok(())
     }
 }
 

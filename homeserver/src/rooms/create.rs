@@ -229,13 +229,12 @@ impl Rooms {
             if req.is_direct {
                 content["is_direct"] = json!(true);
             }
-            self.append_locked(
-                room,
-                creator,
-                NewContent::state(TimelineEventType::RoomMember, user.as_str(), content),
-                None,
-            )
-            .await?;
+            let new = NewContent::state(TimelineEventType::RoomMember, user.as_str(), content);
+            if user.server_name() == self.server_name {
+                self.append_locked(room, creator, new, None).await?;
+            } else {
+                self.invite_remote(room, creator, new).await?;
+            }
         }
         Ok(())
     }

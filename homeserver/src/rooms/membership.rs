@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 
-use ruma::{OwnedEventId, RoomId, UserId, events::TimelineEventType};
+use ruma::{
+    OwnedEventId, RoomId, UserId,
+    events::{StateEventType, TimelineEventType},
+};
 use serde_json::{Map, Value, json};
 
-use super::{NewContent, Rooms};
+use super::{NewContent, RoomState, Rooms};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +116,60 @@ impl Rooms {
             target.as_str(),
             Value::Object(content),
         );
+        if membership == "invite" && target.server_name() != self.server_name {
+            return self.invite_remote(room, sender, new).await.map(Some);
+        }
         self.append_locked(room, sender, new, None).await.map(Some)
+    }
+
+    /// An invite of a user on another server: their server countersigns it first (and may
+    /// refuse), then it is stored like any event and reaches the room's other servers.
+    pub(super) async fn invite_remote(
+        &self,
+        room: &mut RoomState,
+        sender: &UserId,
+        new: NewContent,
+    ) -> Result<OwnedEventId> {
+        let (pdu, object, auth) = self.build(room, sender, &new)?;
+        self.authorize(room, &pdu, &auth)?;
+        let invite_state = self.invite_state(room, sender).await?;
+        let signed = self
+            .invites
+            .countersign(&room.version, &pdu, object, invite_state)
+            .await?;
+        let prepared = self.prepared(room, pdu, &signed, None).await?;
+        let mut ids = self.commit(room, vec![prepared]).await?;
+        Ok(ids.remove(0))
+    }
+
+    /// The room's identity sent with an invite (spec: stripped state, as full PDUs since
+    /// v1.16): create, join rules, name, avatar, alias, encryption, and the inviter's member
+    /// event.
+    async fn invite_state(&self, room: &RoomState, inviter: &UserId) -> Result<Vec<String>> {
+        let kinds = [
+            StateEventType::RoomCreate,
+            StateEventType::RoomJoinRules,
+            StateEventType::RoomName,
+            StateEventType::RoomAvatar,
+            StateEventType::RoomCanonicalAlias,
+            StateEventType::RoomEncryption,
+        ];
+        let mut ids: Vec<String> = kinds
+            .into_iter()
+            .filter_map(|k| room.get(k, ""))
+            .map(|p| p.event_id.to_string())
+            .collect();
+        ids.extend(
+            room.get(StateEventType::RoomMember, inviter.as_str())
+                .map(|p| p.event_id.to_string()),
+        );
+        Ok(self
+            .graph
+            .pdus(&ids)
+            .await?
+            .into_iter()
+            .map(|p| p.json)
+            .collect())
     }
 }
 

@@ -176,6 +176,21 @@ pub trait Outbound: Send + Sync {
     fn queued(&self, destinations: &[String]);
 }
 
+/// Invites of users on other servers: their server countersigns the invite before it is
+/// stored (federation, `PUT /_matrix/federation/v2/invite`).
+#[async_trait::async_trait]
+pub trait RemoteInvites: Send + Sync {
+    /// The invite signed by the invitee's server as well; an error when that server refuses.
+    /// `invite_state`: the room's identity as PDUs, shown to the invitee with the invite.
+    async fn countersign(
+        &self,
+        version: &ruma::RoomVersionId,
+        invite: &Pdu,
+        event: CanonicalJsonObject,
+        invite_state: Vec<String>,
+    ) -> Result<CanonicalJsonObject>;
+}
+
 /// An event a local user wants to add to a room.
 pub struct NewContent {
     pub kind: TimelineEventType,
@@ -223,6 +238,7 @@ pub struct Rooms {
     notifier: Arc<Notifier>,
     notifications: Arc<dyn Notifications>,
     outbound: Arc<dyn Outbound>,
+    invites: Arc<dyn RemoteInvites>,
     state_groups: AtomicI64,
     /// The lowest stream position in use: history from elsewhere goes below it.
     lowest_pos: AtomicI64,
@@ -239,7 +255,11 @@ impl Rooms {
         (store, graph): (Arc<dyn EventStore>, Arc<dyn GraphStore>),
         stream: Arc<StreamIds<OwnedUserId>>,
         notifier: Arc<Notifier>,
-        (notifications, outbound): (Arc<dyn Notifications>, Arc<dyn Outbound>),
+        (notifications, outbound, invites): (
+            Arc<dyn Notifications>,
+            Arc<dyn Outbound>,
+            Arc<dyn RemoteInvites>,
+        ),
         (max_state_group, lowest_pos): (i64, i64),
         default_version: RoomVersionId,
         supported_versions: Vec<RoomVersionId>,
@@ -253,6 +273,7 @@ impl Rooms {
             notifier,
             notifications,
             outbound,
+            invites,
             state_groups: AtomicI64::new(max_state_group),
             lowest_pos: AtomicI64::new(lowest_pos),
             rooms: Mutex::new(HashMap::new()),
@@ -319,6 +340,15 @@ impl Rooms {
     /// Whether this server has the room (it was created here or joined through another).
     pub async fn knows(&self, room_id: &RoomId) -> Result<bool> {
         Ok(self.store.room_version(room_id.as_str()).await?.is_some())
+    }
+
+    /// Whether users of this server are joined to the room (it gets the room's events).
+    pub async fn is_resident(&self, room_id: &RoomId) -> Result<bool> {
+        let ours = self.server_name.clone();
+        Ok(self
+            .with_state(room_id, |room| room.servers().any(|s| *s == ours))
+            .await?
+            .unwrap_or(false))
     }
 
     /// Runs `f` on the room's current state under the room lock.

@@ -360,19 +360,21 @@ impl Rooms {
         .await
     }
 
-    /// The template of a join event for a remote user (`make_join`): built on the room's
-    /// forward extremities; 403 when the room's rules would not let the user join.
-    pub async fn join_template(
+    /// The template of a membership event (`join` or `leave`) for a remote user
+    /// (`make_join`, `make_leave`): built on the room's forward extremities; 403 when the
+    /// room's rules would not allow it. `supported`: the versions the user's server knows.
+    pub async fn member_template(
         &self,
         room_id: &RoomId,
         user: &UserId,
-        supported: &[ruma::RoomVersionId],
+        membership: &str,
+        supported: Option<&[ruma::RoomVersionId]>,
     ) -> Result<(ruma::RoomVersionId, CanonicalJsonObject)> {
         self.with_state(room_id, |room| {
-            if !supported.contains(&room.version) {
+            if supported.is_some_and(|s| !s.contains(&room.version)) {
                 return Err(Error::IncompatibleRoomVersion(room.version.clone()));
             }
-            let content = serde_json::json!({"membership": "join"});
+            let content = serde_json::json!({ "membership": membership });
             let content_raw = serde_json::value::to_raw_value(&content).map_err(Error::internal)?;
             let auth_types = ruma::state_res::auth_types_for_event(
                 &TimelineEventType::RoomMember,
@@ -413,7 +415,7 @@ impl Rooms {
                 &template,
                 |kind, key| room.state.get(&(kind.clone(), key.to_owned())).cloned(),
             )
-            .map_err(|e| Error::forbidden(format!("you may not join this room: {e}")))?;
+            .map_err(|e| Error::forbidden(format!("the room's rules do not allow this: {e}")))?;
             let mut object = CanonicalJsonObject::new();
             let ids = |v: &[OwnedEventId]| {
                 CanonicalJsonValue::Array(
@@ -469,6 +471,42 @@ impl Rooms {
             state_pdus.into_iter().map(|p| p.json).collect(),
             chain_pdus.into_iter().map(|p| p.json).collect(),
         ))
+    }
+
+    /// The pending invite of a local user to a room only another server has.
+    pub async fn remote_invite(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Option<crate::store::RemoteMembership>> {
+        Ok(self
+            .graph
+            .remote_membership(user.as_str(), room_id.as_str())
+            .await?
+            .filter(|m| m.membership == "invite"))
+    }
+
+    /// A local user's membership in a room this server does not have (an invite from
+    /// another server, its rejection), recorded at the next stream position so the user's
+    /// sync shows it.
+    pub async fn record_remote_membership(
+        self: &Arc<Self>,
+        membership: crate::store::RemoteMembership,
+    ) -> Result<()> {
+        let this = self.clone();
+        detached(async move {
+            let user = UserId::parse(&membership.user_id).map_err(Error::internal)?;
+            let pos = this.stream.next();
+            let membership = crate::store::RemoteMembership {
+                stream_pos: pos.pos(),
+                ..membership
+            };
+            this.graph.insert_remote_membership(&membership).await?;
+            let (woken, _) = pos.finish(vec![user]);
+            this.notifier.wake(woken.iter().map(|u| u.as_ref()));
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -1201,6 +1201,31 @@ pub trait GraphStore: Send + Sync {
     /// The lowest stream position in use (0 if none is below 0): backfilled history takes
     /// positions below it, so it never shows up in sync as new.
     async fn min_stream_pos(&self) -> StoreResult<i64>;
+    /// Records a local user's membership in a room this server does not have (an invite
+    /// from another server, its rejection).
+    async fn insert_remote_membership(&self, m: &RemoteMembership) -> StoreResult<()>;
+    /// The user's latest membership of that kind in the room.
+    async fn remote_membership(
+        &self,
+        user_id: &str,
+        room_id: &str,
+    ) -> StoreResult<Option<RemoteMembership>>;
+}
+
+/// A local user's membership in a room only another server has.
+#[derive(Clone, Debug)]
+pub struct RemoteMembership {
+    pub stream_pos: i64,
+    pub user_id: String,
+    pub room_id: String,
+    pub membership: String,
+    pub event_id: String,
+    pub sender: String,
+    pub room_version: String,
+    /// The membership event (for an invite: signed by both servers).
+    pub json: String,
+    /// Stripped state events (a JSON array) shown with an invite.
+    pub invite_state: String,
 }
 
 pub struct LoadedRoom {

@@ -610,7 +610,7 @@ fn in_list(start: usize, n: usize) -> String {
 #[async_trait]
 impl EventStore for SqlStore {
     async fn max_stream_pos(&self) -> StoreResult<i64> {
-        let tables = ["events", "account_data", "receipts", "device_list_changes", "to_device_txns"];
+        let tables = ["events", "account_data", "receipts", "device_list_changes", "to_device_txns", "remote_memberships"];
         let columns: Vec<String> = tables.iter().map(|t| format!("COALESCE((SELECT MAX(stream_pos) FROM {t}), 0)")).collect();
         let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {}", columns.join(", ")))).fetch_one(&self.read).await?;
         let mut max = 0;
@@ -904,7 +904,11 @@ impl EventStore for SqlStore {
             "SELECT c.room_id, c.membership, c.stream_pos, c.event_id FROM current_state c \
              WHERE c.type = 'm.room.member' AND c.state_key = $1 \
              AND NOT (c.membership IN ('leave', 'ban') AND EXISTS (SELECT 1 FROM forgotten_rooms f WHERE f.user_id = $1 AND f.room_id = c.room_id)) \
-             ORDER BY c.room_id",
+             UNION ALL SELECT r.room_id, r.membership, r.stream_pos, r.event_id FROM remote_memberships r \
+             WHERE r.user_id = $1 AND r.stream_pos = (SELECT MAX(r2.stream_pos) FROM remote_memberships r2 WHERE r2.user_id = $1 AND r2.room_id = r.room_id) \
+             AND NOT EXISTS (SELECT 1 FROM current_state c2 WHERE c2.room_id = r.room_id AND c2.type = 'm.room.member' AND c2.state_key = $1) \
+             AND NOT (r.membership = 'leave' AND EXISTS (SELECT 1 FROM forgotten_rooms f WHERE f.user_id = $1 AND f.room_id = r.room_id)) \
+             ORDER BY 1",
         )
         .bind(user_id)
         .fetch_all(&self.read)
@@ -915,7 +919,9 @@ impl EventStore for SqlStore {
     async fn membership_changes(&self, user_id: &str, since: i64, upto: i64) -> StoreResult<Vec<MembershipRow>> {
         let rows = sqlx::query(
             "SELECT e.room_id, e.membership, e.stream_pos, e.event_id FROM events e \
-             WHERE e.type = 'm.room.member' AND e.state_key = $1 AND e.stream_pos > $2 AND e.stream_pos <= $3 ORDER BY e.stream_pos",
+             WHERE e.type = 'm.room.member' AND e.state_key = $1 AND e.stream_pos > $2 AND e.stream_pos <= $3 \
+             UNION ALL SELECT r.room_id, r.membership, r.stream_pos, r.event_id FROM remote_memberships r \
+             WHERE r.user_id = $1 AND r.stream_pos > $2 AND r.stream_pos <= $3 ORDER BY 3",
         )
         .bind(user_id)
         .bind(since)
@@ -927,7 +933,8 @@ impl EventStore for SqlStore {
 
     async fn membership_history(&self, user_id: &str, room_id: &str) -> StoreResult<Vec<(i64, String)>> {
         let rows = sqlx::query(
-            "SELECT stream_pos, membership FROM events WHERE type = 'm.room.member' AND state_key = $1 AND room_id = $2 ORDER BY stream_pos",
+            "SELECT stream_pos, membership FROM events WHERE type = 'm.room.member' AND state_key = $1 AND room_id = $2 \
+             UNION ALL SELECT stream_pos, membership FROM remote_memberships WHERE user_id = $1 AND room_id = $2 ORDER BY 1",
         )
         .bind(user_id)
         .bind(room_id)

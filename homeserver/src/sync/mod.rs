@@ -841,6 +841,22 @@ async fn state_section(hs: &Homeserver, rows: &[EventRow], after: bool) -> Resul
 /// inviter's member event (for their name and avatar) — not other people's invites.
 async fn invite_state(hs: &Homeserver, room: &str, user: &str) -> Result<Vec<Value>> {
     let ids = hs.stores.events.current_state_ids(room).await?;
+    // A room only another server has: the state its invite came with, and the invite.
+    if ids.is_empty()
+        && let Some(invite) = hs.stores.graph.remote_membership(user, room).await?
+    {
+        let mut state: Vec<Value> = serde_json::from_str(&invite.invite_state).unwrap_or_default();
+        state.retain(|e| !(e["type"] == "m.room.member" && e["state_key"] == user));
+        if let Ok(event) = serde_json::from_str::<Value>(&invite.json) {
+            state.push(serde_json::json!({
+                "type": "m.room.member",
+                "state_key": user,
+                "sender": event["sender"],
+                "content": event["content"],
+            }));
+        }
+        return Ok(state);
+    }
     let wanted = [
         "m.room.create",
         "m.room.join_rules",

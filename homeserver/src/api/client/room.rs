@@ -108,14 +108,7 @@ async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<create_r
         )));
     }
     for user in &req.invite {
-        if user.server_name() != hs.server_name {
-            return Err(Error::forbidden(
-                "inviting users of other servers needs federation, which is not enabled",
-            ));
-        }
-        if !hs.accounts.user_exists(user).await? {
-            return Err(Error::not_found(format!("user {user} does not exist")));
-        }
+        invitable(hs, user).await?;
     }
     if let Some(preset) = &req.preset {
         one_of(
@@ -349,15 +342,18 @@ async fn change(
         Change::Join | Change::Invite { .. } => ctx.hs.member_profile(target).await?,
         _ => Map::new(),
     };
-    // A room this server does not have is joined through the servers that do.
-    if change == Change::Join && !ctx.hs.rooms.knows(room).await? {
-        ctx.hs.federation.check_enabled()?;
-        ctx.hs
+    // A room this server does not have: joined through the servers that do, or an invite
+    // to it rejected.
+    if matches!(change, Change::Join | Change::Leave)
+        && *target == s.user_id
+        && !ctx.hs.rooms.knows(room).await?
+    {
+        let join = change == Change::Join;
+        return ctx
+            .hs
             .federation
-            .joiner
-            .join(room, &s.user_id, via, profile)
-            .await?;
-        return Ok(());
+            .join_or_reject(room, target, join, via, (profile, reason))
+            .await;
     }
     ctx.hs
         .rooms
@@ -411,19 +407,24 @@ async fn join_by_id_or_alias(
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
+/// A local user that exists, or a user of another server when federation is on (their
+/// server answers whether they exist when it countersigns the invite).
+async fn invitable(hs: &crate::homeserver::Homeserver, user: &ruma::UserId) -> Result<()> {
+    if user.server_name() != hs.server_name {
+        return hs.federation.check_enabled();
+    }
+    if !hs.accounts.user_exists(user).await? {
+        return Err(Error::not_found(format!("user {user} does not exist")));
+    }
+    Ok(())
+}
+
 async fn invite(ctx: Ctx, req: invite_user::v3::Request) -> Result<invite_user::v3::Response> {
     let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.recipient else {
         return Err(Error::forbidden("third-party invites are not supported"));
     };
     let target = &recipient.user_id;
-    if target.server_name() != ctx.hs.server_name {
-        return Err(Error::forbidden(
-            "inviting users of other servers needs federation, which is not enabled",
-        ));
-    }
-    if !ctx.hs.accounts.user_exists(target).await? {
-        return Err(Error::not_found(format!("user {target} does not exist")));
-    }
+    invitable(&ctx.hs, target).await?;
     change(
         &ctx,
         &req.room_id,

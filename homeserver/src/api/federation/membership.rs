@@ -1,8 +1,10 @@
-//! Remote users joining our rooms: `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`
-//! and `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`.
+//! Remote users joining and leaving our rooms (`make_join`, `send_join` v2, `make_leave`,
+//! `send_leave` v2) and other servers inviting our users (`invite` v2).
 
 use axum::Router;
-use ruma::api::federation::membership::{create_join_event, prepare_join_event};
+use ruma::api::federation::membership::{
+    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+};
 use serde_json::value::RawValue;
 
 use crate::{
@@ -13,7 +15,58 @@ use crate::{
 
 pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
     let r = route(r, make_join);
-    route(r, send_join)
+    let r = route(r, send_join);
+    let r = route(r, make_leave);
+    let r = route(r, send_leave);
+    route(r, invite)
+}
+
+async fn make_leave(
+    ctx: Ctx,
+    req: prepare_leave_event::v1::Request,
+) -> Result<prepare_leave_event::v1::Response> {
+    let origin = ctx.origin()?;
+    let (version, template) = ctx
+        .hs
+        .federation
+        .receiver
+        .make_leave(origin, &req.room_id, &req.user_id)
+        .await?;
+    Ok(prepare_leave_event::v1::Response::new(
+        Some(version),
+        raw(template)?,
+    ))
+}
+
+async fn send_leave(
+    ctx: Ctx,
+    req: create_leave_event::v2::Request,
+) -> Result<create_leave_event::v2::Response> {
+    let origin = ctx.origin()?;
+    ctx.hs
+        .federation
+        .receiver
+        .send_leave(origin, &req.room_id, &req.event_id, &req.pdu)
+        .await?;
+    Ok(create_leave_event::v2::Response::new())
+}
+
+async fn invite(ctx: Ctx, req: create_invite::v2::Request) -> Result<create_invite::v2::Response> {
+    let origin = ctx.origin()?;
+    let signed = ctx
+        .hs
+        .federation
+        .receiver
+        .invite(
+            origin,
+            &req.room_id,
+            &req.event_id,
+            &req.room_version,
+            &req.event,
+            &req.invite_room_state,
+        )
+        .await?;
+    Ok(create_invite::v2::Response::new(raw(signed)?))
 }
 
 async fn make_join(

@@ -246,5 +246,48 @@ impl GraphStore for SqlStore {
         let min: i64 = sqlx::query("SELECT COALESCE(MIN(stream_pos), 0) FROM events").fetch_one(&self.read).await?.try_get(0)?;
         Ok(min.min(0))
     }
-}
 
+    async fn insert_remote_membership(&self, m: &RemoteMembership) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO remote_memberships (stream_pos, user_id, room_id, membership, event_id, sender, room_version, json, invite_state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(m.stream_pos)
+        .bind(&m.user_id)
+        .bind(&m.room_id)
+        .bind(&m.membership)
+        .bind(&m.event_id)
+        .bind(&m.sender)
+        .bind(&m.room_version)
+        .bind(&m.json)
+        .bind(&m.invite_state)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn remote_membership(&self, user_id: &str, room_id: &str) -> StoreResult<Option<RemoteMembership>> {
+        let row = sqlx::query(
+            "SELECT stream_pos, user_id, room_id, membership, event_id, sender, room_version, json, invite_state FROM remote_memberships \
+             WHERE user_id = $1 AND room_id = $2 ORDER BY stream_pos DESC LIMIT 1",
+        )
+        .bind(user_id)
+        .bind(room_id)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| {
+            Ok(RemoteMembership {
+                stream_pos: r.try_get(0)?,
+                user_id: r.try_get(1)?,
+                room_id: r.try_get(2)?,
+                membership: r.try_get(3)?,
+                event_id: r.try_get(4)?,
+                sender: r.try_get(5)?,
+                room_version: r.try_get(6)?,
+                json: r.try_get(7)?,
+                invite_state: r.try_get(8)?,
+            })
+        })
+        .transpose()
+    }
+}
