@@ -10,6 +10,7 @@ use crate::{
     clock::Clock,
     config::{Config, DatabaseLocation},
     e2ee::device_lists::DeviceLists,
+    e2ee::to_device::ToDeviceInbox,
     ephemeral::{
         Serial,
         presence::{self, Presence},
@@ -52,6 +53,8 @@ pub struct Homeserver {
     pub push: Arc<Push>,
     /// Records device-list changes and wakes whoever has to hear of them.
     pub device_lists: Arc<DeviceLists>,
+    /// The to-device inboxes of this server's devices.
+    pub to_device: Arc<ToDeviceInbox>,
     /// Other homeservers: signed client, keys, request authentication.
     pub federation: Arc<Federation>,
     /// Serialises read-modify-writes of account data (`m.tag`, `m.push_rules`).
@@ -189,17 +192,23 @@ impl Homeserver {
             stores.media.clone(),
             Arc::new(FsStorage::new(media_dir)),
         );
+        let to_device = Arc::new(ToDeviceInbox::new(
+            stores.keys.clone(),
+            stream.clone(),
+            notifier.clone(),
+        ));
         let federation = Arc::new(Federation::new(
             server_name.clone(),
             key.clone(),
             &config.federation,
             outgoing,
-            rooms.clone(),
+            (rooms.clone(), to_device.clone()),
             &stores,
             shared.clock.clone(),
         ));
         let hs = Arc::new(Self {
             federation,
+            to_device,
             server_name,
             config,
             key,

@@ -973,3 +973,171 @@ async fn invites_cross_servers_and_are_accepted_or_rejected() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Device keys of `client`'s device, signed with a fresh device key, and `n` signed one-time
+/// keys.
+fn device_upload(client: &common::Client, n: usize) -> Value {
+    use base64::Engine;
+    use ruma::signatures::{Ed25519KeyPair, sign_json};
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let doc = Ed25519KeyPair::generate();
+    let pair = Ed25519KeyPair::from_der(&doc, client.device_id.clone()).unwrap();
+    let sign = |v: Value| {
+        let mut object: ruma::CanonicalJsonObject = serde_json::from_value(v).unwrap();
+        sign_json(&client.user_id, &pair, &mut object).unwrap();
+        serde_json::to_value(object).unwrap()
+    };
+    let device_keys = sign(json!({
+        "user_id": client.user_id,
+        "device_id": client.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            format!("curve25519:{}", client.device_id): B64.encode([7u8; 32]),
+            format!("ed25519:{}", client.device_id): B64.encode(pair.public_key()),
+        },
+    }));
+    let mut one_time = serde_json::Map::new();
+    for i in 0..n {
+        one_time.insert(
+            format!("signed_curve25519:k{i}"),
+            sign(json!({"key": B64.encode([i as u8; 32])})),
+        );
+    }
+    json!({"device_keys": device_keys, "one_time_keys": one_time})
+}
+
+#[tokio::test]
+async fn encryption_keys_and_to_device_messages_cross_servers() {
+    let Pair { a, b, ca, a2: _ } = pair().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    alice
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/keys/upload",
+            Some(device_upload(&alice, 0)),
+        )
+        .await;
+    bob.ok(
+        Method::POST,
+        "/_matrix/client/v3/keys/upload",
+        Some(device_upload(&bob, 2)),
+    )
+    .await;
+
+    // Alice's server asks Bob's for his keys; a server that cannot be reached is a failure,
+    // not an error of the whole query.
+    let unreachable = "@someone:unreachable.invalid";
+    let keys = alice
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(json!({"device_keys": {bob.user_id.clone(): [], unreachable: []}})),
+        )
+        .await;
+    let device = &keys["device_keys"][&bob.user_id][&bob.device_id];
+    assert_eq!(device["device_id"], bob.device_id.as_str(), "{keys}");
+    assert!(device["signatures"][&bob.user_id].is_object());
+    assert!(
+        keys["failures"]["unreachable.invalid"].is_object(),
+        "{keys}"
+    );
+    // And Bob's for Alice's.
+    let keys = bob
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(json!({"device_keys": {alice.user_id.clone(): [alice.device_id]}})),
+        )
+        .await;
+    assert!(
+        keys["device_keys"][&alice.user_id][&alice.device_id].is_object(),
+        "{keys}"
+    );
+
+    // One-time keys are handed out across servers exactly once.
+    let mut claimed = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let resp = alice
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/keys/claim",
+                Some(json!({"one_time_keys": {bob.user_id.clone(): {bob.device_id.clone(): "signed_curve25519"}}})),
+            )
+            .await;
+        if let Some(keys) = resp["one_time_keys"][&bob.user_id][&bob.device_id].as_object() {
+            claimed.extend(keys.keys().cloned());
+        }
+    }
+    assert_eq!(claimed.len(), 2, "{claimed:?}");
+
+    // The server's device list of a user, as other servers resync it.
+    let devices = federation_request(
+        &a,
+        &b,
+        &ca,
+        "GET",
+        &format!(
+            "/_matrix/federation/v1/user/devices/{}",
+            urlencode(&bob.user_id)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(devices.0, 200, "{:?}", devices.1);
+    assert_eq!(devices.1["devices"][0]["device_id"], bob.device_id.as_str());
+
+    // To-device messages go as EDUs; a retried request is delivered once.
+    let start = bob.sync(None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..2 {
+        alice
+            .ok(
+                Method::PUT,
+                "/_matrix/client/v3/sendToDevice/m.room.encrypted/t1",
+                Some(json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"ciphertext": "olm"}}}})),
+            )
+            .await;
+    }
+    alice
+        .ok(
+            Method::PUT,
+            "/_matrix/client/v3/sendToDevice/m.room.encrypted/t2",
+            Some(json!({"messages": {bob.user_id.clone(): {"*": {"ciphertext": "second"}}}})),
+        )
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut events: Vec<Value> = vec![];
+    let mut since = start;
+    while events.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "to-device not delivered: {events:?}"
+        );
+        let sync = bob.sync(Some(&since), 1_000).await;
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        events.extend(
+            sync["to_device"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+    }
+    // Nothing more arrives (the retry was dropped by message id).
+    let sync = bob.sync(Some(&since), 500).await;
+    assert!(
+        sync["to_device"]["events"]
+            .as_array()
+            .is_none_or(|e| e.is_empty()),
+        "{sync}"
+    );
+    assert_eq!(events[0]["sender"], alice.user_id.as_str());
+    assert_eq!(events[0]["type"], "m.room.encrypted");
+    assert_eq!(events[0]["content"]["ciphertext"], "olm");
+    assert_eq!(events[1]["content"]["ciphertext"], "second");
+    a.stop().await;
+    b.stop().await;
+}

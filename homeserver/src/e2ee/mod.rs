@@ -3,8 +3,9 @@
 //! against their own signature; one-time keys are handed out once; every change of a user's
 //! devices is a position in the device-list stream (`device_lists`).
 //!
-//! Only local users are served so far: queries and claims for other servers answer with a
-//! `failures` entry, and to-device messages for them are not sent, until federation arrives.
+//! Keys of users on other servers are asked of their servers (`/user/keys/query`,
+//! `/user/keys/claim`), all servers at once; a server that does not answer in time is listed
+//! in `failures`.
 
 pub mod backup;
 pub mod cross_signing;
@@ -238,18 +239,60 @@ impl Homeserver {
         requester: &UserId,
         req: get_keys::v3::Request,
     ) -> Result<get_keys::v3::Response> {
-        let mut resp = get_keys::v3::Response::new();
-        let (local, remote): (Vec<_>, Vec<_>) = req
+        let (local, remote): (BTreeMap<_, _>, BTreeMap<_, _>) = req
             .device_keys
-            .iter()
+            .into_iter()
             .partition(|(u, _)| u.server_name() == self.server_name);
-        for (user, _) in remote {
-            // Not reachable until federation exists.
-            resp.failures
-                .insert(user.server_name().to_string(), serde_json::json!({}));
+        let mut resp = self.local_keys(Some(requester), &local).await?;
+        let timeout = remote_timeout(req.timeout);
+        let answers = futures::future::join_all(by_server(remote).into_iter().map(
+            |(server, users)| async move {
+                let answer = tokio::time::timeout(
+                    timeout,
+                    self.federation.query_keys(&server, users.clone()),
+                )
+                .await;
+                (server, users, answer)
+            },
+        ))
+        .await;
+        for (server, users, answer) in answers {
+            match answer {
+                Ok(Ok(keys)) => {
+                    // Only what the server may speak for: its own users, as asked.
+                    let asked = |u: &OwnedUserId| users.contains_key(u);
+                    resp.device_keys
+                        .extend(keys.device_keys.into_iter().filter(|(u, _)| asked(u)));
+                    resp.master_keys
+                        .extend(keys.master_keys.into_iter().filter(|(u, _)| asked(u)));
+                    resp.self_signing_keys
+                        .extend(keys.self_signing_keys.into_iter().filter(|(u, _)| asked(u)));
+                }
+                Ok(Err(e)) => {
+                    resp.failures.insert(server.to_string(), failure(&e));
+                }
+                Err(_) => {
+                    resp.failures.insert(server.to_string(), timed_out(timeout));
+                }
+            }
         }
-        let users: Vec<String> = local.iter().map(|(u, _)| u.to_string()).collect();
-        for (user, _) in &local {
+        Ok(resp)
+    }
+
+    /// Device and cross-signing keys of local users, for a local `requester` (who alone sees
+    /// their user-signing key and the signatures they made) or another server (`None`).
+    pub async fn local_keys(
+        &self,
+        requester: Option<&UserId>,
+        wanted: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    ) -> Result<get_keys::v3::Response> {
+        let mut resp = get_keys::v3::Response::new();
+        let local: Vec<&OwnedUserId> = wanted
+            .keys()
+            .filter(|u| u.server_name() == self.server_name)
+            .collect();
+        let users: Vec<String> = local.iter().map(|u| u.to_string()).collect();
+        for user in &local {
             resp.device_keys.entry((*user).clone()).or_default();
         }
         let signatures = self.stores.keys.signatures(&users).await?;
@@ -258,7 +301,7 @@ impl Homeserver {
             signatures.iter().filter(move |s| {
                 s.target_user == user
                     && s.target_key == key
-                    && (s.signer == user || s.signer == requester.as_str())
+                    && (s.signer == user || requester.is_some_and(|r| s.signer == r.as_str()))
             })
         };
         for (user, usage, json) in self.stores.keys.cross_signing_keys(&users).await? {
@@ -280,7 +323,7 @@ impl Homeserver {
                 cross_signing::SELF_SIGNING => {
                     resp.self_signing_keys.insert(user, raw);
                 }
-                cross_signing::USER_SIGNING if user == requester => {
+                cross_signing::USER_SIGNING if requester == Some(user.as_ref()) => {
                     resp.user_signing_keys.insert(user, raw);
                 }
                 _ => {}
@@ -293,8 +336,7 @@ impl Homeserver {
             ) else {
                 continue;
             };
-            let wanted = req
-                .device_keys
+            let wanted = wanted
                 .get(&user)
                 .is_some_and(|d| d.is_empty() || d.contains(&device));
             if !wanted {
@@ -328,11 +370,53 @@ impl Homeserver {
         &self,
         req: claim_keys::v3::Request,
     ) -> Result<claim_keys::v3::Response> {
-        let mut failures = BTreeMap::new();
+        let claims: usize = req.one_time_keys.values().map(|d| d.len()).sum();
+        if claims > MAX_CLAIMS {
+            return Err(Error::invalid_param(format!(
+                "at most {MAX_CLAIMS} keys per claim"
+            )));
+        }
+        let (local, remote): (BTreeMap<_, _>, BTreeMap<_, _>) = req
+            .one_time_keys
+            .into_iter()
+            .partition(|(u, _)| u.server_name() == self.server_name);
+        let mut resp = claim_keys::v3::Response::new(self.claim_local_keys(&local).await?);
+        let timeout = remote_timeout(req.timeout);
+        let answers = futures::future::join_all(by_server(remote).into_iter().map(
+            |(server, users)| async move {
+                let answer = tokio::time::timeout(
+                    timeout,
+                    self.federation.claim_keys(&server, users.clone()),
+                )
+                .await;
+                (server, users, answer)
+            },
+        ))
+        .await;
+        for (server, users, answer) in answers {
+            match answer {
+                Ok(Ok(keys)) => resp
+                    .one_time_keys
+                    .extend(keys.into_iter().filter(|(u, _)| users.contains_key(u))),
+                Ok(Err(e)) => {
+                    resp.failures.insert(server.to_string(), failure(&e));
+                }
+                Err(_) => {
+                    resp.failures.insert(server.to_string(), timed_out(timeout));
+                }
+            }
+        }
+        Ok(resp)
+    }
+
+    /// One key per wanted device of local users (for local clients and other servers).
+    pub async fn claim_local_keys(
+        &self,
+        claims: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+    ) -> Result<ruma::api::federation::keys::claim_keys::v1::OneTimeKeys> {
         let mut wanted = Vec::new();
-        for (user, devices) in &req.one_time_keys {
+        for (user, devices) in claims {
             if user.server_name() != self.server_name {
-                failures.insert(user.server_name().to_string(), serde_json::json!({}));
                 continue;
             }
             for (device, algorithm) in devices {
@@ -344,8 +428,7 @@ impl Homeserver {
                 "at most {MAX_CLAIMS} keys per claim"
             )));
         }
-        let mut resp = claim_keys::v3::Response::new(BTreeMap::new());
-        resp.failures = failures;
+        let mut out = ruma::api::federation::keys::claim_keys::v1::OneTimeKeys::new();
         for key in self.stores.keys.claim_keys(&wanted).await? {
             let id = format!("{}:{}", key.algorithm, key.key_id);
             let (Ok(user), Ok(id), Ok(raw)) = (
@@ -355,15 +438,47 @@ impl Homeserver {
             ) else {
                 continue;
             };
-            resp.one_time_keys
-                .entry(user)
+            out.entry(user)
                 .or_default()
                 .entry(OwnedDeviceId::from(key.device_id.as_str()))
                 .or_default()
                 .insert(id, Raw::from_json(raw));
         }
-        Ok(resp)
+        Ok(out)
     }
+}
+
+/// How long a query waits for other servers: the client's `timeout`, 10 s by default, at
+/// most 30 s.
+fn remote_timeout(asked: Option<std::time::Duration>) -> std::time::Duration {
+    asked
+        .unwrap_or(std::time::Duration::from_secs(10))
+        .min(std::time::Duration::from_secs(30))
+}
+
+/// Users of other servers, grouped by server.
+fn by_server<T>(
+    users: BTreeMap<OwnedUserId, T>,
+) -> BTreeMap<ruma::OwnedServerName, BTreeMap<OwnedUserId, T>> {
+    let mut out: BTreeMap<ruma::OwnedServerName, BTreeMap<OwnedUserId, T>> = BTreeMap::new();
+    for (user, wanted) in users {
+        out.entry(user.server_name().to_owned())
+            .or_default()
+            .insert(user, wanted);
+    }
+    out
+}
+
+/// A `failures` entry for a server that answered with an error or could not be reached.
+fn failure(e: &Error) -> Value {
+    serde_json::json!({ "status": 503, "message": e.to_string() })
+}
+
+fn timed_out(after: std::time::Duration) -> Value {
+    serde_json::json!({
+        "status": 504,
+        "message": format!("no answer within {} ms", after.as_millis()),
+    })
 }
 
 /// The device's own ed25519 key in its stored device keys.

@@ -3,9 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use ruma::{
-    OneTimeKeyAlgorithm, OwnedUserId, UInt, api::client::sync::sync_events::DeviceLists,
-    api::client::to_device::send_event_to_device, serde::Raw, to_device::DeviceIdOrAllDevices,
+    OneTimeKeyAlgorithm, OwnedServerName, OwnedUserId, UInt, UserId,
+    api::client::sync::sync_events::DeviceLists, api::client::to_device::send_event_to_device,
+    api::federation::transactions::edu::DirectDeviceContent, serde::Raw,
+    to_device::DeviceIdOrAllDevices,
 };
 use serde_json::{Value, json};
 
@@ -13,13 +17,22 @@ use crate::{
     accounts::Session,
     error::{Error, Result},
     homeserver::{Homeserver, detached},
-    store::ToDeviceTarget,
+    store::{KeyStore, ToDeviceTarget},
+    sync::{notifier::Notifier, stream::StreamIds},
 };
 
 /// To-device messages one sync delivers at most; the rest follow in the next.
 pub const SYNC_BATCH: i64 = 100;
 /// Recipients (devices) one `/sendToDevice` may address.
 const MAX_TARGETS: usize = 10_000;
+
+/// The `message_id` of a to-device request sent to other servers: stable across retries of
+/// the same transaction, unguessable from outside.
+fn message_id(sender: &str, device: &str, txn_id: &str) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(format!("{sender}\n{device}\n{txn_id}").as_bytes());
+    hash[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// What a sync adds for end-to-end encryption.
 pub struct SyncE2ee {
@@ -31,9 +44,122 @@ pub struct SyncE2ee {
     pub unused_fallback_key_types: Vec<OneTimeKeyAlgorithm>,
 }
 
+/// The to-device inboxes of this server's devices: messages from local and remote senders
+/// are queued at a stream position and the recipients' syncs woken.
+pub struct ToDeviceInbox {
+    keys: Arc<dyn KeyStore>,
+    stream: Arc<StreamIds<OwnedUserId>>,
+    notifier: Arc<Notifier>,
+}
+
+impl ToDeviceInbox {
+    pub fn new(
+        keys: Arc<dyn KeyStore>,
+        stream: Arc<StreamIds<OwnedUserId>>,
+        notifier: Arc<Notifier>,
+    ) -> Self {
+        Self {
+            keys,
+            stream,
+            notifier,
+        }
+    }
+
+    /// Queues `messages` from `sender` (`sender_device`: "" for a remote sender) once per
+    /// `txn_id` and wakes the recipients. Runs detached: a client that goes away cannot
+    /// leave the position unfinished.
+    pub async fn deliver(
+        self: &Arc<Self>,
+        (sender, sender_device, txn_id): (String, String, String),
+        messages: Vec<ToDeviceTarget>,
+        recipients: Vec<OwnedUserId>,
+    ) -> Result<()> {
+        let this = self.clone();
+        detached(async move {
+            let pos = this.stream.next();
+            let now = crate::ephemeral::now_ms();
+            this.keys
+                .send_to_device(&sender, &sender_device, &txn_id, &messages, pos.pos(), now)
+                .await?;
+            let (woken, _) = pos.finish(recipients);
+            this.notifier.wake(woken.iter().map(|u| u.as_ref()));
+            Ok(())
+        })
+        .await
+    }
+
+    /// An `m.direct_to_device` EDU from `origin`: its messages for our users' devices.
+    pub async fn receive(
+        self: &Arc<Self>,
+        origin: &ruma::ServerName,
+        server_name: &ruma::ServerName,
+        edu: DirectDeviceContent,
+    ) -> Result<()> {
+        if edu.sender.server_name() != origin {
+            return Err(Error::forbidden("the sender is not a user of the origin"));
+        }
+        let mut messages = Vec::new();
+        let mut recipients = Vec::new();
+        for (user, devices) in edu.messages {
+            if user.server_name() != server_name {
+                continue;
+            }
+            for (device, content) in devices {
+                let Ok(content) = serde_json::from_str::<Value>(content.json().get()) else {
+                    continue;
+                };
+                if !content.is_object() {
+                    continue;
+                }
+                messages.push(target(
+                    &user,
+                    &device,
+                    edu.sender.as_str(),
+                    &edu.ev_type.to_string(),
+                    content,
+                ));
+            }
+            recipients.push(user);
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.deliver(
+            (
+                edu.sender.to_string(),
+                String::new(),
+                edu.message_id.to_string(),
+            ),
+            messages,
+            recipients,
+        )
+        .await
+    }
+}
+
+/// One queued message for `device` of `user` (`*`: all their devices).
+fn target(
+    user: &UserId,
+    device: &DeviceIdOrAllDevices,
+    sender: &str,
+    event_type: &str,
+    content: Value,
+) -> ToDeviceTarget {
+    ToDeviceTarget {
+        user_id: user.to_string(),
+        device_id: match device {
+            DeviceIdOrAllDevices::DeviceId(d) => Some(d.to_string()),
+            DeviceIdOrAllDevices::AllDevices => None,
+        },
+        json: json!({ "sender": sender, "type": event_type, "content": content }).to_string(),
+    }
+}
+
 impl Homeserver {
     /// `/sendToDevice`: queues the messages for local devices (`*`: all of a user's devices)
-    /// and wakes their syncs. A repeated transaction id is answered without queueing again.
+    /// and wakes their syncs; messages for users of other servers go to their servers as
+    /// `m.direct_to_device` EDUs. A repeated transaction id is answered without queueing
+    /// again (and other servers drop a repeated message id).
     pub async fn send_to_device(
         self: &std::sync::Arc<Self>,
         session: &Session,
@@ -46,62 +172,65 @@ impl Homeserver {
             )));
         }
         let sender = session.user_id.to_string();
+        let event_type = req.event_type.to_string();
         let mut messages = Vec::new();
         let mut recipients: Vec<OwnedUserId> = Vec::new();
-        let mut remote = 0usize;
+        let mut remote: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Value>> = BTreeMap::new();
         for (user, devices) in &req.messages {
-            if user.server_name() != self.server_name {
-                // Federation is not there yet: nobody can carry it to the other server.
-                remote += 1;
-                continue;
-            }
             for (device, content) in devices {
                 let content: Value = serde_json::from_str(content.json().get())
                     .map_err(|e| Error::bad_json(format!("message content: {e}")))?;
                 if !content.is_object() {
                     return Err(Error::bad_json("message content must be an object"));
                 }
-                let event = json!({
-                    "sender": sender,
-                    "type": req.event_type.to_string(),
-                    "content": content,
-                });
-                messages.push(ToDeviceTarget {
-                    user_id: user.to_string(),
-                    device_id: match device {
-                        DeviceIdOrAllDevices::DeviceId(d) => Some(d.to_string()),
-                        DeviceIdOrAllDevices::AllDevices => None,
-                    },
-                    json: event.to_string(),
-                });
+                if user.server_name() != self.server_name {
+                    let device = match device {
+                        DeviceIdOrAllDevices::DeviceId(d) => d.to_string(),
+                        DeviceIdOrAllDevices::AllDevices => "*".to_owned(),
+                    };
+                    let by_user = remote.entry(user.server_name().to_owned()).or_default();
+                    let devices = by_user.entry(user.clone()).or_insert_with(|| json!({}));
+                    devices[device] = content;
+                    continue;
+                }
+                messages.push(target(user, device, &sender, &event_type, content));
             }
-            recipients.push(user.clone());
+            if user.server_name() == self.server_name {
+                recipients.push(user.clone());
+            }
         }
-        if remote > 0 {
-            // One line per request, not per recipient (a request may name thousands).
-            tracing::warn!(
-                users = remote,
-                "to-device messages for other servers dropped"
-            );
+        if !remote.is_empty() {
+            self.federation.check_enabled()?;
+            // The same request again makes the same message id, which the other server drops.
+            let message_id = message_id(&sender, session.device_id.as_str(), req.txn_id.as_str());
+            let edus = remote
+                .into_iter()
+                .map(|(server, messages)| {
+                    let content = json!({
+                        "sender": sender,
+                        "type": event_type,
+                        "message_id": message_id,
+                        "messages": messages,
+                    });
+                    (server, "m.direct_to_device".to_owned(), content)
+                })
+                .collect();
+            self.federation.sender.queue_edus(edus).await?;
         }
-        let (hs, device, txn_id) = (
-            self.clone(),
-            session.device_id.to_string(),
-            req.txn_id.to_string(),
-        );
-        // Detached: a client that goes away cannot leave the position unfinished.
-        detached(async move {
-            let pos = hs.stream.next();
-            let now = crate::ephemeral::now_ms();
-            hs.stores
-                .keys
-                .send_to_device(&sender, &device, &txn_id, &messages, pos.pos(), now)
-                .await?;
-            let (woken, _) = pos.finish(recipients);
-            hs.notifier.wake(woken.iter().map(|u| u.as_ref()));
-            Ok(())
-        })
-        .await
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.to_device
+            .deliver(
+                (
+                    sender,
+                    session.device_id.to_string(),
+                    req.txn_id.to_string(),
+                ),
+                messages,
+                recipients,
+            )
+            .await
     }
 
     /// The encryption part of a sync for `session` from `since` (None: initial) to `upto`.

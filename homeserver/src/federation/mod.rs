@@ -16,8 +16,12 @@ pub mod transport;
 use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
-    OwnedServerName, RoomId, UserId,
-    api::federation::{authentication::XMatrix, query::get_profile_information},
+    OwnedDeviceId, OwnedServerName, OwnedUserId, RoomId, ServerName, UserId,
+    api::federation::{
+        authentication::XMatrix,
+        keys::{claim_keys, get_keys},
+        query::get_profile_information,
+    },
     signatures::{Ed25519KeyPair, PublicKeyMap},
 };
 
@@ -35,6 +39,7 @@ use self::{
 use crate::{
     clock::Clock,
     config::FederationConfig,
+    e2ee::to_device::ToDeviceInbox,
     error::{Error, Result},
     policy::federation::{FederationScope, may_federate_with},
     rooms::Rooms,
@@ -118,7 +123,7 @@ impl Federation {
         key: Arc<Ed25519KeyPair>,
         config: &FederationConfig,
         outgoing: Outgoing,
-        rooms: Arc<Rooms>,
+        (rooms, to_device): (Arc<Rooms>, Arc<ToDeviceInbox>),
         stores: &Stores,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -139,7 +144,7 @@ impl Federation {
         );
         let receiver = Receiver::new(
             (server_name.clone(), key),
-            rooms,
+            (rooms, to_device),
             keys.clone(),
             (
                 stores.events.clone(),
@@ -245,6 +250,28 @@ impl Federation {
                 Error::Unauthorized(format!("the request signature does not verify: {e}"))
             })?;
         Ok(xmatrix.origin)
+    }
+
+    /// Device and cross-signing keys of users of `server` (`/user/keys/query`).
+    pub async fn query_keys(
+        &self,
+        server: &ServerName,
+        users: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    ) -> Result<get_keys::v1::Response> {
+        self.check_enabled()?;
+        let request = get_keys::v1::Request::new(users);
+        Ok(self.client.request(server, request).await?)
+    }
+
+    /// One key per device of users of `server` (`/user/keys/claim`).
+    pub async fn claim_keys(
+        &self,
+        server: &ServerName,
+        claims: claim_keys::v1::OneTimeKeyClaims,
+    ) -> Result<claim_keys::v1::OneTimeKeys> {
+        self.check_enabled()?;
+        let request = claim_keys::v1::Request::new(claims);
+        Ok(self.client.request(server, request).await?.one_time_keys)
     }
 
     /// A remote user's profile from their server; `None` when it has no such user.

@@ -7,8 +7,8 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
     EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
-    api::federation::membership::RawStrippedState, room_version_rules::RoomVersionRules,
-    signatures::Ed25519KeyPair,
+    api::federation::membership::RawStrippedState, api::federation::transactions::edu::Edu,
+    room_version_rules::RoomVersionRules, serde::Raw, signatures::Ed25519KeyPair,
 };
 use serde_json::value::RawValue;
 
@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     clock::Clock,
+    e2ee::to_device::ToDeviceInbox,
     error::{Error, Result},
     policy::federation::{FederationScope, may_federate_with},
     rooms::{
@@ -35,6 +36,7 @@ pub struct Receiver {
     server_name: OwnedServerName,
     key: Arc<Ed25519KeyPair>,
     rooms: Arc<Rooms>,
+    to_device: Arc<ToDeviceInbox>,
     accounts: Arc<dyn AccountStore>,
     keys: Arc<ServerKeys>,
     events: Arc<dyn EventStore>,
@@ -53,7 +55,7 @@ pub struct JoinedState {
 impl Receiver {
     pub fn new(
         (server_name, key): (OwnedServerName, Arc<Ed25519KeyPair>),
-        rooms: Arc<Rooms>,
+        (rooms, to_device): (Arc<Rooms>, Arc<ToDeviceInbox>),
         keys: Arc<ServerKeys>,
         (events, store, accounts): (
             Arc<dyn EventStore>,
@@ -68,6 +70,7 @@ impl Receiver {
             key,
             accounts,
             rooms,
+            to_device,
             keys,
             events,
             store,
@@ -83,9 +86,9 @@ impl Receiver {
         origin: &ServerName,
         txn_id: &str,
         pdus: &[Box<RawValue>],
-        edus: usize,
+        edus: &[Raw<Edu>],
     ) -> Result<BTreeMap<OwnedEventId, Result<(), String>>> {
-        if pdus.len() > MAX_TXN_PDUS || edus > MAX_TXN_EDUS {
+        if pdus.len() > MAX_TXN_PDUS || edus.len() > MAX_TXN_EDUS {
             return Err(Error::bad_json(format!(
                 "a transaction carries at most {MAX_TXN_PDUS} PDUs and {MAX_TXN_EDUS} EDUs"
             )));
@@ -105,6 +108,11 @@ impl Receiver {
                 Err(reason) => tracing::info!(%origin, %reason, "unusable PDU in a transaction"),
             }
         }
+        for raw in edus {
+            if let Err(reason) = self.one_edu(origin, raw).await {
+                tracing::info!(%origin, %reason, "EDU not taken");
+            }
+        }
         let stored: BTreeMap<&OwnedEventId, TxnResult> =
             results.iter().map(|(k, v)| (k, v.into())).collect();
         self.store
@@ -116,6 +124,20 @@ impl Receiver {
             )
             .await?;
         Ok(results)
+    }
+
+    /// One EDU: to-device messages for our users' devices; kinds not handled yet (typing,
+    /// receipts, presence, device-list and signing-key updates) are skipped.
+    async fn one_edu(&self, origin: &ServerName, raw: &Raw<Edu>) -> Result<()> {
+        match raw.deserialize() {
+            Ok(Edu::DirectToDevice(content)) => {
+                self.to_device
+                    .receive(origin, &self.server_name, content)
+                    .await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::bad_json(format!("unreadable EDU: {e}"))),
+        }
     }
 
     async fn one_pdu(

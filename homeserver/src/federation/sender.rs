@@ -1,6 +1,7 @@
 //! The outbound sender: one queue per destination, fed by the outbox the event's own
 //! transaction wrote (so a crash loses nothing and a server that is down costs no memory),
-//! sent in transactions of at most 50 PDUs, retried with exponential backoff, woken early
+//! sent in transactions of at most 50 PDUs and 100 EDUs (to-device messages, device-list
+//! updates, queued the same way), retried with exponential backoff, woken early
 //! when the destination shows it is back (it contacts us).
 
 use std::{
@@ -13,7 +14,8 @@ use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedTransactionId, ServerName,
     api::federation::transactions::send_transaction_message,
 };
-use serde_json::value::RawValue;
+use ruma::{api::federation::transactions::edu::Edu, serde::Raw};
+use serde_json::{Value, value::RawValue};
 use tokio::sync::Notify;
 
 use super::client::FederationClient;
@@ -23,8 +25,9 @@ use crate::{
     store::{FederationStore, GraphStore},
 };
 
-/// PDUs per transaction (the spec's limit).
+/// PDUs and EDUs per transaction (the spec's limits).
 const BATCH: i64 = 50;
+const EDU_BATCH: i64 = 100;
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LAST_RETRY: Duration = Duration::from_secs(600);
 
@@ -91,6 +94,29 @@ impl Sender {
         ));
     }
 
+    /// Queues EDUs `(destination, EDU type, content)` durably and wakes their queues;
+    /// destinations we do not federate with are left out.
+    pub async fn queue_edus(
+        &self,
+        edus: Vec<(OwnedServerName, String, Value)>,
+    ) -> crate::error::Result<()> {
+        let rows: Vec<(String, String, String)> = edus
+            .iter()
+            .filter(|(d, _, _)| *d != self.inner.origin && may_federate_with(&self.inner.scope, d))
+            .map(|(d, kind, content)| (d.to_string(), kind.clone(), content.to_string()))
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.inner.store.queue_edus(&rows).await?;
+        for (d, _, _) in &rows {
+            if let Ok(d) = <&ServerName>::try_from(d.as_str()) {
+                self.wake(d);
+            }
+        }
+        Ok(())
+    }
+
     /// `server` contacted us: if its queue is waiting out a failure, try again now.
     pub fn contacted(&self, server: &ServerName) {
         if let Some(notify) = self.inner.running.lock().expect("sender lock").get(server) {
@@ -123,14 +149,16 @@ async fn run(inner: Weak<Inner>, destination: OwnedServerName, notify: Arc<Notif
         let Some(this) = inner.upgrade() else {
             return;
         };
-        let batch = match this.store.outbox(destination.as_str(), BATCH).await {
-            Ok(b) => b,
-            Err(e) => {
+        let batch = this.store.outbox(destination.as_str(), BATCH).await;
+        let edus = this.store.edu_outbox(destination.as_str(), EDU_BATCH).await;
+        let (batch, edus) = match (batch, edus) {
+            (Ok(b), Ok(e)) => (b, e),
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(%destination, error = %e, "federation outbox unreadable");
-                vec![]
+                (vec![], vec![])
             }
         };
-        if batch.is_empty() {
+        if batch.is_empty() && edus.is_empty() {
             let mut running = this.running.lock().expect("sender lock");
             // Nothing can be added between this read and the removal unnoticed: a writer
             // wakes the queue after committing, and finds it gone or notifies it.
@@ -140,10 +168,19 @@ async fn run(inner: Weak<Inner>, destination: OwnedServerName, notify: Arc<Notif
             running.remove(&destination);
             return;
         }
-        match send(&this, &destination, &batch).await {
+        match send(&this, &destination, &batch, &edus).await {
             Ok(()) => {
-                let last = batch.last().map(|(p, _)| *p).unwrap_or_default();
-                if let Err(e) = this.store.outbox_sent(destination.as_str(), last).await {
+                let dest = destination.as_str();
+                let done = async {
+                    if let Some((last, _)) = batch.last() {
+                        this.store.outbox_sent(dest, *last).await?;
+                    }
+                    if let Some((last, _, _)) = edus.last() {
+                        this.store.edu_outbox_sent(dest, *last).await?;
+                    }
+                    Ok::<_, crate::store::StoreError>(())
+                };
+                if let Err(e) = done.await {
                     tracing::warn!(%destination, error = %e, "federation outbox not updated");
                 }
                 retry = FIRST_RETRY;
@@ -175,6 +212,7 @@ async fn send(
     inner: &Inner,
     destination: &ServerName,
     batch: &[(i64, String)],
+    edus: &[(i64, String, String)],
 ) -> Result<(), String> {
     let ids: Vec<String> = batch.iter().map(|(_, id)| id.clone()).collect();
     let mut stored = inner.graph.pdus(&ids).await.map_err(|e| e.to_string())?;
@@ -185,14 +223,32 @@ async fn send(
         .filter_map(|p| RawValue::from_string(p.json).ok())
         .collect();
     // The id names the batch's positions, so a retry after a lost answer is recognised.
-    let (first, last) = (batch[0].0, batch[batch.len() - 1].0);
-    let txn_id = OwnedTransactionId::from(format!("{first}-{last}"));
+    let span = |first: Option<i64>, last: Option<i64>| match (first, last) {
+        (Some(f), Some(l)) => format!("{f}-{l}"),
+        _ => String::new(),
+    };
+    let txn_id = OwnedTransactionId::from(format!(
+        "{}.{}",
+        span(batch.first().map(|b| b.0), batch.last().map(|b| b.0)),
+        span(edus.first().map(|e| e.0), edus.last().map(|e| e.0)),
+    ));
+    let edus: Vec<Raw<Edu>> = edus
+        .iter()
+        .filter_map(|(_, kind, content)| {
+            let json = format!(
+                r#"{{"edu_type":{},"content":{content}}}"#,
+                Value::from(kind.as_str())
+            );
+            RawValue::from_string(json).ok().map(Raw::from_json)
+        })
+        .collect();
     let mut request = send_transaction_message::v1::Request::new(
         txn_id,
         inner.origin.clone(),
         MilliSecondsSinceUnixEpoch::now(),
     );
     request.pdus = pdus;
+    request.edus = edus;
     let response = inner
         .client
         .request(destination, request)

@@ -644,6 +644,8 @@ pub trait KeyStore: Send + Sync {
     async fn device_list_changes(&self, from: i64, to: i64) -> StoreResult<Vec<String>>;
     /// Records a device-list change of the user at `pos` (a renamed device, say).
     async fn record_device_list_change(&self, user_id: &str, pos: i64) -> StoreResult<()>;
+    /// The position of the user's latest device-list change (0: none).
+    async fn device_list_position(&self, user_id: &str) -> StoreResult<i64>;
     /// Users joined to or invited into an encrypted room the user is joined to (the user included).
     async fn users_sharing_encrypted_rooms(&self, user_id: &str) -> StoreResult<Vec<String>>;
     /// Users joined to or invited into the room.
@@ -1079,8 +1081,18 @@ pub trait FederationStore: Send + Sync {
     async fn outbox(&self, destination: &str, limit: i64) -> StoreResult<Vec<(i64, String)>>;
     /// `destination` has the events up to `upto`.
     async fn outbox_sent(&self, destination: &str, upto: i64) -> StoreResult<()>;
-    /// Destinations with events waiting.
+    /// Destinations with events or EDUs waiting.
     async fn outbox_destinations(&self) -> StoreResult<Vec<String>>;
+    /// Queues EDUs: `(destination, EDU type, content)`.
+    async fn queue_edus(&self, edus: &[(String, String, String)]) -> StoreResult<()>;
+    /// The oldest EDUs waiting for `destination`: `(id, EDU type, content)`.
+    async fn edu_outbox(
+        &self,
+        destination: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, String, String)>>;
+    /// `destination` has the EDUs up to `upto`.
+    async fn edu_outbox_sent(&self, destination: &str, upto: i64) -> StoreResult<()>;
 }
 
 /// Why an event is known but not part of the room's timeline.

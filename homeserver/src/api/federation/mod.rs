@@ -2,6 +2,7 @@
 //! version look-ups and OpenID user info (which the VZD-FHIR-Directory calls although it is no
 //! federation member, A-FED-11) is signed with `X-Matrix`, verified before the handler runs.
 
+mod e2ee;
 mod keys;
 mod membership;
 mod openid;
@@ -17,5 +18,6 @@ pub fn router(r: Router<Tenants>) -> Router<Tenants> {
     let r = query::routes(r);
     let r = membership::routes(r);
     let r = transaction::routes(r);
+    let r = e2ee::routes(r);
     openid::routes(r)
 }

@@ -28,12 +28,7 @@ async fn send(
         .hs
         .federation
         .receiver
-        .transaction(
-            origin,
-            req.transaction_id.as_str(),
-            &req.pdus,
-            req.edus.len(),
-        )
+        .transaction(origin, req.transaction_id.as_str(), &req.pdus, &req.edus)
         .await?;
     Ok(send_transaction_message::v1::Response::new(results))
 }

@@ -88,6 +88,39 @@ impl FederationStore for SqlStore {
     }
 
     async fn outbox_destinations(&self) -> StoreResult<Vec<String>> {
-        hashes(sqlx::query("SELECT DISTINCT destination FROM federation_outbox ORDER BY destination").fetch_all(&self.read).await?)
+        hashes(
+            sqlx::query("SELECT destination FROM federation_outbox UNION SELECT destination FROM federation_edu_outbox ORDER BY 1")
+                .fetch_all(&self.read)
+                .await?,
+        )
+    }
+
+    async fn queue_edus(&self, edus: &[(String, String, String)]) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        for chunk in edus.chunks(300) {
+            let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3)).collect();
+            let sql = format!("INSERT INTO federation_edu_outbox (destination, edu_type, content) VALUES {}", values.join(", "));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (destination, kind, content) in chunk {
+                q = q.bind(destination).bind(kind).bind(content);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn edu_outbox(&self, destination: &str, limit: i64) -> StoreResult<Vec<(i64, String, String)>> {
+        let rows = sqlx::query("SELECT id, edu_type, content FROM federation_edu_outbox WHERE destination = $1 ORDER BY id LIMIT $2")
+            .bind(destination)
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    }
+
+    async fn edu_outbox_sent(&self, destination: &str, upto: i64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM federation_edu_outbox WHERE destination = $1 AND id <= $2").bind(destination).bind(upto).execute(&self.write).await?;
+        Ok(())
     }
 }

@@ -195,6 +195,10 @@ impl KeyStore for SqlStore {
         Ok(())
     }
 
+    async fn device_list_position(&self, user_id: &str) -> StoreResult<i64> {
+        Ok(sqlx::query("SELECT COALESCE(MAX(stream_pos), 0) FROM device_list_changes WHERE user_id = $1").bind(user_id).fetch_one(&self.read).await?.try_get(0)?)
+    }
+
     async fn users_sharing_encrypted_rooms(&self, user_id: &str) -> StoreResult<Vec<String>> {
         let rows = sqlx::query(
             "SELECT DISTINCT b.state_key FROM current_state a \
