@@ -146,9 +146,10 @@ impl Homeserver {
                 .collect::<Result<_>>()?,
         ));
         let device_lists = Arc::new(DeviceLists::new(
-            stream.clone(),
-            notifier.clone(),
+            server_name.clone(),
+            (stream.clone(), notifier.clone()),
             stores.keys.clone(),
+            outgoing.sender.clone(),
         ));
         let accounts = Accounts::new(
             server_name.clone(),
@@ -202,7 +203,7 @@ impl Homeserver {
             key.clone(),
             &config.federation,
             outgoing,
-            (rooms.clone(), to_device.clone()),
+            (rooms.clone(), to_device.clone(), device_lists.clone()),
             &stores,
             shared.clock.clone(),
         ));

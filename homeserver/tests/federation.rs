@@ -1141,3 +1141,124 @@ async fn encryption_keys_and_to_device_messages_cross_servers() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Syncs from `since` until `user` is listed in `device_lists.changed` (or ten seconds pass).
+async fn wait_device_change(client: &common::Client, since: String, user: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut since = since;
+    loop {
+        let sync = client.sync(Some(&since), 1_000).await;
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        if sync["device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|u| u == user))
+        {
+            return since;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{user}'s device change not seen by {}",
+            client.user_id
+        );
+    }
+}
+
+#[tokio::test]
+async fn device_list_changes_reach_the_other_servers_in_encrypted_rooms() {
+    let Pair {
+        a,
+        b,
+        ca: _ca,
+        a2: _,
+    } = pair().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice
+        .create_room(json!({
+            "preset": "private_chat",
+            "invite": [bob.user_id],
+            "initial_state": [{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+        }))
+        .await;
+    sync_until(&bob, "bob's invite", |s| {
+        !s["rooms"]["invite"][&room].is_null()
+    })
+    .await;
+    bob.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/rooms/{}/join", urlencode(&room)),
+        Some(json!({})),
+    )
+    .await;
+    let alice_since = sync_until(&alice, "bob's join", |s| {
+        member_of(s, &room, &bob.user_id).as_deref() == Some("join")
+    })
+    .await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bob_since = bob.sync(None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Bob signs in on a second device and uploads its keys: A hears of it (an EDU) and
+    // Alice's client is told to query Bob's keys again — and finds the new device.
+    let mut laptop = b.client();
+    let login = laptop
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/login",
+            Some(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": "secret-pw"})),
+        )
+        .await;
+    laptop.adopt(&login);
+    laptop
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/keys/upload",
+            Some(device_upload(&laptop, 1)),
+        )
+        .await;
+    let alice_since = wait_device_change(&alice, alice_since, &bob.user_id).await;
+    let keys = alice
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(json!({"device_keys": {bob.user_id.clone(): []}})),
+        )
+        .await;
+    assert!(
+        keys["device_keys"][&bob.user_id][&laptop.device_id].is_object(),
+        "{keys}"
+    );
+
+    // The device signs out: told again, and gone from the keys.
+    laptop
+        .ok(Method::POST, "/_matrix/client/v3/logout", Some(json!({})))
+        .await;
+    wait_device_change(&alice, alice_since, &bob.user_id).await;
+    let keys = alice
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(json!({"device_keys": {bob.user_id.clone(): []}})),
+        )
+        .await;
+    assert!(
+        keys["device_keys"][&bob.user_id][&laptop.device_id].is_null(),
+        "{keys}"
+    );
+
+    // And the other way round.
+    alice
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/keys/upload",
+            Some(device_upload(&alice, 0)),
+        )
+        .await;
+    wait_device_change(&bob, bob_since, &alice.user_id).await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -286,82 +286,13 @@ impl Homeserver {
         requester: Option<&UserId>,
         wanted: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
     ) -> Result<get_keys::v3::Response> {
-        let mut resp = get_keys::v3::Response::new();
-        let local: Vec<&OwnedUserId> = wanted
-            .keys()
-            .filter(|u| u.server_name() == self.server_name)
-            .collect();
-        let users: Vec<String> = local.iter().map(|u| u.to_string()).collect();
-        for user in &local {
-            resp.device_keys.entry((*user).clone()).or_default();
-        }
-        let signatures = self.stores.keys.signatures(&users).await?;
-        let signatures_on = |user: &str, key: &str| {
-            let (user, key) = (user.to_owned(), key.to_owned());
-            signatures.iter().filter(move |s| {
-                s.target_user == user
-                    && s.target_key == key
-                    && (s.signer == user || requester.is_some_and(|r| s.signer == r.as_str()))
-            })
-        };
-        for (user, usage, json) in self.stores.keys.cross_signing_keys(&users).await? {
-            let Ok(user) = OwnedUserId::try_from(user.as_str()) else {
-                continue;
-            };
-            let Ok(mut key) = serde_json::from_str::<serde_json::Map<String, Value>>(&json) else {
-                continue;
-            };
-            if let Some(public) = cross_signing::public_key(&json) {
-                cross_signing::merge_signatures(&mut key, signatures_on(user.as_str(), &public));
-            }
-            let raw: Raw<ruma::encryption::CrossSigningKey> =
-                Raw::from_json(serde_json::value::to_raw_value(&key).map_err(Error::internal)?);
-            match usage.as_str() {
-                cross_signing::MASTER => {
-                    resp.master_keys.insert(user, raw);
-                }
-                cross_signing::SELF_SIGNING => {
-                    resp.self_signing_keys.insert(user, raw);
-                }
-                cross_signing::USER_SIGNING if requester == Some(user.as_ref()) => {
-                    resp.user_signing_keys.insert(user, raw);
-                }
-                _ => {}
-            }
-        }
-        for row in self.stores.keys.device_keys(&users).await? {
-            let (Ok(user), device) = (
-                OwnedUserId::try_from(row.user_id.as_str()),
-                OwnedDeviceId::from(row.device_id.as_str()),
-            ) else {
-                continue;
-            };
-            let wanted = wanted
-                .get(&user)
-                .is_some_and(|d| d.is_empty() || d.contains(&device));
-            if !wanted {
-                continue;
-            }
-            let Ok(mut keys) = serde_json::from_str::<serde_json::Map<String, Value>>(&row.json)
-            else {
-                continue;
-            };
-            cross_signing::merge_signatures(&mut keys, signatures_on(&row.user_id, &row.device_id));
-            if let Some(name) = row.display_name {
-                let unsigned = keys
-                    .entry("unsigned")
-                    .or_insert_with(|| serde_json::json!({}));
-                if let Some(u) = unsigned.as_object_mut() {
-                    u.insert("device_display_name".into(), Value::String(name));
-                }
-            }
-            let raw = serde_json::value::to_raw_value(&keys).map_err(Error::internal)?;
-            resp.device_keys
-                .entry(user)
-                .or_default()
-                .insert(device, Raw::from_json(raw));
-        }
-        Ok(resp)
+        published_keys(
+            self.stores.keys.as_ref(),
+            &self.server_name,
+            requester,
+            wanted,
+        )
+        .await
     }
 
     /// `/keys/claim`: one key per wanted device — a one-time key, handed out exactly once, else
@@ -446,6 +377,91 @@ impl Homeserver {
         }
         Ok(out)
     }
+}
+
+/// Device and cross-signing keys of local users, for a local `requester` (who alone sees
+/// their user-signing key and the signatures they made) or another server (`None`).
+pub async fn published_keys(
+    store: &dyn crate::store::KeyStore,
+    server_name: &ruma::ServerName,
+    requester: Option<&UserId>,
+    wanted: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+) -> Result<get_keys::v3::Response> {
+    let mut resp = get_keys::v3::Response::new();
+    let local: Vec<&OwnedUserId> = wanted
+        .keys()
+        .filter(|u| u.server_name() == server_name)
+        .collect();
+    let users: Vec<String> = local.iter().map(|u| u.to_string()).collect();
+    for user in &local {
+        resp.device_keys.entry((*user).clone()).or_default();
+    }
+    let signatures = store.signatures(&users).await?;
+    let signatures_on = |user: &str, key: &str| {
+        let (user, key) = (user.to_owned(), key.to_owned());
+        signatures.iter().filter(move |s| {
+            s.target_user == user
+                && s.target_key == key
+                && (s.signer == user || requester.is_some_and(|r| s.signer == r.as_str()))
+        })
+    };
+    for (user, usage, json) in store.cross_signing_keys(&users).await? {
+        let Ok(user) = OwnedUserId::try_from(user.as_str()) else {
+            continue;
+        };
+        let Ok(mut key) = serde_json::from_str::<serde_json::Map<String, Value>>(&json) else {
+            continue;
+        };
+        if let Some(public) = cross_signing::public_key(&json) {
+            cross_signing::merge_signatures(&mut key, signatures_on(user.as_str(), &public));
+        }
+        let raw: Raw<ruma::encryption::CrossSigningKey> =
+            Raw::from_json(serde_json::value::to_raw_value(&key).map_err(Error::internal)?);
+        match usage.as_str() {
+            cross_signing::MASTER => {
+                resp.master_keys.insert(user, raw);
+            }
+            cross_signing::SELF_SIGNING => {
+                resp.self_signing_keys.insert(user, raw);
+            }
+            cross_signing::USER_SIGNING if requester == Some(user.as_ref()) => {
+                resp.user_signing_keys.insert(user, raw);
+            }
+            _ => {}
+        }
+    }
+    for row in store.device_keys(&users).await? {
+        let (Ok(user), device) = (
+            OwnedUserId::try_from(row.user_id.as_str()),
+            OwnedDeviceId::from(row.device_id.as_str()),
+        ) else {
+            continue;
+        };
+        let wanted = wanted
+            .get(&user)
+            .is_some_and(|d| d.is_empty() || d.contains(&device));
+        if !wanted {
+            continue;
+        }
+        let Ok(mut keys) = serde_json::from_str::<serde_json::Map<String, Value>>(&row.json) else {
+            continue;
+        };
+        cross_signing::merge_signatures(&mut keys, signatures_on(&row.user_id, &row.device_id));
+        if let Some(name) = row.display_name {
+            let unsigned = keys
+                .entry("unsigned")
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(u) = unsigned.as_object_mut() {
+                u.insert("device_display_name".into(), Value::String(name));
+            }
+        }
+        let raw = serde_json::value::to_raw_value(&keys).map_err(Error::internal)?;
+        resp.device_keys
+            .entry(user)
+            .or_default()
+            .insert(device, Raw::from_json(raw));
+    }
+    Ok(resp)
 }
 
 /// How long a query waits for other servers: the client's `timeout`, 10 s by default, at

@@ -39,7 +39,7 @@ use self::{
 use crate::{
     clock::Clock,
     config::FederationConfig,
-    e2ee::to_device::ToDeviceInbox,
+    e2ee::{device_lists::DeviceLists, to_device::ToDeviceInbox},
     error::{Error, Result},
     policy::federation::{FederationScope, may_federate_with},
     rooms::Rooms,
@@ -123,7 +123,7 @@ impl Federation {
         key: Arc<Ed25519KeyPair>,
         config: &FederationConfig,
         outgoing: Outgoing,
-        (rooms, to_device): (Arc<Rooms>, Arc<ToDeviceInbox>),
+        (rooms, to_device, device_lists): (Arc<Rooms>, Arc<ToDeviceInbox>, Arc<DeviceLists>),
         stores: &Stores,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -144,7 +144,7 @@ impl Federation {
         );
         let receiver = Receiver::new(
             (server_name.clone(), key),
-            (rooms, to_device),
+            (rooms, to_device, device_lists),
             keys.clone(),
             (
                 stores.events.clone(),

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     clock::Clock,
-    e2ee::to_device::ToDeviceInbox,
+    e2ee::{device_lists::DeviceLists, to_device::ToDeviceInbox},
     error::{Error, Result},
     policy::federation::{FederationScope, may_federate_with},
     rooms::{
@@ -37,6 +37,7 @@ pub struct Receiver {
     key: Arc<Ed25519KeyPair>,
     rooms: Arc<Rooms>,
     to_device: Arc<ToDeviceInbox>,
+    device_lists: Arc<DeviceLists>,
     accounts: Arc<dyn AccountStore>,
     keys: Arc<ServerKeys>,
     events: Arc<dyn EventStore>,
@@ -55,7 +56,7 @@ pub struct JoinedState {
 impl Receiver {
     pub fn new(
         (server_name, key): (OwnedServerName, Arc<Ed25519KeyPair>),
-        (rooms, to_device): (Arc<Rooms>, Arc<ToDeviceInbox>),
+        (rooms, to_device, device_lists): (Arc<Rooms>, Arc<ToDeviceInbox>, Arc<DeviceLists>),
         keys: Arc<ServerKeys>,
         (events, store, accounts): (
             Arc<dyn EventStore>,
@@ -71,6 +72,7 @@ impl Receiver {
             accounts,
             rooms,
             to_device,
+            device_lists,
             keys,
             events,
             store,
@@ -126,8 +128,8 @@ impl Receiver {
         Ok(results)
     }
 
-    /// One EDU: to-device messages for our users' devices; kinds not handled yet (typing,
-    /// receipts, presence, device-list and signing-key updates) are skipped.
+    /// One EDU: to-device messages for our users' devices, device-list and signing-key
+    /// updates; kinds not handled yet (typing, receipts, presence) are skipped.
     async fn one_edu(&self, origin: &ServerName, raw: &Raw<Edu>) -> Result<()> {
         match raw.deserialize() {
             Ok(Edu::DirectToDevice(content)) => {
@@ -135,9 +137,24 @@ impl Receiver {
                     .receive(origin, &self.server_name, content)
                     .await
             }
+            // We keep no copy of other servers' keys (queries go to them), so an update only
+            // tells our users' clients to query again.
+            Ok(Edu::DeviceListUpdate(update)) => {
+                self.device_list_changed(origin, &update.user_id).await
+            }
+            Ok(Edu::SigningKeyUpdate(update)) => {
+                self.device_list_changed(origin, &update.user_id).await
+            }
             Ok(_) => Ok(()),
             Err(e) => Err(Error::bad_json(format!("unreadable EDU: {e}"))),
         }
+    }
+
+    async fn device_list_changed(&self, origin: &ServerName, user: &UserId) -> Result<()> {
+        if user.server_name() != origin {
+            return Err(Error::forbidden("the user is not a user of the origin"));
+        }
+        self.device_lists.record(user).await
     }
 
     async fn one_pdu(

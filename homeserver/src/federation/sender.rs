@@ -125,6 +125,13 @@ impl Sender {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::e2ee::device_lists::RemoteUpdates for Sender {
+    async fn queue(&self, edus: Vec<(OwnedServerName, String, Value)>) -> crate::error::Result<()> {
+        self.queue_edus(edus).await
+    }
+}
+
 impl Outbound for Sender {
     fn destinations(&self, servers: &mut dyn Iterator<Item = &ServerName>) -> Vec<String> {
         servers
