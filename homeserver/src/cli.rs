@@ -15,7 +15,9 @@ use crate::{
 ///
 /// Without a config file it runs on embedded defaults: server name `localhost`, SQLite under
 /// `./data`, client and federation API on 127.0.0.1:8008, operator API (used by the commands
-/// below) and metrics on 127.0.0.1:8007. Every config key can be overridden by
+/// below) and metrics on 127.0.0.1:8007; a TLS listener for other homeservers (port 8448)
+/// opens when `federation.listen` and its certificate are configured. Every config key can be
+/// overridden by
 /// a `TIM_`-prefixed environment variable (e.g. TIM_SERVER_NAME, TIM_LISTEN, TIM_DATABASE_URL,
 /// TIM_OPEN_REGISTRATION); nested keys use `__` (TIM_ARGON2__M_COST_KIB).
 #[derive(Parser, Debug)]
