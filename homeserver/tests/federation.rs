@@ -1262,3 +1262,185 @@ async fn device_list_changes_reach_the_other_servers_in_encrypted_rooms() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn forks_are_resolved_and_soft_failed_events_kept_out_of_the_timeline() {
+    let Pair { a, b, ca, a2: _ } = pair().await;
+    let alice = a.register("alice").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Praxisnetz"}))
+        .await;
+    let bob_id = format!("@bob:{}", b.server_name);
+    let b_hs = b.hs();
+    // Bob joins by hand (B's server only signs), so the test decides what B builds on.
+    let (status, made) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "GET",
+        &format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=10",
+            urlencode(&room),
+            urlencode(&bob_id)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let (join_id, join) = sign_pdu(&b_hs, made["event"].clone());
+    let (status, joined) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "PUT",
+        &format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            urlencode(&room),
+            urlencode(&join_id)
+        ),
+        Some(serde_json::to_value(&join).unwrap()),
+    )
+    .await;
+    assert_eq!(status, 200, "{joined}");
+    let create = state_id(&joined["state"], "m.room.create", "");
+    let power = state_id(&joined["state"], "m.room.power_levels", "");
+    let join_rules = state_id(&joined["state"], "m.room.join_rules", "");
+    let now = u64::from(ruma::MilliSecondsSinceUnixEpoch::now().get());
+    let send = |id: &str, pdu: ruma::CanonicalJsonObject| {
+        let body =
+            json!({"origin": b.server_name, "origin_server_ts": now, "pdus": [pdu], "edus": []});
+        let path = format!("/_matrix/federation/v1/send/{}", urlencode(id));
+        let (b, a, ca) = (&b, &a, &ca);
+        async move {
+            let (status, result) = federation_request(b, a, ca, "PUT", &path, Some(body)).await;
+            assert_eq!(status, 200, "{result}");
+            result["pdus"]
+                .as_object()
+                .and_then(|r| r.values().next().cloned())
+                .unwrap()
+        }
+    };
+    let message = |body: &str, prev: &str, sender: &str, ts: u64| {
+        json!({
+            "type": "m.room.message", "room_id": room, "sender": sender,
+            "content": {"msgtype": "m.text", "body": body},
+            "prev_events": [prev], "auth_events": [create, power, join_id],
+            "depth": 100, "origin_server_ts": ts,
+        })
+    };
+
+    // Alice renames the room on top of Bob's join; B has not seen it and builds on the join.
+    let renamed = alice
+        .ok(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                urlencode(&room)
+            ),
+            Some(json!({"name": "Neu"})),
+        )
+        .await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let since = alice.sync(None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (fork_id, fork) = sign_pdu(&b_hs, message("vom Zweig", &join_id, &bob_id, now + 1));
+    assert_eq!(send(&fork_id, fork).await, json!({}));
+    // Still on the fork: Bob changes his display name (a state event both branches differ on).
+    let (profile_id, profile) = sign_pdu(
+        &b_hs,
+        json!({
+            "type": "m.room.member", "state_key": bob_id, "room_id": room, "sender": bob_id,
+            "content": {"membership": "join", "displayname": "Bob (Klinik)"},
+            "prev_events": [fork_id], "auth_events": [create, power, join_rules, join_id],
+            "depth": 101, "origin_server_ts": now + 2,
+        }),
+    );
+    assert_eq!(send(&profile_id, profile).await, json!({}));
+    let sync = alice.sync(Some(&since), 0).await;
+    assert_eq!(common::bodies(&sync, &room), vec!["vom Zweig"], "{sync}");
+    // The resolved state keeps both branches' changes.
+    let name = alice
+        .ok(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                urlencode(&room)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(name["name"], "Neu");
+    let member = alice
+        .ok(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                urlencode(&room),
+                urlencode(&bob_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(member["displayname"], "Bob (Klinik)");
+    // Alice's next event joins the branches again: it names both tips.
+    let joined_again = alice.send(&room, "m1", "wieder vereint").await;
+    let (mut prev, _) = a.hs().stores.graph.edges(&joined_again).await.unwrap();
+    prev.sort();
+    let mut tips = vec![renamed, profile_id.clone()];
+    tips.sort();
+    assert_eq!(prev, tips);
+
+    // On a fork, someone who is not in the room there is rejected.
+    let (outsider_id, outsider) = sign_pdu(
+        &b_hs,
+        message(
+            "nicht dabei",
+            &fork_id,
+            &format!("@mallory:{}", b.server_name),
+            now + 3,
+        ),
+    );
+    assert!(
+        send(&outsider_id, outsider).await["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("rejected")
+    );
+    // Alice kicks Bob; a message B builds on the state before the kick is allowed by its own
+    // history but not by the room as it is now: soft-failed, never shown.
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/kick", urlencode(&room)),
+            Some(json!({"user_id": bob_id})),
+        )
+        .await;
+    let since = alice.sync(None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (late_id, late) = sign_pdu(
+        &b_hs,
+        message("nach dem Rauswurf", &profile_id, &bob_id, now + 4),
+    );
+    assert_eq!(send(&late_id, late).await, json!({}));
+    let status = a
+        .hs()
+        .stores
+        .graph
+        .pdus(std::slice::from_ref(&late_id))
+        .await
+        .unwrap();
+    assert_eq!(
+        status[0].status,
+        Some(tim_homeserver::store::EventStatus::SoftFailed)
+    );
+    let sync = alice.sync(Some(&since), 0).await;
+    assert!(common::bodies(&sync, &room).is_empty(), "{sync}");
+    a.stop().await;
+    b.stop().await;
+}

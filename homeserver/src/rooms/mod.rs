@@ -7,6 +7,7 @@ pub mod membership;
 pub mod pdu;
 mod read;
 pub mod receive;
+mod resolve;
 mod write;
 
 use std::{
@@ -103,6 +104,16 @@ impl RoomState {
             }
         }
         self.state.insert(key, pdu);
+    }
+
+    /// Replaces the whole state (after state resolution), members and servers with it.
+    fn replace_state(&mut self, state: HashMap<StateKey, Arc<Pdu>>) {
+        self.state.clear();
+        self.members.clear();
+        self.servers.clear();
+        for (key, pdu) in state {
+            self.set_state(key, pdu);
+        }
     }
 
     /// Servers with joined members.

@@ -10,11 +10,15 @@ use ruma::{
     UserId, events::TimelineEventType,
 };
 
-use super::{MAX_PREV_EVENTS, RoomState, Rooms, pdu::Pdu};
+use std::{collections::HashMap, sync::atomic::Ordering};
+
+use ruma::events::StateEventType;
+
+use super::{MAX_PREV_EVENTS, RoomState, Rooms, StateKey, pdu::Pdu, write::Resolution};
 use crate::{
     error::{Error, Result},
     homeserver::detached,
-    store::{EventStatus, OutsideEvent, StateIds},
+    store::{EventStatus, NewStateGroup, OutsideEvent, StateIds},
 };
 
 /// Most auth events a PDU may name (as the spec suggests).
@@ -115,20 +119,10 @@ impl Rooms {
                 .keep_outside(&pdu, &json, EventStatus::Rejected, &reason)
                 .await;
         }
-        // The state before the event: the room's current state when the event builds on what
-        // this server has.
-        match self.state_before_is_current(room, &pdu).await? {
-            Some(true) => {}
-            Some(false) => {
-                return self
-                    .keep_outside(
-                        &pdu,
-                        &json,
-                        EventStatus::Outlier,
-                        "builds on a branch whose state differs from the current state",
-                    )
-                    .await;
-            }
+        // The state before the event: the room's current state when the event builds on it,
+        // else the states after its prev events, resolved.
+        let before = match self.state_before(room, &pdu).await? {
+            Some(before) => before,
             None => {
                 return self
                     .keep_outside(
@@ -139,16 +133,48 @@ impl Rooms {
                     )
                     .await;
             }
-        }
-        if let Err(reason) = ruma::state_res::check_state_dependent_auth_rules(
-            &room.rules.authorization,
-            &pdu,
-            |kind, key| room.state.get(&(kind.clone(), key.to_owned())).cloned(),
-        ) {
-            return self
-                .keep_outside(&pdu, &json, EventStatus::Rejected, &reason)
-                .await;
-        }
+        };
+        let current = |kind: &StateEventType, key: &str| {
+            room.state.get(&(kind.clone(), key.to_owned())).cloned()
+        };
+        let resolution = match before {
+            None => {
+                if let Err(reason) = ruma::state_res::check_state_dependent_auth_rules(
+                    &room.rules.authorization,
+                    &pdu,
+                    current,
+                ) {
+                    return self
+                        .keep_outside(&pdu, &json, EventStatus::Rejected, &reason)
+                        .await;
+                }
+                None
+            }
+            Some(before_ids) => {
+                let pdu_arc = Arc::new(pdu.clone());
+                let before_state = self.state_pdus(room, &before_ids, &pdu_arc).await?;
+                if let Err(reason) = ruma::state_res::check_state_dependent_auth_rules(
+                    &room.rules.authorization,
+                    &pdu,
+                    |kind, key| before_state.get(&(kind.clone(), key.to_owned())).cloned(),
+                ) {
+                    return self
+                        .keep_outside(&pdu, &json, EventStatus::Rejected, &reason)
+                        .await;
+                }
+                // Allowed by its own history, but not by the room as it is now: soft failure.
+                if let Err(reason) = ruma::state_res::check_state_dependent_auth_rules(
+                    &room.rules.authorization,
+                    &pdu,
+                    current,
+                ) {
+                    return self
+                        .keep_outside(&pdu, &json, EventStatus::SoftFailed, &reason)
+                        .await;
+                }
+                Some(self.resolution(room, before_ids, &pdu_arc).await?)
+            }
+        };
         if let Some(target) = &pdu.redacts
             && self.check_redaction(room, &pdu, target).await.is_err()
             && self.store.get_event(target.as_str()).await?.is_some()
@@ -162,22 +188,109 @@ impl Rooms {
                 )
                 .await;
         }
-        let prepared = self.prepared(room, pdu, &object, None).await?;
+        let prepared = self
+            .prepared(room, pdu, &object, None)
+            .await?
+            .resolved(resolution);
         self.commit(room, vec![prepared]).await?;
         Ok(Received::Accepted)
     }
 
-    /// Whether the state before `pdu` is the room's current state: `Some(true)` when each of
-    /// its prev events is a forward extremity whose state is the current state; `None` when
-    /// a prev event is not in this server's timeline.
-    async fn state_before_is_current(&self, room: &RoomState, pdu: &Pdu) -> Result<Option<bool>> {
+    /// The room's state after a remote event on a fork: the current state and the state after
+    /// the event (the state before it, and the event if it is a state event), resolved.
+    async fn resolution(
+        &self,
+        room: &RoomState,
+        before_ids: StateIds,
+        pdu: &Arc<Pdu>,
+    ) -> Result<Resolution> {
+        let mut after_ids = before_ids.clone();
+        if let Some(key) = &pdu.state_key {
+            after_ids.insert(
+                (pdu.kind.to_string(), key.clone()),
+                pdu.event_id.to_string(),
+            );
+        }
+        let current_ids: StateIds = room
+            .state
+            .iter()
+            .map(|((kind, key), p)| ((kind.to_string(), key.clone()), p.event_id.to_string()))
+            .collect();
+        let resolved_ids = self
+            .resolve_states(&room.rules, &[current_ids, after_ids], Some(pdu))
+            .await?;
+        let state = self.state_pdus(room, &resolved_ids, pdu).await?;
+        let full = |ids: &StateIds| NewStateGroup {
+            id: self.state_groups.fetch_add(1, Ordering::SeqCst) + 1,
+            prev_group: None,
+            chain_len: 0,
+            entries: ids
+                .iter()
+                .map(|((kind, key), id)| (kind.clone(), key.clone(), id.clone()))
+                .collect(),
+        };
+        Ok(Resolution {
+            before: Some(full(&before_ids)),
+            after: full(&resolved_ids),
+            state,
+        })
+    }
+
+    /// The events of a state, from the room in memory where it has them, else from the store;
+    /// `pending` is the event being added (not stored yet).
+    async fn state_pdus(
+        &self,
+        room: &RoomState,
+        ids: &StateIds,
+        pending: &Arc<Pdu>,
+    ) -> Result<HashMap<StateKey, Arc<Pdu>>> {
+        let known: HashMap<&str, &Arc<Pdu>> = room
+            .state
+            .values()
+            .map(|p| (p.event_id.as_str(), p))
+            .chain(std::iter::once((pending.event_id.as_str(), pending)))
+            .collect();
+        let missing: Vec<String> = ids
+            .values()
+            .filter(|id| !known.contains_key(id.as_str()))
+            .cloned()
+            .collect();
+        let loaded: HashMap<String, Arc<Pdu>> = self
+            .graph
+            .pdus(&missing)
+            .await?
+            .into_iter()
+            .filter_map(|p| {
+                Some((
+                    p.event_id.clone(),
+                    Arc::new(Pdu::from_json(&p.event_id, &p.json).ok()?),
+                ))
+            })
+            .collect();
+        let mut out = HashMap::with_capacity(ids.len());
+        for ((kind, key), id) in ids {
+            let pdu = known
+                .get(id.as_str())
+                .map(|p| (*p).clone())
+                .or_else(|| loaded.get(id).cloned())
+                .ok_or_else(|| Error::internal(format!("state event {id} is not stored")))?;
+            out.insert((StateEventType::from(kind.as_str()), key.clone()), pdu);
+        }
+        Ok(out)
+    }
+
+    /// The state before `pdu`: `Some(None)` when it is the room's current state (each prev
+    /// event is a forward extremity whose state is the current state), `Some(Some(state))`
+    /// otherwise (the states after its prev events, resolved when they differ); `None` when a
+    /// prev event is not in this server's timeline.
+    async fn state_before(&self, room: &RoomState, pdu: &Pdu) -> Result<Option<Option<StateIds>>> {
         if pdu.prev_events.is_empty() {
-            return Ok(Some(false));
+            return Ok(None);
         }
         if pdu.prev_events.iter().all(|p| room.extremities.contains(p))
             && pdu.prev_events.len() == room.extremities.len()
         {
-            return Ok(Some(true));
+            return Ok(Some(None));
         }
         let ids: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
         let rows = self.store.get_events(&ids).await?;
@@ -189,12 +302,22 @@ impl Rooms {
             .iter()
             .map(|((kind, key), p)| ((kind.to_string(), key.clone()), p.event_id.to_string()))
             .collect();
+        let mut states: Vec<StateIds> = Vec::with_capacity(rows.len());
         for row in &rows {
-            if self.state_after_row(row).await? != current {
-                return Ok(Some(false));
+            let state = self.state_after_row(row).await?;
+            if !states.contains(&state) {
+                states.push(state);
             }
         }
-        Ok(Some(true))
+        if states.iter().all(|s| *s == current) {
+            return Ok(Some(None));
+        }
+        if states.len() == 1 {
+            return Ok(Some(states.pop()));
+        }
+        Ok(Some(Some(
+            self.resolve_states(&room.rules, &states, None).await?,
+        )))
     }
 
     async fn state_after_row(&self, row: &crate::store::EventRow) -> Result<StateIds> {

@@ -49,9 +49,30 @@ pub(super) struct Prepared {
     /// The sender has read up to here (not for a display name or avatar change, which the
     /// server writes for them).
     marks_read: bool,
+    /// A remote event on a fork: the room's state after it, resolved.
+    resolution: Option<Resolution>,
+}
+
+/// How a remote event on a fork changes the room's state.
+pub(super) struct Resolution {
+    /// The state before the event when it is not the room's current group: a new group.
+    pub before: Option<NewStateGroup>,
+    /// The room's resolved state after the event, as a full group.
+    pub after: NewStateGroup,
+    /// The same as events.
+    pub state: std::collections::HashMap<StateKey, Arc<Pdu>>,
 }
 
 impl Prepared {
+    /// A remote event on a fork: the resolved state replaces the delta group.
+    pub(super) fn resolved(mut self, resolution: Option<Resolution>) -> Self {
+        if resolution.is_some() {
+            self.new_group = None;
+        }
+        self.resolution = resolution;
+        self
+    }
+
     fn new_event<'a>(&'a self, stream_pos: i64, push: &'a [NewPushAction]) -> NewEvent<'a> {
         NewEvent {
             stream_pos,
@@ -78,6 +99,10 @@ impl Prepared {
             push,
             marks_read: self.marks_read,
             destinations: &[],
+            resolution: self
+                .resolution
+                .as_ref()
+                .map(|r| (r.before.as_ref(), &r.after)),
         }
     }
 }
@@ -314,6 +339,7 @@ impl Rooms {
             && pdu.state_key.as_deref() == Some(sender.as_str())
             && room.membership(sender).as_deref() == Some("join");
         Ok(Prepared {
+            resolution: None,
             marks_read: !profile_update,
             kind: pdu.kind.to_string(),
             prev: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
@@ -406,6 +432,12 @@ impl Rooms {
             if let Some(g) = &row.new_state_group {
                 group = g.id;
             }
+            if let Some((before, after)) = row.resolution {
+                if let Some(before) = before {
+                    row.state_group = before.id;
+                }
+                group = after.id;
+            }
         }
         self.store.persist_events(&rows).await?;
         drop(rows);
@@ -422,7 +454,19 @@ impl Rooms {
             let event_id = event.pdu.event_id.clone();
             room.advance(&event.pdu);
             let mut wake = room.interested_users();
-            if let (Some(key), Some(group)) = (event.state_key, event.new_group) {
+            if let Some(resolution) = event.resolution {
+                room.replace_state(resolution.state);
+                room.state_group = resolution.after.id;
+                room.chain_len = 0;
+                // Whoever the resolved state names hears of it too.
+                wake = room.interested_users();
+                if let Some(key) = &event.state_key
+                    && key.0 == StateEventType::RoomMember
+                    && let Ok(user) = UserId::parse(key.1.as_str())
+                {
+                    wake.push(user);
+                }
+            } else if let (Some(key), Some(group)) = (event.state_key, event.new_group) {
                 if key.0 == StateEventType::RoomMember
                     && let Ok(user) = UserId::parse(key.1.as_str())
                 {

@@ -603,6 +603,27 @@ fn filter_sql(filter: &EventFilter, next: &mut usize, sql: &mut String, binds: &
     list("e.sender", &filter.not_senders, true, sql, binds);
 }
 
+/// Writes a state group and its entries.
+async fn insert_state_group(tx: &mut sqlx::Transaction<'_, Db>, room_id: &str, group: &NewStateGroup) -> StoreResult<()> {
+    sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES ($1, $2, $3, $4)")
+        .bind(group.id)
+        .bind(room_id)
+        .bind(group.prev_group)
+        .bind(group.chain_len)
+        .execute(&mut **tx)
+        .await?;
+    for chunk in group.entries.chunks(200) {
+        let values: Vec<String> = (0..chunk.len()).map(|i| format!("($1, ${}, ${}, ${})", 2 + i * 3, 3 + i * 3, 4 + i * 3)).collect();
+        let sql = format!("INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES {}", values.join(", "));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(group.id);
+        for (ty, key, id) in chunk {
+            q = q.bind(ty).bind(key).bind(id);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 fn in_list(start: usize, n: usize) -> String {
     (start..start + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
@@ -690,23 +711,27 @@ impl EventStore for SqlStore {
         insert_edges(&mut tx, &edges).await?;
         insert_outbox(&mut tx, events).await?;
         for ev in events {
-            if let Some(group) = &ev.new_state_group {
-                sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES ($1, $2, $3, $4)")
-                    .bind(group.id)
-                    .bind(ev.room_id)
-                    .bind(group.prev_group)
-                    .bind(group.chain_len)
-                    .execute(&mut *tx)
-                    .await?;
-                for chunk in group.entries.chunks(200) {
-                    let values: Vec<String> = (0..chunk.len()).map(|i| format!("($1, ${}, ${}, ${})", 2 + i * 3, 3 + i * 3, 4 + i * 3)).collect();
-                    let sql = format!("INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES {}", values.join(", "));
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(group.id);
-                    for (ty, key, id) in chunk {
-                        q = q.bind(ty).bind(key).bind(id);
-                    }
-                    q.execute(&mut *tx).await?;
+            if let Some((before, after)) = ev.resolution {
+                if let Some(before) = before {
+                    insert_state_group(&mut tx, ev.room_id, before).await?;
                 }
+                insert_state_group(&mut tx, ev.room_id, after).await?;
+                sqlx::query("UPDATE rooms SET current_state_group = $2 WHERE room_id = $1").bind(ev.room_id).bind(after.id).execute(&mut *tx).await?;
+                // The current state becomes the resolved state, each entry with its event's
+                // membership and position.
+                sqlx::query("DELETE FROM current_state WHERE room_id = $1").bind(ev.room_id).execute(&mut *tx).await?;
+                sqlx::query(
+                    "INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_pos) \
+                     SELECT $1, g.type, g.state_key, g.event_id, e.membership, e.stream_pos FROM state_group_entries g \
+                     JOIN events e ON e.event_id = g.event_id WHERE g.group_id = $2",
+                )
+                .bind(ev.room_id)
+                .bind(after.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(group) = &ev.new_state_group {
+                insert_state_group(&mut tx, ev.room_id, group).await?;
                 sqlx::query("UPDATE rooms SET current_state_group = $2 WHERE room_id = $1").bind(ev.room_id).bind(group.id).execute(&mut *tx).await?;
                 sqlx::query(
                     "INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_pos) VALUES ($1, $2, $3, $4, $5, $6) \
