@@ -22,18 +22,27 @@ struct Pair {
 /// Servers A (SQLite, with a second tenant) and B (PostgreSQL), each resolving the others'
 /// names to their TLS listeners and trusting the test CA.
 async fn pair() -> Pair {
+    pair_linked().await.0
+}
+
+/// The same, B reaching A (not A's second tenant) through a link the test can cut.
+async fn pair_linked() -> (Pair, Link) {
     let (a_name, a2, b_name) = (unique_name("fa"), unique_name("fa2"), unique_name("fb"));
     let ca = TestCa::new(&[&a_name, &a2, &b_name]);
     let la = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let lb = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let link = Link::to(la.local_addr().unwrap()).await;
     let resolve: BTreeMap<String, std::net::SocketAddr> = [
         (a_name.clone(), la.local_addr().unwrap()),
         (a2.clone(), la.local_addr().unwrap()),
         (b_name.clone(), lb.local_addr().unwrap()),
     ]
     .into();
-    let setup = |name: String| {
-        let resolve = resolve.clone();
+    let setup = |name: String, via_link: bool| {
+        let mut resolve = resolve.clone();
+        if via_link {
+            resolve.insert(a_name.clone(), link.addr);
+        }
         let ca_file = ca.ca_file.clone();
         move |c: &mut tim_homeserver::config::Config| {
             c.server_name = name;
@@ -41,10 +50,53 @@ async fn pair() -> Pair {
             c.federation.ca_certificates = Some(ca_file);
         }
     };
-    let a = TestServer::start_full(Store::Sqlite, Some((la, &ca)), setup(a_name)).await;
-    let b = TestServer::start_full(Store::Postgres, Some((lb, &ca)), setup(b_name)).await;
+    let a =
+        TestServer::start_full(Store::Sqlite, Some((la, &ca)), setup(a_name.clone(), false)).await;
+    let b = TestServer::start_full(Store::Postgres, Some((lb, &ca)), setup(b_name, true)).await;
     a.add_tenant(&a2).await;
-    Pair { a, b, ca, a2 }
+    (Pair { a, b, ca, a2 }, link)
+}
+
+/// A TCP link to a listener that the test can cut (open connections dropped, new ones
+/// closed at once) and mend: a network partition between two servers.
+struct Link {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Link {
+    async fn to(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue;
+                }
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        // A link nobody holds any more is never cut.
+                        _ = async {
+                            if watch.wait_for(|cut| *cut).await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        } => {}
+                    }
+                });
+            }
+        });
+        Link { addr, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
 }
 
 #[tokio::test]
@@ -1441,6 +1493,178 @@ async fn forks_are_resolved_and_soft_failed_events_kept_out_of_the_timeline() {
     );
     let sync = alice.sync(Some(&since), 0).await;
     assert!(common::bodies(&sync, &room).is_empty(), "{sync}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Joins `client` to `room` through `via`.
+async fn join_via(client: &common::Client, room: &str, via: &str) {
+    client
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{}?via={via}", urlencode(room)),
+            Some(json!({})),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn a_gap_is_filled_from_the_server_that_sent_across_it_and_history_is_served() {
+    let (Pair { a, b, ca, a2 }, link) = pair_linked().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let mut carol = a.client_for(&a2);
+    carol.register("carol").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Qualitätszirkel"}))
+        .await;
+    join_via(&bob, &room, &a.server_name).await;
+    join_via(&carol, &room, &a.server_name).await;
+    // A passes Carol's join on to B, so B sends to Carol's server too.
+    sync_until(&bob, "carol's join at B", |s| {
+        member_of(s, &room, &carol.user_id).as_deref() == Some("join")
+    })
+    .await;
+
+    // B cannot reach A: Bob's message gets to Carol's server only.
+    link.set_cut(true);
+    bob.send(&room, "b1", "über den Umweg").await;
+    wait_for(&carol, &room, "über den Umweg", None).await;
+    // Carol answers; A gets her event, lacks Bob's before it, and fetches it from her server.
+    carol.send(&room, "c1", "angekommen").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen: Vec<String> = vec![];
+    let mut since = None;
+    while !seen.contains(&"angekommen".to_owned()) {
+        assert!(std::time::Instant::now() < deadline, "alice saw {seen:?}");
+        let sync = alice.sync(since.as_deref(), 1_000).await;
+        since = sync["next_batch"].as_str().map(str::to_owned);
+        seen.extend(common::bodies(&sync, &room));
+    }
+    assert_eq!(seen, vec!["über den Umweg", "angekommen"]);
+    link.set_cut(false);
+
+    // What other servers may read: an event, the state and auth chain before it, history
+    // and the events between two points — for servers in the room only.
+    let b_hs = b.hs();
+    let bob_event = b_hs
+        .stores
+        .events
+        .room_events(
+            &room,
+            i64::MAX,
+            0,
+            tim_homeserver::store::Direction::Backward,
+            1,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let latest = bob_event[0].event_id.clone();
+    let get = |path: String| {
+        let (b, a, ca) = (&b, &a, &ca);
+        async move { federation_request(b, a, ca, "GET", &path, None).await }
+    };
+    let (status, event) = get(format!(
+        "/_matrix/federation/v1/event/{}",
+        urlencode(&latest)
+    ))
+    .await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(event["pdus"].as_array().map(Vec::len), Some(1), "{event}");
+    let (status, ids) = get(format!(
+        "/_matrix/federation/v1/state_ids/{}?event_id={}",
+        urlencode(&room),
+        urlencode(&latest)
+    ))
+    .await;
+    assert_eq!(status, 200, "{ids}");
+    assert!(ids["pdu_ids"].as_array().unwrap().len() >= 5, "{ids}");
+    assert!(!ids["auth_chain_ids"].as_array().unwrap().is_empty());
+    let (status, state) = get(format!(
+        "/_matrix/federation/v1/state/{}?event_id={}",
+        urlencode(&room),
+        urlencode(&latest)
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        state["pdus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.name")
+    );
+    let (status, history) = get(format!(
+        "/_matrix/federation/v1/backfill/{}?v={}&limit=3",
+        urlencode(&room),
+        urlencode(&latest)
+    ))
+    .await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["pdus"].as_array().unwrap().len(), 3);
+    let (status, auth) = get(format!(
+        "/_matrix/federation/v1/event_auth/{}/{}",
+        urlencode(&room),
+        urlencode(&latest)
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        auth["auth_chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.create")
+    );
+    let create = state["pdus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.create")
+        .cloned()
+        .unwrap();
+    let create_id = {
+        let object: ruma::CanonicalJsonObject = serde_json::from_value(create).unwrap();
+        let rules = ruma::RoomVersionId::V10.rules().unwrap();
+        format!(
+            "${}",
+            ruma::signatures::reference_hash(&object, &rules).unwrap()
+        )
+    };
+    let (status, missing) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "POST",
+        &format!(
+            "/_matrix/federation/v1/get_missing_events/{}",
+            urlencode(&room)
+        ),
+        Some(json!({"earliest_events": [create_id], "latest_events": [latest], "limit": 4})),
+    )
+    .await;
+    assert_eq!(status, 200, "{missing}");
+    let depths: Vec<u64> = missing["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["depth"].as_u64().unwrap())
+        .collect();
+    assert_eq!(depths.len(), 4, "{missing}");
+    assert!(
+        depths.windows(2).all(|w| w[0] <= w[1]),
+        "oldest first: {depths:?}"
+    );
+    // A server with nobody in the room is refused.
+    let other = alice.create_room(json!({"preset": "private_chat"})).await;
+    let (status, _) = get(format!(
+        "/_matrix/federation/v1/backfill/{}?v={}&limit=3",
+        urlencode(&other),
+        urlencode(&latest)
+    ))
+    .await;
+    assert_eq!(status, 403);
     a.stop().await;
     b.stop().await;
 }

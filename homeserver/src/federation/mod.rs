@@ -4,6 +4,7 @@
 //! Tenants of one process reach each other through the same signed, verified path.
 
 pub mod client;
+pub mod history;
 pub mod invites;
 pub mod joiner;
 pub mod keys;
@@ -29,6 +30,7 @@ use serde_json::Value;
 
 use self::{
     client::{FederationClient, FederationError},
+    history::History,
     invites::Inviter,
     joiner::Joiner,
     keys::ServerKeys,
@@ -55,6 +57,7 @@ pub struct Federation {
     pub sender: Arc<Sender>,
     pub keys: Arc<ServerKeys>,
     pub receiver: Receiver,
+    pub history: History,
     pub joiner: Joiner,
 }
 
@@ -144,8 +147,8 @@ impl Federation {
         );
         let receiver = Receiver::new(
             (server_name.clone(), key),
-            (rooms, to_device, device_lists),
-            keys.clone(),
+            (rooms.clone(), to_device, device_lists),
+            (keys.clone(), client.clone()),
             (
                 stores.events.clone(),
                 stores.federation.clone(),
@@ -154,8 +157,10 @@ impl Federation {
             scope.clone(),
             clock.clone(),
         );
+        let history = History::new(rooms, stores.graph.clone());
         Self {
             receiver,
+            history,
             joiner,
             server_name,
             enabled: config.enabled,

@@ -7,12 +7,14 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
     EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
-    api::federation::membership::RawStrippedState, api::federation::transactions::edu::Edu,
-    room_version_rules::RoomVersionRules, serde::Raw, signatures::Ed25519KeyPair,
+    api::federation::event::get_missing_events, api::federation::membership::RawStrippedState,
+    api::federation::transactions::edu::Edu, room_version_rules::RoomVersionRules, serde::Raw,
+    signatures::Ed25519KeyPair,
 };
 use serde_json::value::RawValue;
 
 use super::{
+    client::FederationClient,
     keys::ServerKeys,
     pdu::{self, CheckedPdu, PduError},
 };
@@ -28,6 +30,9 @@ use crate::{
     store::{AccountStore, EventStore, FederationStore, RemoteMembership},
 };
 
+/// Events fetched at most to fill a gap before a received PDU (as Synapse asks for).
+const MISSING_EVENTS: u32 = 10;
+
 /// Most PDUs and EDUs a transaction may carry (spec).
 pub const MAX_TXN_PDUS: usize = 50;
 pub const MAX_TXN_EDUS: usize = 100;
@@ -40,6 +45,7 @@ pub struct Receiver {
     device_lists: Arc<DeviceLists>,
     accounts: Arc<dyn AccountStore>,
     keys: Arc<ServerKeys>,
+    client: Arc<FederationClient>,
     events: Arc<dyn EventStore>,
     store: Arc<dyn FederationStore>,
     scope: FederationScope,
@@ -57,7 +63,7 @@ impl Receiver {
     pub fn new(
         (server_name, key): (OwnedServerName, Arc<Ed25519KeyPair>),
         (rooms, to_device, device_lists): (Arc<Rooms>, Arc<ToDeviceInbox>, Arc<DeviceLists>),
-        keys: Arc<ServerKeys>,
+        (keys, client): (Arc<ServerKeys>, Arc<FederationClient>),
         (events, store, accounts): (
             Arc<dyn EventStore>,
             Arc<dyn FederationStore>,
@@ -73,6 +79,7 @@ impl Receiver {
             rooms,
             to_device,
             device_lists,
+            client,
             keys,
             events,
             store,
@@ -102,7 +109,7 @@ impl Receiver {
         }
         let mut results = BTreeMap::new();
         for raw in pdus {
-            match self.one_pdu(raw).await {
+            match self.one_pdu(origin, raw).await {
                 Ok((id, outcome)) => {
                     results.insert(id, outcome);
                 }
@@ -159,6 +166,7 @@ impl Receiver {
 
     async fn one_pdu(
         &self,
+        origin: &ServerName,
         raw: &RawValue,
     ) -> std::result::Result<(OwnedEventId, Result<(), String>), String> {
         let (room_id, rules) = self.room_of(raw).await?;
@@ -175,6 +183,9 @@ impl Receiver {
             let checked = pdu::check(&self.keys, &rules, raw, None, self.clock.now_ms())
                 .await
                 .map_err(|e| e.to_string())?;
+            if let Err(e) = self.fill_gap(origin, &checked, &rules).await {
+                tracing::info!(%origin, error = %e, "missing events not fetched");
+            }
             self.admit(checked).await.map_err(|e| e.to_string())
         }
         .await;
@@ -186,6 +197,47 @@ impl Receiver {
                 Received::Outlier(reason) => Err(format!("not added to the timeline: {reason}")),
             }),
         ))
+    }
+
+    /// Fills the gap before a PDU whose prev events this server lacks: the events between
+    /// our tips and it (`get_missing_events` at the origin, at most `MISSING_EVENTS`), each
+    /// checked and added oldest first. What stays missing leaves the PDU an outlier.
+    async fn fill_gap(
+        &self,
+        origin: &ServerName,
+        checked: &CheckedPdu,
+        rules: &RoomVersionRules,
+    ) -> Result<()> {
+        let pdu = &checked.pdu;
+        let Some((tips, unknown)) = self.rooms.gap_before(pdu).await? else {
+            return Ok(());
+        };
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let mut request = get_missing_events::v1::Request::new(
+            pdu.room_id.clone(),
+            tips,
+            vec![pdu.event_id.clone()],
+        );
+        request.limit = MISSING_EVENTS.into();
+        let answer = self.client.request(origin, request).await?;
+        let mut found = Vec::new();
+        for raw in answer.events.iter().take(MISSING_EVENTS as usize) {
+            match pdu::check(&self.keys, rules, raw, None, self.clock.now_ms()).await {
+                Ok(c) if c.pdu.room_id == pdu.room_id => found.push(c),
+                Ok(_) => {}
+                Err(e) => tracing::info!(%origin, error = %e, "a missing event does not check out"),
+            }
+        }
+        found.sort_by_key(|c| c.pdu.depth);
+        for c in found {
+            let id = c.pdu.event_id.clone();
+            if let Err(e) = self.admit(c).await {
+                tracing::info!(%origin, event_id = %id, error = %e, "a missing event was not added");
+            }
+        }
+        Ok(())
     }
 
     /// The room a raw PDU names and its version's rules (`None`: a room not known here).
@@ -211,6 +263,11 @@ impl Receiver {
 
     /// A checked PDU from a server we federate with, into its room.
     async fn admit(&self, checked: CheckedPdu) -> Result<Received> {
+        self.admit_as(checked, false).await
+    }
+
+    /// `relay`: we pass the event on to the room's other servers.
+    async fn admit_as(&self, checked: CheckedPdu, relay: bool) -> Result<Received> {
         let sender_server = checked.pdu.sender.server_name();
         if !may_federate_with(&self.scope, sender_server) {
             return Err(Error::forbidden(format!(
@@ -218,11 +275,14 @@ impl Receiver {
             )));
         }
         self.rooms
-            .receive(Incoming {
-                pdu: checked.pdu,
-                object: checked.object,
-                json: checked.json,
-            })
+            .receive(
+                Incoming {
+                    pdu: checked.pdu,
+                    object: checked.object,
+                    json: checked.json,
+                },
+                relay,
+            )
             .await
     }
 
@@ -416,7 +476,7 @@ impl Receiver {
                 "the event is not a {membership} of one of your users in this room"
             )));
         }
-        match self.admit(checked).await? {
+        match self.admit_as(checked, true).await? {
             Received::Accepted | Received::Known => {}
             Received::Rejected(reason) | Received::SoftFailed(reason) => {
                 return Err(Error::forbidden(format!(

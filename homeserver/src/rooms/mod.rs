@@ -355,11 +355,20 @@ impl Rooms {
 
     /// Whether users of this server are joined to the room (it gets the room's events).
     pub async fn is_resident(&self, room_id: &RoomId) -> Result<bool> {
-        let ours = self.server_name.clone();
         Ok(self
-            .with_state(room_id, |room| room.servers().any(|s| *s == ours))
+            .server_in_room(room_id, &self.server_name)
             .await?
             .unwrap_or(false))
+    }
+
+    /// Whether users of `server` are joined to the room; `None` for a room not known here.
+    pub async fn server_in_room(
+        &self,
+        room_id: &RoomId,
+        server: &ruma::ServerName,
+    ) -> Result<Option<bool>> {
+        self.with_state(room_id, |room| room.servers().any(|s| s == server))
+            .await
     }
 
     /// Runs `f` on the room's current state under the room lock.

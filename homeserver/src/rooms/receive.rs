@@ -49,7 +49,9 @@ pub struct Incoming {
 
 impl Rooms {
     /// Adds a remote event to its room: under the room's lock, like local events.
-    pub async fn receive(self: &Arc<Self>, incoming: Incoming) -> Result<Received> {
+    /// `relay`: the room's other servers get the event from us (a join or leave made
+    /// through this server).
+    pub async fn receive(self: &Arc<Self>, incoming: Incoming, relay: bool) -> Result<Received> {
         let this = self.clone();
         detached(async move {
             let room_id = incoming.pdu.room_id.clone();
@@ -58,12 +60,17 @@ impl Rooms {
                 .await?
                 .ok_or_else(|| Error::not_found("the room is not known here"))?;
             let room = guard.as_mut().expect("locked room is loaded");
-            this.receive_locked(room, incoming).await
+            this.receive_locked(room, incoming, relay).await
         })
         .await
     }
 
-    async fn receive_locked(&self, room: &mut RoomState, incoming: Incoming) -> Result<Received> {
+    async fn receive_locked(
+        &self,
+        room: &mut RoomState,
+        incoming: Incoming,
+        relay: bool,
+    ) -> Result<Received> {
         let Incoming { pdu, object, json } = incoming;
         let id = pdu.event_id.to_string();
         if !self.graph.pdus(std::slice::from_ref(&id)).await?.is_empty() {
@@ -191,7 +198,8 @@ impl Rooms {
         let prepared = self
             .prepared(room, pdu, &object, None)
             .await?
-            .resolved(resolution);
+            .resolved(resolution)
+            .relayed(relay);
         self.commit(room, vec![prepared]).await?;
         Ok(Received::Accepted)
     }
@@ -574,6 +582,20 @@ impl Rooms {
         &self,
         event_id: &ruma::EventId,
     ) -> Result<(Vec<String>, Vec<String>)> {
+        let (state, chain) = self.state_and_auth_chain_ids_before(event_id).await?;
+        let state_pdus = self.graph.pdus(&state).await?;
+        let chain_pdus = self.graph.pdus(&chain).await?;
+        Ok((
+            state_pdus.into_iter().map(|p| p.json).collect(),
+            chain_pdus.into_iter().map(|p| p.json).collect(),
+        ))
+    }
+
+    /// The same as event ids (`/state_ids`).
+    pub async fn state_and_auth_chain_ids_before(
+        &self,
+        event_id: &ruma::EventId,
+    ) -> Result<(Vec<String>, Vec<String>)> {
         let row = self
             .store
             .get_event(event_id.as_str())
@@ -588,12 +610,36 @@ impl Rooms {
         let mut roots = state.clone();
         roots.push(event_id.to_string());
         let chain = self.graph.auth_chain(&roots).await?;
-        let state_pdus = self.graph.pdus(&state).await?;
-        let chain_pdus = self.graph.pdus(&chain).await?;
-        Ok((
-            state_pdus.into_iter().map(|p| p.json).collect(),
-            chain_pdus.into_iter().map(|p| p.json).collect(),
-        ))
+        Ok((state, chain))
+    }
+
+    /// Where a remote event's history meets ours: the room's forward extremities and the
+    /// event's prev events this server does not have; `None` for a room not known here.
+    pub async fn gap_before(
+        &self,
+        pdu: &Pdu,
+    ) -> Result<Option<(Vec<OwnedEventId>, Vec<OwnedEventId>)>> {
+        let Some(tips) = self
+            .with_state(&pdu.room_id, |room| room.extremities.clone())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let ids: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+        let known: std::collections::HashSet<String> = self
+            .store
+            .get_events(&ids)
+            .await?
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        let unknown = pdu
+            .prev_events
+            .iter()
+            .filter(|e| !known.contains(e.as_str()))
+            .cloned()
+            .collect();
+        Ok(Some((tips, unknown)))
     }
 
     /// The pending invite of a local user to a room only another server has.

@@ -51,6 +51,9 @@ pub(super) struct Prepared {
     marks_read: bool,
     /// A remote event on a fork: the room's state after it, resolved.
     resolution: Option<Resolution>,
+    /// A remote event this server passes on to the room's other servers (a join or leave
+    /// made through us).
+    relay: bool,
 }
 
 /// How a remote event on a fork changes the room's state.
@@ -65,6 +68,16 @@ pub(super) struct Resolution {
 
 impl Prepared {
     /// A remote event on a fork: the resolved state replaces the delta group.
+    pub(super) fn relayed(mut self, relay: bool) -> Self {
+        self.relay = relay;
+        self
+    }
+
+    /// Whether the room's other servers get this event from us.
+    fn sent_on(&self, ours: &ruma::ServerName) -> bool {
+        self.relay || self.pdu.sender.server_name() == ours
+    }
+
     pub(super) fn resolved(mut self, resolution: Option<Resolution>) -> Self {
         if resolution.is_some() {
             self.new_group = None;
@@ -339,6 +352,7 @@ impl Rooms {
             && pdu.state_key.as_deref() == Some(sender.as_str())
             && room.membership(sender).as_deref() == Some("join");
         Ok(Prepared {
+            relay: false,
             resolution: None,
             marks_read: !profile_update,
             kind: pdu.kind.to_string(),
@@ -404,12 +418,13 @@ impl Rooms {
             push.push(self.notifications.evaluate(room, &e.pdu, &e.json).await);
         }
         let queued = push.iter().flatten().any(|a| a.send);
-        // Our own events go to every other server in the room (remote events came from theirs).
-        let destinations: Vec<String> = if events
-            .iter()
-            .any(|e| e.pdu.sender.server_name() == self.server_name)
-        {
-            self.outbound.destinations(&mut room.servers())
+        // Our own events go to every other server in the room (remote events came from theirs,
+        // except joins and leaves made through us, which the sender's server has already).
+        let destinations: Vec<String> = if events.iter().any(|e| e.sent_on(&self.server_name)) {
+            let senders: Vec<&ruma::ServerName> =
+                events.iter().map(|e| e.pdu.sender.server_name()).collect();
+            self.outbound
+                .destinations(&mut room.servers().filter(|s| !senders.contains(s)))
         } else {
             vec![]
         };
@@ -420,7 +435,7 @@ impl Rooms {
             .zip(&push)
             .map(|((e, p), push)| {
                 let mut row = e.new_event(p.pos(), push);
-                if e.pdu.sender.server_name() == self.server_name {
+                if e.sent_on(&self.server_name) {
                     row.destinations = &destinations;
                 }
                 row

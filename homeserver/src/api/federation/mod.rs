@@ -3,6 +3,7 @@
 //! federation member, A-FED-11) is signed with `X-Matrix`, verified before the handler runs.
 
 mod e2ee;
+mod events;
 mod keys;
 mod membership;
 mod openid;
@@ -19,5 +20,6 @@ pub fn router(r: Router<Tenants>) -> Router<Tenants> {
     let r = membership::routes(r);
     let r = transaction::routes(r);
     let r = e2ee::routes(r);
+    let r = events::routes(r);
     openid::routes(r)
 }
