@@ -1668,3 +1668,79 @@ async fn a_gap_is_filled_from_the_server_that_sent_across_it_and_history_is_serv
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn messages_sent_during_a_partition_arrive_once_and_in_order_after_it() {
+    let (
+        Pair {
+            a,
+            b,
+            ca: _ca,
+            a2: _,
+        },
+        link,
+    ) = pair_linked().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Bereitschaft"}))
+        .await;
+    join_via(&bob, &room, &a.server_name).await;
+    let since = sync_until(&alice, "bob's join", |s| {
+        member_of(s, &room, &bob.user_id).as_deref() == Some("join")
+    })
+    .await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    link.set_cut(true);
+    let sent: Vec<String> = (0..5).map(|i| format!("Nachricht {i}")).collect();
+    for (i, body) in sent.iter().enumerate() {
+        bob.send(&room, &format!("p{i}"), body).await;
+    }
+    // B's sender fails and backs off while the link is down.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert!(
+        !b.hs()
+            .stores
+            .federation
+            .outbox_destinations()
+            .await
+            .unwrap()
+            .is_empty(),
+        "B's events wait in its outbox"
+    );
+    link.set_cut(false);
+    // A contacts B: B tries again at once instead of waiting out its backoff.
+    alice.send(&room, "a1", "wieder da?").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut seen: Vec<String> = vec![];
+    let mut since = Some(since);
+    while seen.iter().filter(|b| b.starts_with("Nachricht")).count() < sent.len() {
+        if std::time::Instant::now() > deadline {
+            let outbox = b
+                .hs()
+                .stores
+                .federation
+                .outbox_destinations()
+                .await
+                .unwrap();
+            panic!("alice saw {seen:?}; B's outbox {outbox:?}");
+        }
+        let sync = alice.sync(since.as_deref(), 1_000).await;
+        since = sync["next_batch"].as_str().map(str::to_owned);
+        seen.extend(common::bodies(&sync, &room));
+    }
+    let from_bob: Vec<&String> = seen.iter().filter(|b| b.starts_with("Nachricht")).collect();
+    assert_eq!(
+        from_bob,
+        sent.iter().collect::<Vec<_>>(),
+        "once each, in order"
+    );
+    // Nothing arrives twice later.
+    let sync = alice.sync(since.as_deref(), 500).await;
+    assert!(common::bodies(&sync, &room).is_empty(), "{sync}");
+    a.stop().await;
+    b.stop().await;
+}

@@ -254,6 +254,8 @@ impl Federation {
             .map_err(|e| {
                 Error::Unauthorized(format!("the request signature does not verify: {e}"))
             })?;
+        // It is reachable again, likely: what waits for it goes now.
+        self.sender.contacted(&xmatrix.origin);
         Ok(xmatrix.origin)
     }
 
