@@ -21,6 +21,7 @@ use crate::{
     media::{Media, storage::FsStorage},
     push::Push,
     ratelimit::RateLimiter,
+    receipts::Receipts,
     rooms::Rooms,
     store::{self, Stores},
     sync::{notifier::Notifier, stream::StreamIds},
@@ -53,6 +54,8 @@ pub struct Homeserver {
     pub push: Arc<Push>,
     /// Records device-list changes and wakes whoever has to hear of them.
     pub device_lists: Arc<DeviceLists>,
+    /// Read receipts, local and from other servers.
+    pub receipts: Arc<Receipts>,
     /// The to-device inboxes of this server's devices.
     pub to_device: Arc<ToDeviceInbox>,
     /// Other homeservers: signed client, keys, request authentication.
@@ -145,11 +148,14 @@ impl Homeserver {
                 .map(|v| parse_version(v))
                 .collect::<Result<_>>()?,
         ));
+        // EDUs for other servers go to the federation sender's outbox.
+        let remote_updates: Arc<dyn crate::e2ee::device_lists::RemoteUpdates> =
+            outgoing.sender.clone();
         let device_lists = Arc::new(DeviceLists::new(
             server_name.clone(),
             (stream.clone(), notifier.clone()),
             stores.keys.clone(),
-            outgoing.sender.clone(),
+            remote_updates.clone(),
         ));
         let accounts = Accounts::new(
             server_name.clone(),
@@ -193,6 +199,13 @@ impl Homeserver {
             stores.media.clone(),
             Arc::new(FsStorage::new(media_dir)),
         );
+        let receipts = Arc::new(Receipts::new(
+            server_name.clone(),
+            (stores.receipts.clone(), stores.events.clone()),
+            rooms.clone(),
+            (stream.clone(), notifier.clone()),
+            remote_updates.clone(),
+        ));
         let to_device = Arc::new(ToDeviceInbox::new(
             stores.keys.clone(),
             stream.clone(),
@@ -203,13 +216,19 @@ impl Homeserver {
             key.clone(),
             &config.federation,
             outgoing,
-            (rooms.clone(), to_device.clone(), device_lists.clone()),
+            (
+                rooms.clone(),
+                to_device.clone(),
+                device_lists.clone(),
+                receipts.clone(),
+            ),
             &stores,
             shared.clock.clone(),
         ));
         let hs = Arc::new(Self {
             federation,
             to_device,
+            receipts,
             server_name,
             config,
             key,

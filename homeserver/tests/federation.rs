@@ -816,10 +816,42 @@ async fn users_of_two_servers_chat_in_a_room_joined_over_federation() {
     let alice_since = alice_sync["next_batch"].as_str().unwrap().to_owned();
 
     // Both directions, through each server's sender.
-    alice.send(&room, "a1", "Guten Tag aus der Praxis").await;
+    let greeting = alice.send(&room, "a1", "Guten Tag aus der Praxis").await;
     wait_for(&bob, &room, "Guten Tag aus der Praxis", Some(bob_since)).await;
     bob.send(&room, "b1", "Hallo aus der Klinik").await;
-    wait_for(&alice, &room, "Hallo aus der Klinik", Some(alice_since)).await;
+    let alice_since = wait_for(&alice, &room, "Hallo aus der Klinik", Some(alice_since)).await;
+
+    // Bob has read Alice's message: her client shows it (an m.receipt EDU).
+    bob.ok(
+        Method::POST,
+        &format!(
+            "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+            urlencode(&room),
+            urlencode(&greeting)
+        ),
+        Some(json!({})),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut since = alice_since;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob's receipt not seen"
+        );
+        let sync = alice.sync(Some(&since), 1_000).await;
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        let receipt = sync["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["type"] == "m.receipt")
+            .map(|e| e["content"][&greeting]["m.read"][&bob.user_id].clone());
+        if let Some(receipt) = receipt.filter(|r| !r.is_null()) {
+            assert!(receipt["ts"].is_u64(), "{receipt}");
+            break;
+        }
+    }
 
     // The outboxes are empty once delivered.
     for server in [&a, &b] {

@@ -44,6 +44,7 @@ use crate::{
     e2ee::{device_lists::DeviceLists, to_device::ToDeviceInbox},
     error::{Error, Result},
     policy::federation::{FederationScope, may_federate_with},
+    receipts::Receipts,
     rooms::Rooms,
     store::Stores,
 };
@@ -126,7 +127,12 @@ impl Federation {
         key: Arc<Ed25519KeyPair>,
         config: &FederationConfig,
         outgoing: Outgoing,
-        (rooms, to_device, device_lists): (Arc<Rooms>, Arc<ToDeviceInbox>, Arc<DeviceLists>),
+        (rooms, to_device, device_lists, receipts): (
+            Arc<Rooms>,
+            Arc<ToDeviceInbox>,
+            Arc<DeviceLists>,
+            Arc<Receipts>,
+        ),
         stores: &Stores,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -147,7 +153,7 @@ impl Federation {
         );
         let receiver = Receiver::new(
             (server_name.clone(), key),
-            (rooms.clone(), to_device, device_lists),
+            (rooms.clone(), to_device, device_lists, receipts),
             (keys.clone(), client.clone()),
             (
                 stores.events.clone(),

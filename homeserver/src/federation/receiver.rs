@@ -23,6 +23,7 @@ use crate::{
     e2ee::{device_lists::DeviceLists, to_device::ToDeviceInbox},
     error::{Error, Result},
     policy::federation::{FederationScope, may_federate_with},
+    receipts::Receipts,
     rooms::{
         Rooms,
         receive::{Incoming, Received, is_member_event_of},
@@ -43,6 +44,7 @@ pub struct Receiver {
     rooms: Arc<Rooms>,
     to_device: Arc<ToDeviceInbox>,
     device_lists: Arc<DeviceLists>,
+    receipts: Arc<Receipts>,
     accounts: Arc<dyn AccountStore>,
     keys: Arc<ServerKeys>,
     client: Arc<FederationClient>,
@@ -62,7 +64,12 @@ pub struct JoinedState {
 impl Receiver {
     pub fn new(
         (server_name, key): (OwnedServerName, Arc<Ed25519KeyPair>),
-        (rooms, to_device, device_lists): (Arc<Rooms>, Arc<ToDeviceInbox>, Arc<DeviceLists>),
+        (rooms, to_device, device_lists, receipts): (
+            Arc<Rooms>,
+            Arc<ToDeviceInbox>,
+            Arc<DeviceLists>,
+            Arc<Receipts>,
+        ),
         (keys, client): (Arc<ServerKeys>, Arc<FederationClient>),
         (events, store, accounts): (
             Arc<dyn EventStore>,
@@ -79,6 +86,7 @@ impl Receiver {
             rooms,
             to_device,
             device_lists,
+            receipts,
             client,
             keys,
             events,
@@ -136,7 +144,7 @@ impl Receiver {
     }
 
     /// One EDU: to-device messages for our users' devices, device-list and signing-key
-    /// updates; kinds not handled yet (typing, receipts, presence) are skipped.
+    /// updates, read receipts; kinds not handled yet (typing, presence) are skipped.
     async fn one_edu(&self, origin: &ServerName, raw: &Raw<Edu>) -> Result<()> {
         match raw.deserialize() {
             Ok(Edu::DirectToDevice(content)) => {
@@ -151,6 +159,10 @@ impl Receiver {
             }
             Ok(Edu::SigningKeyUpdate(update)) => {
                 self.device_list_changed(origin, &update.user_id).await
+            }
+            Ok(Edu::Receipt(receipts)) => {
+                self.receipts.receive(origin, receipts).await;
+                Ok(())
             }
             Ok(_) => Ok(()),
             Err(e) => Err(Error::bad_json(format!("unreadable EDU: {e}"))),

@@ -361,6 +361,19 @@ impl Rooms {
             .unwrap_or(false))
     }
 
+    /// Servers other than ours with members joined to the room (none for an unknown room).
+    pub async fn other_servers(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
+        Ok(self
+            .with_state(room_id, |room| {
+                room.servers()
+                    .filter(|s| *s != self.server_name)
+                    .map(ToOwned::to_owned)
+                    .collect()
+            })
+            .await?
+            .unwrap_or_default())
+    }
+
     /// Whether users of `server` are joined to the room; `None` for a room not known here.
     pub async fn server_in_room(
         &self,
