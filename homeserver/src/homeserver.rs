@@ -198,6 +198,7 @@ impl Homeserver {
             config.media.clone(),
             stores.media.clone(),
             Arc::new(FsStorage::new(media_dir)),
+            outgoing.media.clone(),
         );
         let receipts = Arc::new(Receipts::new(
             server_name.clone(),

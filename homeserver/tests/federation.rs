@@ -1776,3 +1776,63 @@ async fn messages_sent_during_a_partition_arrive_once_and_in_order_after_it() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn attachments_are_fetched_from_the_server_that_holds_them() {
+    let Pair {
+        a,
+        b,
+        ca: _ca,
+        a2: _,
+    } = pair().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    // An (encrypted, in real life) attachment of 3 MB: bytes the test can recognise.
+    let file: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let (status, uploaded) = alice
+        .upload(file.clone(), "application/octet-stream", "befund.pdf.enc")
+        .await;
+    assert_eq!(status, 200, "{uploaded}");
+    let mxc = uploaded["content_uri"].as_str().unwrap();
+    let (server, id) = mxc.trim_start_matches("mxc://").split_once('/').unwrap();
+    assert_eq!(server, a.server_name);
+    let get = |path: String| {
+        let bob = &bob;
+        async move {
+            bob.http
+                .get(format!("{}{path}", bob.base))
+                .bearer_auth(bob.token.as_ref().unwrap())
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Bob's server fetches it from Alice's (signed) and hands it on.
+    let resp = get(format!("/_matrix/client/v1/media/download/{server}/{id}")).await;
+    assert_eq!(resp.status(), 200);
+    let disposition = resp.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(disposition.contains("befund%2Epdf%2Eenc"), "{disposition}");
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(body.len(), file.len());
+    assert!(
+        body.as_ref() == file.as_slice(),
+        "the bytes arrive unchanged"
+    );
+    // Media Alice's server does not have: 404, not an error of Bob's server.
+    let resp = get(format!(
+        "/_matrix/client/v1/media/download/{server}/nothere"
+    ))
+    .await;
+    assert_eq!(resp.status(), 404);
+    // Media ids that are no ids are refused before any request goes out.
+    let resp = get(format!(
+        "/_matrix/client/v1/media/download/{server}/..%2Fetc"
+    ))
+    .await;
+    assert_eq!(resp.status(), 404);
+    a.stop().await;
+    b.stop().await;
+}

@@ -8,6 +8,7 @@ pub mod history;
 pub mod invites;
 pub mod joiner;
 pub mod keys;
+pub mod media;
 pub mod pdu;
 pub mod receiver;
 pub mod resolver;
@@ -69,6 +70,7 @@ pub struct Outgoing {
     pub sender: Arc<Sender>,
     pub keys: Arc<ServerKeys>,
     pub inviter: Arc<Inviter>,
+    pub media: Arc<media::MediaFetcher>,
 }
 
 impl Outgoing {
@@ -113,6 +115,7 @@ impl Outgoing {
             sender_scope,
         ));
         Self {
+            media: Arc::new(media::MediaFetcher::new(client.clone())),
             client,
             sender,
             keys,

@@ -12,8 +12,9 @@ use ruma::ServerName;
 use super::resolver::{Lookup, Resolver};
 use crate::{clock::Clock, config::FederationConfig};
 
-/// Largest answer read from another server (a room's state with its auth chain can be large).
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest answer read from another server: a 110 MiB attachment (the TI-M limit) with its
+/// multipart framing; a room's state with its auth chain stays far below.
+pub const MAX_RESPONSE_BYTES: usize = 120 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {

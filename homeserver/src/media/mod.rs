@@ -45,8 +45,23 @@ pub struct Download {
     pub filename: Option<String>,
 }
 
+/// Media of other servers, fetched through federation.
+#[async_trait::async_trait]
+pub trait RemoteMedia: Send + Sync {
+    async fn download(&self, server: &ServerName, id: &str, timeout: Duration) -> Result<Download>;
+    async fn thumbnail(
+        &self,
+        server: &ServerName,
+        id: &str,
+        (width, height): (u32, u32),
+        method: Method,
+        timeout: Duration,
+    ) -> Result<Download>;
+}
+
 pub struct Media {
     server_name: ruma::OwnedServerName,
+    remote: Arc<dyn RemoteMedia>,
     config: MediaConfig,
     store: Arc<dyn MediaStore>,
     storage: Arc<dyn MediaStorage>,
@@ -98,9 +113,11 @@ impl Media {
         config: MediaConfig,
         store: Arc<dyn MediaStore>,
         storage: Arc<dyn MediaStorage>,
+        remote: Arc<dyn RemoteMedia>,
     ) -> Self {
         Self {
             server_name,
+            remote,
             config,
             store,
             storage,
@@ -268,8 +285,8 @@ impl Media {
 
     async fn local_row(&self, server_name: &ServerName, id: &str) -> Result<MediaRow> {
         if server_name != self.server_name {
-            // Remote media comes with federation.
-            return Err(Error::not_found("media of other servers is not available"));
+            // Only our own media has rows here (other servers' is fetched on each request).
+            return Err(Error::not_found("media not found"));
         }
         if !valid_media_id(id) {
             return Err(Error::not_found("media not found"));
@@ -306,6 +323,12 @@ impl Media {
         id: &str,
         timeout: Duration,
     ) -> Result<Download> {
+        if server_name != self.server_name {
+            if !valid_media_id(id) {
+                return Err(Error::not_found("media not found"));
+            }
+            return self.remote.download(server_name, id, timeout).await;
+        }
         let row = self.uploaded_row(server_name, id, timeout).await?;
         let (body, len) = self
             .storage
@@ -335,6 +358,15 @@ impl Media {
     ) -> Result<Download> {
         if width == 0 || height == 0 {
             return Err(Error::invalid_param("width and height must be positive"));
+        }
+        if server_name != self.server_name {
+            if !valid_media_id(id) {
+                return Err(Error::not_found("media not found"));
+            }
+            return self
+                .remote
+                .thumbnail(server_name, id, (width, height), method, timeout)
+                .await;
         }
         let row = self.uploaded_row(server_name, id, timeout).await?;
         let content_type = row.content_type.clone().unwrap_or_default();

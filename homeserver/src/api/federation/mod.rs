@@ -5,6 +5,7 @@
 mod e2ee;
 mod events;
 mod keys;
+mod media;
 mod membership;
 mod openid;
 mod query;
@@ -21,5 +22,6 @@ pub fn router(r: Router<Tenants>) -> Router<Tenants> {
     let r = transaction::routes(r);
     let r = e2ee::routes(r);
     let r = events::routes(r);
+    let r = media::routes(r);
     openid::routes(r)
 }
