@@ -17,7 +17,7 @@ use crate::{
         typing::Typing,
     },
     error::{Error, Result},
-    federation::{Federation, Outgoing, transport::Transport},
+    federation::{Federation, Outgoing, receiver::Inbound, transport::Transport},
     media::{Media, storage::FsStorage},
     push::Push,
     ratelimit::RateLimiter,
@@ -48,7 +48,7 @@ pub struct Homeserver {
     pub rate_limiter: RateLimiter,
     /// Serial of ephemeral changes (typing, presence), carried in sync tokens.
     pub ephemeral: Arc<Serial>,
-    pub typing: Typing,
+    pub typing: Arc<Typing>,
     pub presence: Presence,
     pub media: Media,
     pub push: Arc<Push>,
@@ -207,6 +207,12 @@ impl Homeserver {
             (stream.clone(), notifier.clone()),
             remote_updates.clone(),
         ));
+        let typing = Arc::new(Typing::new(
+            ephemeral.clone(),
+            server_name.clone(),
+            (rooms.clone(), notifier.clone()),
+            remote_updates.clone(),
+        ));
         let to_device = Arc::new(ToDeviceInbox::new(
             stores.keys.clone(),
             stream.clone(),
@@ -217,12 +223,13 @@ impl Homeserver {
             key.clone(),
             &config.federation,
             outgoing,
-            (
-                rooms.clone(),
-                to_device.clone(),
-                device_lists.clone(),
-                receipts.clone(),
-            ),
+            Inbound {
+                rooms: rooms.clone(),
+                to_device: to_device.clone(),
+                device_lists: device_lists.clone(),
+                receipts: receipts.clone(),
+                typing: typing.clone(),
+            },
             &stores,
             shared.clock.clone(),
         ));
@@ -239,7 +246,7 @@ impl Homeserver {
             rooms,
             accounts,
             rate_limiter,
-            typing: Typing::new(ephemeral.clone()),
+            typing,
             ephemeral,
             presence,
             media,

@@ -853,6 +853,48 @@ async fn users_of_two_servers_chat_in_a_room_joined_over_federation() {
         }
     }
 
+    // Bob types, then stops: Alice's client shows both (m.typing EDUs).
+    let typing_path = format!(
+        "/_matrix/client/v3/rooms/{}/typing/{}",
+        urlencode(&room),
+        urlencode(&bob.user_id)
+    );
+    let typists = |sync: &Value| {
+        sync["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["type"] == "m.typing")
+            .map(|e| e["content"]["user_ids"].clone())
+    };
+    for typing in [true, false] {
+        bob.ok(
+            Method::PUT,
+            &typing_path,
+            Some(json!({"typing": typing, "timeout": 30_000})),
+        )
+        .await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "typing {typing} not seen"
+            );
+            let sync = alice.sync(Some(&since), 1_000).await;
+            since = sync["next_batch"].as_str().unwrap().to_owned();
+            if let Some(users) = typists(&sync) {
+                let listed = users
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|u| u == bob.user_id.as_str());
+                if listed == typing {
+                    break;
+                }
+            }
+        }
+    }
+
     // The outboxes are empty once delivered.
     for server in [&a, &b] {
         let hs = server.hs();

@@ -35,18 +35,15 @@ use self::{
     invites::Inviter,
     joiner::Joiner,
     keys::ServerKeys,
-    receiver::Receiver,
+    receiver::{Inbound, Receiver},
     sender::Sender,
     transport::Transport,
 };
 use crate::{
     clock::Clock,
     config::FederationConfig,
-    e2ee::{device_lists::DeviceLists, to_device::ToDeviceInbox},
     error::{Error, Result},
     policy::federation::{FederationScope, may_federate_with},
-    receipts::Receipts,
-    rooms::Rooms,
     store::Stores,
 };
 
@@ -130,15 +127,11 @@ impl Federation {
         key: Arc<Ed25519KeyPair>,
         config: &FederationConfig,
         outgoing: Outgoing,
-        (rooms, to_device, device_lists, receipts): (
-            Arc<Rooms>,
-            Arc<ToDeviceInbox>,
-            Arc<DeviceLists>,
-            Arc<Receipts>,
-        ),
+        inbound: Inbound,
         stores: &Stores,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let rooms = inbound.rooms.clone();
         let scope = scope(config);
         let Outgoing {
             client,
@@ -156,7 +149,7 @@ impl Federation {
         );
         let receiver = Receiver::new(
             (server_name.clone(), key),
-            (rooms.clone(), to_device, device_lists, receipts),
+            inbound,
             (keys.clone(), client.clone()),
             (
                 stores.events.clone(),

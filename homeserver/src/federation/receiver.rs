@@ -21,6 +21,7 @@ use super::{
 use crate::{
     clock::Clock,
     e2ee::{device_lists::DeviceLists, to_device::ToDeviceInbox},
+    ephemeral::typing::Typing,
     error::{Error, Result},
     policy::federation::{FederationScope, may_federate_with},
     receipts::Receipts,
@@ -30,6 +31,15 @@ use crate::{
     },
     store::{AccountStore, EventStore, FederationStore, RemoteMembership},
 };
+
+/// The services what other servers send is handed to.
+pub struct Inbound {
+    pub rooms: Arc<Rooms>,
+    pub to_device: Arc<ToDeviceInbox>,
+    pub device_lists: Arc<DeviceLists>,
+    pub receipts: Arc<Receipts>,
+    pub typing: Arc<Typing>,
+}
 
 /// Events fetched at most to fill a gap before a received PDU (as Synapse asks for).
 const MISSING_EVENTS: u32 = 10;
@@ -45,6 +55,7 @@ pub struct Receiver {
     to_device: Arc<ToDeviceInbox>,
     device_lists: Arc<DeviceLists>,
     receipts: Arc<Receipts>,
+    typing: Arc<Typing>,
     accounts: Arc<dyn AccountStore>,
     keys: Arc<ServerKeys>,
     client: Arc<FederationClient>,
@@ -64,12 +75,7 @@ pub struct JoinedState {
 impl Receiver {
     pub fn new(
         (server_name, key): (OwnedServerName, Arc<Ed25519KeyPair>),
-        (rooms, to_device, device_lists, receipts): (
-            Arc<Rooms>,
-            Arc<ToDeviceInbox>,
-            Arc<DeviceLists>,
-            Arc<Receipts>,
-        ),
+        inbound: Inbound,
         (keys, client): (Arc<ServerKeys>, Arc<FederationClient>),
         (events, store, accounts): (
             Arc<dyn EventStore>,
@@ -79,6 +85,13 @@ impl Receiver {
         scope: FederationScope,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let Inbound {
+            rooms,
+            to_device,
+            device_lists,
+            receipts,
+            typing,
+        } = inbound;
         Self {
             server_name,
             key,
@@ -87,6 +100,7 @@ impl Receiver {
             to_device,
             device_lists,
             receipts,
+            typing,
             client,
             keys,
             events,
@@ -144,7 +158,7 @@ impl Receiver {
     }
 
     /// One EDU: to-device messages for our users' devices, device-list and signing-key
-    /// updates, read receipts; kinds not handled yet (typing, presence) are skipped.
+    /// updates, read receipts, typing; presence is not taken (yet) and skipped.
     async fn one_edu(&self, origin: &ServerName, raw: &Raw<Edu>) -> Result<()> {
         match raw.deserialize() {
             Ok(Edu::DirectToDevice(content)) => {
@@ -160,6 +174,7 @@ impl Receiver {
             Ok(Edu::SigningKeyUpdate(update)) => {
                 self.device_list_changed(origin, &update.user_id).await
             }
+            Ok(Edu::Typing(typing)) => self.typing.receive(origin, typing).await,
             Ok(Edu::Receipt(receipts)) => {
                 self.receipts.receive(origin, receipts).await;
                 Ok(())
