@@ -1,11 +1,15 @@
 //! The user directory: this homeserver's active users, found by id or display name, people
-//! one shares a room with first.
+//! one shares a room with first; and the rooms this server's aliases name.
 
 use std::collections::HashSet;
 
 use ruma::UserId;
 
-use crate::{error::Result, homeserver::Homeserver, store::UserSummary};
+use crate::{
+    error::{Error, Result},
+    homeserver::Homeserver,
+    store::UserSummary,
+};
 
 /// Candidates read before ranking; more than any client asks for.
 const CANDIDATES: i64 = 200;
@@ -68,6 +72,23 @@ fn rank(u: &UserSummary, term: &str, sharing: &HashSet<String>) -> (u8, u8) {
         3
     };
     (u8::from(!sharing.contains(&u.user_id)), closeness)
+}
+
+/// A room alias of this server: its room and the servers with members in it (ours first).
+pub async fn local_alias(
+    hs: &Homeserver,
+    alias: &ruma::RoomAliasId,
+) -> Result<(ruma::OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+    let (room, _) = hs
+        .stores
+        .events
+        .get_alias(alias.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("room alias not found"))?;
+    let room = ruma::OwnedRoomId::try_from(room).map_err(Error::internal)?;
+    let mut servers = vec![hs.server_name.clone()];
+    servers.extend(hs.rooms.other_servers(&room).await?);
+    Ok((room, servers))
 }
 
 #[cfg(test)]

@@ -1878,3 +1878,60 @@ async fn attachments_are_fetched_from_the_server_that_holds_them() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn rooms_are_joined_by_another_servers_alias() {
+    let Pair {
+        a,
+        b,
+        ca: _ca,
+        a2: _,
+    } = pair().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "room_alias_name": "notfallkonsil"}))
+        .await;
+    let alias = format!("#notfallkonsil:{}", a.server_name);
+    // B asks A what the alias names (`/query/directory`).
+    let found = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/directory/room/{}", urlencode(&alias)),
+            None,
+        )
+        .await;
+    assert_eq!(found["room_id"], room.as_str());
+    assert_eq!(found["servers"], json!([a.server_name]));
+    // Joined by the alias alone: the servers come with the answer.
+    let joined = bob
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{}", urlencode(&alias)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(joined["room_id"], room.as_str());
+    // Now B is in the room too, and says so.
+    let found = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/directory/room/{}", urlencode(&alias)),
+            None,
+        )
+        .await;
+    assert_eq!(found["servers"], json!([a.server_name, b.server_name]));
+    let (status, _) = bob
+        .raw(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/directory/room/{}",
+                urlencode(&format!("#gibtsnicht:{}", a.server_name))
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    a.stop().await;
+    b.stop().await;
+}

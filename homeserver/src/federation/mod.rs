@@ -22,7 +22,7 @@ use ruma::{
     api::federation::{
         authentication::XMatrix,
         keys::{claim_keys, get_keys},
-        query::get_profile_information,
+        query::{get_profile_information, get_room_information},
     },
     signatures::{Ed25519KeyPair, PublicKeyMap},
 };
@@ -281,6 +281,17 @@ impl Federation {
         self.check_enabled()?;
         let request = claim_keys::v1::Request::new(claims);
         Ok(self.client.request(server, request).await?.one_time_keys)
+    }
+
+    /// The room another server's alias names, and servers to join it through.
+    pub async fn room_alias(
+        &self,
+        alias: &ruma::RoomAliasId,
+    ) -> Result<(ruma::OwnedRoomId, Vec<OwnedServerName>)> {
+        self.check_enabled()?;
+        let request = get_room_information::v1::Request::new(alias.to_owned());
+        let answer = self.client.request(alias.server_name(), request).await?;
+        Ok((answer.room_id, answer.servers))
     }
 
     /// A remote user's profile from their server; `None` when it has no such user.

@@ -190,15 +190,16 @@ async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<create_r
     Ok(create_room::v3::Response::new(room_id))
 }
 
-async fn resolve_alias(ctx: &Ctx, alias: &RoomAliasId) -> Result<OwnedRoomId> {
-    let (room, _) = ctx
-        .hs
-        .stores
-        .events
-        .get_alias(alias.as_str())
-        .await?
-        .ok_or_else(|| Error::not_found("room alias not found"))?;
-    OwnedRoomId::try_from(room).map_err(Error::internal)
+/// The room an alias names and servers to join it through: ours from the store, another
+/// server's asked of it.
+async fn resolve_alias(
+    ctx: &Ctx,
+    alias: &RoomAliasId,
+) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+    if alias.server_name() != ctx.hs.server_name {
+        return ctx.hs.federation.room_alias(alias).await;
+    }
+    crate::directory::local_alias(&ctx.hs, alias).await
 }
 
 async fn create_alias(
@@ -240,11 +241,8 @@ async fn create_alias(
 }
 
 async fn get_alias(ctx: Ctx, req: get_alias::v3::Request) -> Result<get_alias::v3::Response> {
-    let room = resolve_alias(&ctx, &req.room_alias).await?;
-    Ok(get_alias::v3::Response::new(
-        room,
-        vec![ctx.hs.server_name.clone()],
-    ))
+    let (room, servers) = resolve_alias(&ctx, &req.room_alias).await?;
+    Ok(get_alias::v3::Response::new(room, servers))
 }
 
 async fn delete_alias(
@@ -384,6 +382,7 @@ async fn join_by_id_or_alias(
     req: join_room_by_id_or_alias::v3::Request,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let id: &RoomOrAliasId = &req.room_id_or_alias;
+    let mut via = req.via.clone();
     let room_id = match <&ruma::RoomId>::try_from(id) {
         Ok(room_id) => {
             let room_id: &ruma::RoomId = room_id;
@@ -391,7 +390,9 @@ async fn join_by_id_or_alias(
         }
         Err(alias) => {
             let alias: &RoomAliasId = alias;
-            resolve_alias(&ctx, alias).await?
+            let (room_id, servers) = resolve_alias(&ctx, alias).await?;
+            via.extend(servers);
+            room_id
         }
     };
     let me = ctx.session()?.user_id.clone();
@@ -401,7 +402,7 @@ async fn join_by_id_or_alias(
         &me,
         Change::Join,
         req.reason.as_deref(),
-        &req.via,
+        &via,
     )
     .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))

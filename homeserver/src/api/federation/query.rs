@@ -1,7 +1,8 @@
-//! Queries from other servers: `GET /_matrix/federation/v1/query/profile`.
+//! Queries from other servers: `GET /_matrix/federation/v1/query/profile` and
+//! `/query/directory` (our room aliases).
 
 use axum::Router;
-use ruma::api::federation::query::get_profile_information;
+use ruma::api::federation::query::{get_profile_information, get_room_information};
 
 use crate::{
     api::{Ctx, route},
@@ -10,7 +11,20 @@ use crate::{
 };
 
 pub fn routes(r: Router<Tenants>) -> Router<Tenants> {
-    route(r, profile)
+    let r = route(r, profile);
+    route(r, room_alias)
+}
+
+async fn room_alias(
+    ctx: Ctx,
+    req: get_room_information::v1::Request,
+) -> Result<get_room_information::v1::Response> {
+    ctx.origin()?;
+    if req.room_alias.server_name() != ctx.hs.server_name {
+        return Err(Error::not_found("the alias is not on this server"));
+    }
+    let (room, servers) = crate::directory::local_alias(&ctx.hs, &req.room_alias).await?;
+    Ok(get_room_information::v1::Response::new(room, servers))
 }
 
 async fn profile(
