@@ -433,6 +433,32 @@ fn sign_pdu(
     (id, object)
 }
 
+/// `send_join` of `made`'s template, signed by `from`, at `to`: the join's id and the answer.
+async fn send_join(
+    from: &TestServer,
+    to: &TestServer,
+    ca: &TestCa,
+    room: &str,
+    made: &Value,
+) -> (String, Value) {
+    let (join_id, join) = sign_pdu(&from.hs(), made["event"].clone());
+    let (status, joined) = federation_request(
+        from,
+        to,
+        ca,
+        "PUT",
+        &format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            urlencode(room),
+            urlencode(&join_id)
+        ),
+        Some(serde_json::to_value(&join).unwrap()),
+    )
+    .await;
+    assert_eq!(status, 200, "{joined}");
+    (join_id, joined)
+}
+
 fn state_id(state: &Value, kind: &str, key: &str) -> String {
     state
         .as_array()
@@ -511,21 +537,7 @@ async fn a_remote_user_joins_and_sends_through_checked_pdus() {
     assert_eq!(status, 403);
 
     // send_join: signed by B, checked, added; the state before it and the auth chain back.
-    let (join_id, join) = sign_pdu(&b_hs, made["event"].clone());
-    let (status, joined) = federation_request(
-        &b,
-        &a,
-        &ca,
-        "PUT",
-        &format!(
-            "/_matrix/federation/v2/send_join/{}/{}",
-            urlencode(&room),
-            urlencode(&join_id)
-        ),
-        Some(serde_json::to_value(&join).unwrap()),
-    )
-    .await;
-    assert_eq!(status, 200, "{joined}");
+    let (join_id, joined) = send_join(&b, &a, &ca, &room, &made).await;
     let create = state_id(&joined["state"], "m.room.create", "");
     let power = state_id(&joined["state"], "m.room.power_levels", "");
     assert!(
@@ -1413,21 +1425,7 @@ async fn forks_are_resolved_and_soft_failed_events_kept_out_of_the_timeline() {
     )
     .await;
     assert_eq!(status, 200, "{made}");
-    let (join_id, join) = sign_pdu(&b_hs, made["event"].clone());
-    let (status, joined) = federation_request(
-        &b,
-        &a,
-        &ca,
-        "PUT",
-        &format!(
-            "/_matrix/federation/v2/send_join/{}/{}",
-            urlencode(&room),
-            urlencode(&join_id)
-        ),
-        Some(serde_json::to_value(&join).unwrap()),
-    )
-    .await;
-    assert_eq!(status, 200, "{joined}");
+    let (join_id, joined) = send_join(&b, &a, &ca, &room, &made).await;
     let create = state_id(&joined["state"], "m.room.create", "");
     let power = state_id(&joined["state"], "m.room.power_levels", "");
     let join_rules = state_id(&joined["state"], "m.room.join_rules", "");

@@ -56,27 +56,20 @@ impl History {
         Ok(pdu.json)
     }
 
-    /// The state before `event_id` and the auth chain (`/state`, `/state_ids`).
+    /// The state before `event_id` and the auth chain, as PDUs (`/state`) or as event ids
+    /// (`ids`: `/state_ids`).
     pub async fn state_at(
         &self,
         origin: &ServerName,
-        room_id: &RoomId,
-        event_id: &EventId,
+        (room_id, event_id): (&RoomId, &EventId),
+        ids: bool,
     ) -> Result<StateAt> {
         self.check_access(origin, room_id).await?;
-        let (state, auth_chain) = self.rooms.state_and_auth_chain_before(event_id).await?;
-        Ok(StateAt { state, auth_chain })
-    }
-
-    /// The same as event ids (`/state_ids`).
-    pub async fn state_ids_at(
-        &self,
-        origin: &ServerName,
-        room_id: &RoomId,
-        event_id: &EventId,
-    ) -> Result<StateAt> {
-        self.check_access(origin, room_id).await?;
-        let (state, auth_chain) = self.rooms.state_and_auth_chain_ids_before(event_id).await?;
+        let (state, auth_chain) = if ids {
+            self.rooms.state_and_auth_chain_ids_before(event_id).await?
+        } else {
+            self.rooms.state_and_auth_chain_before(event_id).await?
+        };
         Ok(StateAt { state, auth_chain })
     }
 

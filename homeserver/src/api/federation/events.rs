@@ -49,7 +49,7 @@ async fn state(ctx: Ctx, req: get_room_state::v1::Request) -> Result<get_room_st
         .hs
         .federation
         .history
-        .state_at(origin, &req.room_id, &req.event_id)
+        .state_at(origin, (&req.room_id, &req.event_id), false)
         .await?;
     Ok(get_room_state::v1::Response::new(
         raws(at.auth_chain)?,
@@ -66,7 +66,7 @@ async fn state_ids(
         .hs
         .federation
         .history
-        .state_ids_at(origin, &req.room_id, &req.event_id)
+        .state_at(origin, (&req.room_id, &req.event_id), true)
         .await?;
     Ok(get_room_state_ids::v1::Response::new(
         ids(at.auth_chain)?,

@@ -34,6 +34,26 @@ async fn insert_edges(tx: &mut sqlx::Transaction<'_, Db>, events: &[GraphEdges<'
     Ok(())
 }
 
+/// Stores an event outside the timeline unless it is known (there or in the timeline);
+/// whether it was stored now.
+async fn insert_outside(tx: &mut sqlx::Transaction<'_, Db>, ev: &OutsideEvent<'_>) -> StoreResult<bool> {
+    let done = sqlx::query(
+        "INSERT INTO events_outside_timeline (event_id, room_id, depth, json, status, reason, received_ts) \
+         SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS (SELECT 1 FROM events WHERE event_id = $1) \
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(ev.event_id)
+    .bind(ev.room_id)
+    .bind(ev.depth)
+    .bind(ev.json)
+    .bind(ev.status.as_str())
+    .bind(ev.reason)
+    .bind(ev.received_ts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 fn stored_pdu(r: &DbRow) -> StoreResult<StoredPdu> {
     let status: Option<String> = r.try_get(4)?;
     Ok(StoredPdu {
@@ -52,21 +72,7 @@ impl GraphStore for SqlStore {
         let mut tx = self.write.begin().await?;
         let mut inserted = Vec::with_capacity(events.len());
         for ev in events {
-            let done = sqlx::query(
-                "INSERT INTO events_outside_timeline (event_id, room_id, depth, json, status, reason, received_ts) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS (SELECT 1 FROM events WHERE event_id = $1) \
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(ev.event_id)
-            .bind(ev.room_id)
-            .bind(ev.depth)
-            .bind(ev.json)
-            .bind(ev.status.as_str())
-            .bind(ev.reason)
-            .bind(ev.received_ts)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 1 {
+            if insert_outside(&mut tx, ev).await? {
                 inserted.push(ev);
             }
         }
@@ -210,31 +216,10 @@ impl GraphStore for SqlStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES ($1, $2, NULL, 0)").bind(room.group.id).bind(room.room_id).execute(&mut *tx).await?;
-        for chunk in room.group.entries.chunks(200) {
-            let values: Vec<String> = (0..chunk.len()).map(|i| format!("($1, ${}, ${}, ${})", 2 + i * 3, 3 + i * 3, 4 + i * 3)).collect();
-            let sql = format!("INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES {}", values.join(", "));
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room.group.id);
-            for (ty, key, id) in chunk {
-                q = q.bind(ty).bind(key).bind(id);
-            }
-            q.execute(&mut *tx).await?;
-        }
+        insert_state_group(&mut tx, room.room_id, room.group).await?;
         let mut edges: Vec<GraphEdges<'_>> = room.state.iter().map(|e| GraphEdges { event_id: e.event_id, room_id: room.room_id, prev: e.prev_events, auth: e.auth_events }).collect();
         for ev in room.outliers {
-            sqlx::query(
-                "INSERT INTO events_outside_timeline (event_id, room_id, depth, json, status, reason, received_ts) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(ev.event_id)
-            .bind(ev.room_id)
-            .bind(ev.depth)
-            .bind(ev.json)
-            .bind(ev.status.as_str())
-            .bind(ev.reason)
-            .bind(ev.received_ts)
-            .execute(&mut *tx)
-            .await?;
+            insert_outside(&mut tx, ev).await?;
             edges.push(GraphEdges { event_id: ev.event_id, room_id: ev.room_id, prev: ev.prev_events, auth: ev.auth_events });
         }
         insert_edges(&mut tx, &edges).await?;
