@@ -1737,6 +1737,38 @@ async fn a_gap_is_filled_from_the_server_that_sent_across_it_and_history_is_serv
     ))
     .await;
     assert_eq!(status, 403);
+    // Nor does access to one room read another's state through an event id of it.
+    let hidden = a
+        .hs()
+        .stores
+        .events
+        .room_events(
+            &other,
+            i64::MAX,
+            0,
+            tim_homeserver::store::Direction::Backward,
+            1,
+            &Default::default(),
+        )
+        .await
+        .unwrap()[0]
+        .event_id
+        .clone();
+    for path in [
+        format!(
+            "/_matrix/federation/v1/state_ids/{}?event_id={}",
+            urlencode(&room),
+            urlencode(&hidden)
+        ),
+        format!(
+            "/_matrix/federation/v1/event_auth/{}/{}",
+            urlencode(&room),
+            urlencode(&hidden)
+        ),
+    ] {
+        let (status, body) = get(path).await;
+        assert_eq!(status, 404, "{body}");
+    }
     a.stop().await;
     b.stop().await;
 }

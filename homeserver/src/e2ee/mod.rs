@@ -15,6 +15,7 @@ pub mod to_device;
 use std::collections::BTreeMap;
 
 use base64::Engine;
+use futures::StreamExt;
 use ruma::{
     CanonicalJsonObject, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, UInt,
     UserId,
@@ -245,16 +246,20 @@ impl Homeserver {
             .partition(|(u, _)| u.server_name() == self.server_name);
         let mut resp = self.local_keys(Some(requester), &local).await?;
         let timeout = remote_timeout(req.timeout);
-        let answers = futures::future::join_all(by_server(remote).into_iter().map(
+        // A bounded number of servers at a time, all within the one deadline.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let answers: Vec<_> = futures::stream::iter(by_server(remote).into_iter().map(
             |(server, users)| async move {
-                let answer = tokio::time::timeout(
-                    timeout,
+                let answer = tokio::time::timeout_at(
+                    deadline,
                     self.federation.query_keys(&server, users.clone()),
                 )
                 .await;
                 (server, users, answer)
             },
         ))
+        .buffer_unordered(SERVERS_AT_ONCE)
+        .collect()
         .await;
         for (server, users, answer) in answers {
             match answer {
@@ -313,16 +318,20 @@ impl Homeserver {
             .partition(|(u, _)| u.server_name() == self.server_name);
         let mut resp = claim_keys::v3::Response::new(self.claim_local_keys(&local).await?);
         let timeout = remote_timeout(req.timeout);
-        let answers = futures::future::join_all(by_server(remote).into_iter().map(
+        // A bounded number of servers at a time, all within the one deadline.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let answers: Vec<_> = futures::stream::iter(by_server(remote).into_iter().map(
             |(server, users)| async move {
-                let answer = tokio::time::timeout(
-                    timeout,
+                let answer = tokio::time::timeout_at(
+                    deadline,
                     self.federation.claim_keys(&server, users.clone()),
                 )
                 .await;
                 (server, users, answer)
             },
         ))
+        .buffer_unordered(SERVERS_AT_ONCE)
+        .collect()
         .await;
         for (server, users, answer) in answers {
             match answer {
@@ -463,6 +472,9 @@ pub async fn published_keys(
     }
     Ok(resp)
 }
+
+/// Other servers asked at the same time by one key query or claim.
+const SERVERS_AT_ONCE: usize = 16;
 
 /// How long a query waits for other servers: the client's `timeout`, 10 s by default, at
 /// most 30 s.

@@ -16,7 +16,7 @@ use ruma::{
     signatures::Ed25519KeyPair,
 };
 
-use super::transport::{Transport, TransportError};
+use super::transport::{MAX_RESPONSE_BYTES, Transport, TransportError};
 use crate::{
     error::Error,
     policy::federation::{FederationScope, may_federate_with},
@@ -96,6 +96,20 @@ impl FederationClient {
     where
         R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
     {
+        self.request_at_most(destination, request, MAX_RESPONSE_BYTES)
+            .await
+    }
+
+    /// The same, the answer at most `max_bytes` long.
+    pub async fn request_at_most<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        max_bytes: usize,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
+    {
         self.allowed(destination)?;
         let http = request
             .try_into_http_request::<Vec<u8>>(
@@ -104,7 +118,7 @@ impl FederationClient {
                 (),
             )
             .map_err(|e| FederationError::Request(e.to_string()))?;
-        let response = self.transport.send(destination, http).await?;
+        let response = self.transport.send(destination, http, max_bytes).await?;
         answer::<R::IncomingResponse>(destination, response)
     }
 
@@ -121,7 +135,10 @@ impl FederationClient {
         let http = request
             .try_into_http_request::<Vec<u8>>(&format!("https://{destination}"), (), ())
             .map_err(|e| FederationError::Request(e.to_string()))?;
-        let response = self.transport.send(destination, http).await?;
+        let response = self
+            .transport
+            .send(destination, http, MAX_RESPONSE_BYTES)
+            .await?;
         answer::<R::IncomingResponse>(destination, response)
     }
 

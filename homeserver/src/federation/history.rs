@@ -42,6 +42,16 @@ impl History {
         }
     }
 
+    /// 404 unless the event is one of the room's (access to one room reads no other).
+    async fn check_in_room(&self, room_id: &RoomId, event_id: &EventId) -> Result<()> {
+        let found = self.graph.pdus(&[event_id.to_string()]).await?;
+        if found.iter().any(|p| p.room_id == room_id.as_str()) {
+            Ok(())
+        } else {
+            Err(Error::not_found("the event is not in this room"))
+        }
+    }
+
     /// One event (not a rejected one) as its PDU.
     pub async fn event(&self, origin: &ServerName, event_id: &EventId) -> Result<String> {
         let pdu = self
@@ -65,6 +75,7 @@ impl History {
         ids: bool,
     ) -> Result<StateAt> {
         self.check_access(origin, room_id).await?;
+        self.check_in_room(room_id, event_id).await?;
         let (state, auth_chain) = if ids {
             self.rooms.state_and_auth_chain_ids_before(event_id).await?
         } else {
@@ -81,6 +92,7 @@ impl History {
         event_id: &EventId,
     ) -> Result<Vec<String>> {
         self.check_access(origin, room_id).await?;
+        self.check_in_room(room_id, event_id).await?;
         let chain = self.graph.auth_chain(&[event_id.to_string()]).await?;
         Ok(usable(self.graph.pdus(&chain).await?))
     }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use ruma::{
-    CanonicalJsonObject, RoomVersionId,
+    CanonicalJsonObject, CanonicalJsonValue, RoomVersionId,
     api::federation::membership::{RawStrippedState, create_invite},
 };
 use serde_json::{Value, value::RawValue};
@@ -81,21 +81,23 @@ impl RemoteInvites for Inviter {
             state,
         );
         let answer = self.client.request(server, request).await?;
-        let signed: CanonicalJsonObject = serde_json::from_str(answer.event.get())
+        let answered: CanonicalJsonObject = serde_json::from_str(answer.event.get())
             .map_err(|e| Error::Remote(format!("{server} sent back an unreadable invite: {e}")))?;
-        // The same event (same reference hash), now carrying the invitee's server's signature.
-        let mut unsigned = signed.clone();
-        unsigned.remove("event_id");
-        let id = pdu::event_id(&unsigned, &rules).map_err(|e| Error::Remote(e.to_string()))?;
-        if id != invite.event_id {
-            return Err(Error::Remote(format!(
-                "{server} changed the invite it was asked to sign"
-            )));
+        // Only the invitee's server's signature is taken from the answer: the event stays ours,
+        // whatever else came back.
+        let theirs = match answered.get("signatures") {
+            Some(CanonicalJsonValue::Object(all)) => all.get(server.as_str()).cloned(),
+            _ => None,
         }
-        pdu::check_signed_by(&self.keys, &rules, &unsigned, server, self.clock.now_ms())
+        .ok_or_else(|| Error::Remote(format!("{server} did not sign the invite")))?;
+        let mut signed = event;
+        if let Some(CanonicalJsonValue::Object(all)) = signed.get_mut("signatures") {
+            all.insert(server.to_string(), theirs);
+        }
+        pdu::check_signed_by(&self.keys, &rules, &signed, server, self.clock.now_ms())
             .await
             .map_err(|e| Error::Remote(format!("{server}'s signature on the invite: {e}")))?;
-        Ok(unsigned)
+        Ok(signed)
     }
 }
 

@@ -125,6 +125,11 @@ impl Joiner {
         let answer = self.client.request(server, request).await?.room_state;
         let state = self.checked_all(&answer.state, &rules).await?;
         let chain = self.checked_all(&answer.auth_chain, &rules).await?;
+        if state.iter().chain(&chain).any(|p| p.pdu.room_id != room_id) {
+            return Err(Error::Remote(format!(
+                "{server} sent events of another room with the room's state"
+            )));
+        }
         check_auth(&state, &chain, &rules)?;
         if !state
             .iter()

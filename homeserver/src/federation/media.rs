@@ -15,7 +15,7 @@ use ruma::{
     media::Method as SpecMethod,
 };
 
-use super::client::FederationClient;
+use super::{client::FederationClient, transport::MAX_MEDIA_BYTES};
 use crate::{
     error::{Error, Result},
     media::{Download, RemoteMedia, thumbnail::Method},
@@ -23,20 +23,34 @@ use crate::{
 
 pub struct MediaFetcher {
     client: Arc<FederationClient>,
+    /// Federation switched off: other servers' media is not fetched.
+    enabled: bool,
 }
 
 impl MediaFetcher {
-    pub fn new(client: Arc<FederationClient>) -> Self {
-        Self { client }
+    pub fn new(client: Arc<FederationClient>, enabled: bool) -> Self {
+        Self { client, enabled }
+    }
+
+    fn check_enabled(&self) -> Result<()> {
+        if self.enabled {
+            Ok(())
+        } else {
+            Err(Error::forbidden("federation is disabled on this server"))
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl RemoteMedia for MediaFetcher {
     async fn download(&self, server: &ServerName, id: &str, timeout: Duration) -> Result<Download> {
+        self.check_enabled()?;
         let mut request = get_content::v1::Request::new(id.to_owned());
         request.timeout_ms = timeout;
-        let answer = self.client.request(server, request).await?;
+        let answer = self
+            .client
+            .request_at_most(server, request, MAX_MEDIA_BYTES)
+            .await?;
         downloaded(server, answer.content)
     }
 
@@ -48,6 +62,7 @@ impl RemoteMedia for MediaFetcher {
         method: Method,
         timeout: Duration,
     ) -> Result<Download> {
+        self.check_enabled()?;
         let mut request = get_content_thumbnail::v1::Request::new(
             id.to_owned(),
             UInt::from(width),
@@ -58,7 +73,10 @@ impl RemoteMedia for MediaFetcher {
             Method::Scale => SpecMethod::Scale,
         });
         request.timeout_ms = timeout;
-        let answer = self.client.request(server, request).await?;
+        let answer = self
+            .client
+            .request_at_most(server, request, MAX_MEDIA_BYTES)
+            .await?;
         downloaded(server, answer.content)
     }
 }

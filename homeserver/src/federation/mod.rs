@@ -47,6 +47,9 @@ use crate::{
     store::Stores,
 };
 
+/// Largest answer to a key query or claim from one server (a client may ask many at once).
+const MAX_KEYS_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
 pub struct Federation {
     server_name: OwnedServerName,
     enabled: bool,
@@ -79,11 +82,17 @@ impl Outgoing {
         stores: &Stores,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        // Switched off: no destination is allowed, so no request leaves and nothing is queued.
+        let outbound_scope = if config.enabled {
+            scope(config)
+        } else {
+            FederationScope::Only(Default::default())
+        };
         let client = Arc::new(FederationClient::new(
             server_name.clone(),
             key.clone(),
             transport,
-            scope(config),
+            outbound_scope.clone(),
         ));
         let keys = Arc::new(ServerKeys::new(
             server_name.clone(),
@@ -99,20 +108,14 @@ impl Outgoing {
             scope(config),
             clock,
         ));
-        // Switched off: no destination is allowed, so nothing is queued.
-        let sender_scope = if config.enabled {
-            scope(config)
-        } else {
-            FederationScope::Only(Default::default())
-        };
         let sender = Arc::new(Sender::new(
             server_name.clone(),
             client.clone(),
             (stores.federation.clone(), stores.graph.clone()),
-            sender_scope,
+            outbound_scope,
         ));
         Self {
-            media: Arc::new(media::MediaFetcher::new(client.clone())),
+            media: Arc::new(media::MediaFetcher::new(client.clone(), config.enabled)),
             client,
             sender,
             keys,
@@ -269,7 +272,10 @@ impl Federation {
     ) -> Result<get_keys::v1::Response> {
         self.check_enabled()?;
         let request = get_keys::v1::Request::new(users);
-        Ok(self.client.request(server, request).await?)
+        Ok(self
+            .client
+            .request_at_most(server, request, MAX_KEYS_ANSWER_BYTES)
+            .await?)
     }
 
     /// One key per device of users of `server` (`/user/keys/claim`).
@@ -280,7 +286,11 @@ impl Federation {
     ) -> Result<claim_keys::v1::OneTimeKeys> {
         self.check_enabled()?;
         let request = claim_keys::v1::Request::new(claims);
-        Ok(self.client.request(server, request).await?.one_time_keys)
+        Ok(self
+            .client
+            .request_at_most(server, request, MAX_KEYS_ANSWER_BYTES)
+            .await?
+            .one_time_keys)
     }
 
     /// The room another server's alias names, and servers to join it through.

@@ -18,7 +18,7 @@ use ruma::{api::federation::transactions::edu::Edu, serde::Raw};
 use serde_json::{Value, value::RawValue};
 use tokio::sync::Notify;
 
-use super::client::FederationClient;
+use super::client::{FederationClient, FederationError};
 use crate::{
     policy::federation::{FederationScope, may_federate_with},
     rooms::Outbound,
@@ -28,6 +28,9 @@ use crate::{
 /// PDUs and EDUs per transaction (the spec's limits).
 const BATCH: i64 = 50;
 const EDU_BATCH: i64 = 100;
+/// Bytes of PDUs and EDUs in one transaction at most (below the 1 MiB request limit common
+/// servers, ours included, apply); a single larger item goes alone.
+const MAX_TXN_BYTES: usize = 768 * 1024;
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LAST_RETRY: Duration = Duration::from_secs(600);
 
@@ -175,25 +178,43 @@ async fn run(inner: Weak<Inner>, destination: OwnedServerName, notify: Arc<Notif
             running.remove(&destination);
             return;
         }
-        match send(&this, &destination, &batch, &edus).await {
-            Ok(()) => {
+        let outcome = send(&this, &destination, &batch, &edus).await;
+        let done = match outcome {
+            Ok(carried) => Some(carried),
+            Err(Failed {
+                reason,
+                permanent: Some(carried),
+            }) => {
+                // Sending the same again cannot succeed; it would block everything after it.
+                tracing::warn!(%destination, %reason, events = carried.positions.len(), edus = carried.ids.len(), "the destination refused a transaction; dropped");
+                Some(carried)
+            }
+            Err(Failed {
+                reason,
+                permanent: None,
+            }) => {
+                tracing::info!(%destination, %reason, retry_secs = retry.as_secs(), "federation transaction failed");
+                None
+            }
+        };
+        match done {
+            Some(carried) => {
                 let dest = destination.as_str();
-                let done = async {
-                    if let Some((last, _)) = batch.last() {
-                        this.store.outbox_sent(dest, *last).await?;
+                let taken_off = async {
+                    if !carried.positions.is_empty() {
+                        this.store.outbox_sent(dest, &carried.positions).await?;
                     }
-                    if let Some((last, _, _)) = edus.last() {
-                        this.store.edu_outbox_sent(dest, *last).await?;
+                    if !carried.ids.is_empty() {
+                        this.store.edu_outbox_sent(dest, &carried.ids).await?;
                     }
                     Ok::<_, crate::store::StoreError>(())
                 };
-                if let Err(e) = done.await {
+                if let Err(e) = taken_off.await {
                     tracing::warn!(%destination, error = %e, "federation outbox not updated");
                 }
                 retry = FIRST_RETRY;
             }
-            Err(reason) => {
-                tracing::info!(%destination, %reason, retry_secs = retry.as_secs(), "federation transaction failed");
+            None => {
                 drop(this);
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
@@ -203,6 +224,22 @@ async fn run(inner: Weak<Inner>, destination: OwnedServerName, notify: Arc<Notif
             }
         }
     }
+}
+
+/// A transaction id naming a batch: event positions and EDU ids, hashed.
+fn txn_id(positions: impl Iterator<Item = i64>, edus: impl Iterator<Item = i64>) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for p in positions {
+        hash.update(format!("p{p};"));
+    }
+    for e in edus {
+        hash.update(format!("e{e};"));
+    }
+    hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Whether a wake-up arrived (consumes it).
@@ -215,56 +252,122 @@ fn notify_pending(notify: &Notify) -> bool {
     notified.as_mut().poll(&mut cx).is_ready()
 }
 
+/// What a transaction carried (event positions, EDU ids), to be taken off the outbox.
+struct Carried {
+    positions: Vec<i64>,
+    ids: Vec<i64>,
+}
+
+/// A transaction that failed: `permanent` when the destination refused its contents (400,
+/// 413), so sending the same again cannot succeed.
+struct Failed {
+    reason: String,
+    permanent: Option<Carried>,
+}
+
+/// Sends the oldest waiting events and EDUs, as many as fit in `MAX_TXN_BYTES` (at least one).
 async fn send(
     inner: &Inner,
     destination: &ServerName,
     batch: &[(i64, String)],
     edus: &[(i64, String, String)],
-) -> Result<(), String> {
-    let ids: Vec<String> = batch.iter().map(|(_, id)| id.clone()).collect();
-    let mut stored = inner.graph.pdus(&ids).await.map_err(|e| e.to_string())?;
-    // In the order they were written.
-    stored.sort_by_key(|p| ids.iter().position(|id| *id == p.event_id));
-    let pdus: Vec<Box<RawValue>> = stored
-        .into_iter()
-        .filter_map(|p| RawValue::from_string(p.json).ok())
-        .collect();
-    // The id names the batch's positions, so a retry after a lost answer is recognised.
-    let span = |first: Option<i64>, last: Option<i64>| match (first, last) {
-        (Some(f), Some(l)) => format!("{f}-{l}"),
-        _ => String::new(),
+) -> Result<Carried, Failed> {
+    let failed = |reason: String| Failed {
+        reason,
+        permanent: None,
     };
-    let txn_id = OwnedTransactionId::from(format!(
-        "{}.{}",
-        span(batch.first().map(|b| b.0), batch.last().map(|b| b.0)),
-        span(edus.first().map(|e| e.0), edus.last().map(|e| e.0)),
+    let ids: Vec<String> = batch.iter().map(|(_, id)| id.clone()).collect();
+    let stored = inner
+        .graph
+        .pdus(&ids)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut budget = MAX_TXN_BYTES;
+    let mut carried = Carried {
+        positions: vec![],
+        ids: vec![],
+    };
+    let mut pdus: Vec<Box<RawValue>> = Vec::new();
+    // In the order they were written.
+    for (pos, event_id) in batch {
+        let json = stored
+            .iter()
+            .find(|p| p.event_id == *event_id)
+            .map(|p| &p.json);
+        let size = json.map_or(0, |j| j.len());
+        if size > budget && !carried.positions.is_empty() {
+            break;
+        }
+        budget = budget.saturating_sub(size);
+        carried.positions.push(*pos);
+        if let Some(raw) = json.and_then(|j| RawValue::from_string(j.clone()).ok()) {
+            pdus.push(raw);
+        }
+    }
+    let mut raw_edus: Vec<Raw<Edu>> = Vec::new();
+    for (id, kind, content) in edus {
+        let json = format!(
+            r#"{{"edu_type":{},"content":{content}}}"#,
+            Value::from(kind.as_str())
+        );
+        if json.len() > budget && !(carried.positions.is_empty() && carried.ids.is_empty()) {
+            break;
+        }
+        budget = budget.saturating_sub(json.len());
+        carried.ids.push(*id);
+        if let Ok(raw) = RawValue::from_string(json) {
+            raw_edus.push(Raw::from_json(raw));
+        }
+    }
+    // The id is a digest of exactly what the transaction carries: a retry after a lost
+    // answer is recognised, and different contents never share an id.
+    let txn_id = OwnedTransactionId::from(txn_id(
+        carried.positions.iter().copied(),
+        carried.ids.iter().copied(),
     ));
-    let edus: Vec<Raw<Edu>> = edus
-        .iter()
-        .filter_map(|(_, kind, content)| {
-            let json = format!(
-                r#"{{"edu_type":{},"content":{content}}}"#,
-                Value::from(kind.as_str())
-            );
-            RawValue::from_string(json).ok().map(Raw::from_json)
-        })
-        .collect();
     let mut request = send_transaction_message::v1::Request::new(
         txn_id,
         inner.origin.clone(),
         MilliSecondsSinceUnixEpoch::now(),
     );
     request.pdus = pdus;
-    request.edus = edus;
-    let response = inner
-        .client
-        .request(destination, request)
-        .await
-        .map_err(|e| e.to_string())?;
+    request.edus = raw_edus;
+    let response = match inner.client.request(destination, request).await {
+        Ok(r) => r,
+        Err(e) => {
+            let permanent = matches!(
+                e,
+                FederationError::Remote {
+                    status: 400 | 413,
+                    ..
+                }
+            );
+            return Err(Failed {
+                reason: e.to_string(),
+                permanent: permanent.then_some(carried),
+            });
+        }
+    };
     for (event_id, result) in response.pdus {
         if let Err(error) = result {
             tracing::info!(%destination, %event_id, %error, "the destination did not accept an event");
         }
     }
-    Ok(())
+    Ok(carried)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::txn_id;
+
+    #[test]
+    fn transaction_ids_name_exactly_what_is_carried() {
+        let id = |p: &[i64], e: &[i64]| txn_id(p.iter().copied(), e.iter().copied());
+        assert_eq!(id(&[5, 6, 8], &[]), id(&[5, 6, 8], &[]));
+        // A position that committed late makes another transaction, not a repeat.
+        assert_ne!(id(&[5, 6, 8], &[]), id(&[5, 6, 7, 8], &[]));
+        // Event positions and EDU ids are told apart.
+        assert_ne!(id(&[3], &[]), id(&[], &[3]));
+        assert_eq!(id(&[1], &[2]).len(), 32);
+    }
 }

@@ -12,9 +12,11 @@ use ruma::ServerName;
 use super::resolver::{Lookup, Resolver};
 use crate::{clock::Clock, config::FederationConfig};
 
-/// Largest answer read from another server: a 110 MiB attachment (the TI-M limit) with its
-/// multipart framing; a room's state with its auth chain stays far below.
-pub const MAX_RESPONSE_BYTES: usize = 120 * 1024 * 1024;
+/// Largest answer read from another server for an API request (a large room's state with
+/// its auth chain stays below it).
+pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// Largest media answer: a 110 MiB attachment (the TI-M limit) with its multipart framing.
+pub const MAX_MEDIA_BYTES: usize = 120 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -26,11 +28,13 @@ pub enum TransportError {
 
 #[async_trait]
 pub trait Transport: Send + Sync {
-    /// Sends `request` (its URI's path and query are used) to `destination`.
+    /// Sends `request` (its URI's path and query are used) to `destination`; an answer of
+    /// more than `max_bytes` is refused.
     async fn send(
         &self,
         destination: &ServerName,
         request: http::Request<Vec<u8>>,
+        max_bytes: usize,
     ) -> Result<http::Response<Bytes>, TransportError>;
 }
 
@@ -41,9 +45,10 @@ pub struct HttpsTransport {
 
 impl HttpsTransport {
     pub fn new(config: &FederationConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let http = http_client(config)?;
+        let http = http_client(config, reqwest::redirect::Policy::none())?;
         let lookup = Arc::new(NetworkLookup {
-            http: http.clone(),
+            // `.well-known` may redirect (spec); API requests may not.
+            http: http_client(config, reqwest::redirect::Policy::limited(5))?,
             dns: hickory_resolver::TokioResolver::builder_tokio()
                 .map(|b| b.build())
                 .ok(),
@@ -56,13 +61,16 @@ impl HttpsTransport {
 }
 
 /// The HTTPS client for federation: rustls, the web PKI roots and the configured CA bundle,
-/// the configured address overrides, no redirects for API requests (`.well-known` look-ups
-/// follow them through their own policy).
-fn http_client(config: &FederationConfig) -> anyhow::Result<reqwest::Client> {
+/// the configured address overrides; `redirects`: none for API requests (a redirect would
+/// send us, and our signature, where the other server chooses), a few for `.well-known`.
+fn http_client(
+    config: &FederationConfig,
+    redirects: reqwest::redirect::Policy,
+) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(config.request_timeout_secs))
         .connect_timeout(Duration::from_secs(config.request_timeout_secs.min(10)))
-        .redirect(reqwest::redirect::Policy::limited(5))
+        .redirect(redirects)
         .user_agent(concat!("tim-homeserver/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &config.ca_certificates {
         let pem = std::fs::read(path)
@@ -86,6 +94,7 @@ impl Transport for HttpsTransport {
         &self,
         destination: &ServerName,
         request: http::Request<Vec<u8>>,
+        max_bytes: usize,
     ) -> Result<http::Response<Bytes>, TransportError> {
         let unreachable = |reason: String| TransportError::Unreachable {
             destination: destination.to_string(),
@@ -116,7 +125,7 @@ impl Transport for HttpsTransport {
         let headers = response.headers().clone();
         if response
             .content_length()
-            .is_some_and(|n| n as usize > MAX_RESPONSE_BYTES)
+            .is_some_and(|n| n as usize > max_bytes)
         {
             return Err(TransportError::TooLarge(destination.to_string()));
         }
@@ -124,7 +133,7 @@ impl Transport for HttpsTransport {
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| unreachable(error_chain(&e)))?;
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            if body.len() + chunk.len() > max_bytes {
                 return Err(TransportError::TooLarge(destination.to_string()));
             }
             body.extend_from_slice(&chunk);

@@ -117,13 +117,35 @@ impl Rooms {
             Value::Object(content),
         );
         if membership == "invite" && target.server_name() != self.server_name {
-            return self.invite_remote(room, sender, new).await.map(Some);
+            // The invitee's server countersigns without the room held: waiting on another
+            // server must not stop the room (nor deadlock two servers inviting each other).
+            let (pdu, object, auth) = self.build(room, sender, &new)?;
+            self.authorize(room, &pdu, &auth)?;
+            let invite_state = self.invite_state(room, sender).await?;
+            let version = room.version.clone();
+            drop(guard);
+            let signed = self
+                .invites
+                .countersign(&version, &pdu, object, invite_state)
+                .await?;
+            let mut guard = self
+                .lock(room_id)
+                .await?
+                .ok_or_else(|| Error::not_found("room not found"))?;
+            let room = guard.as_mut().expect("locked room is loaded");
+            // The room may have moved on meanwhile: the invite must still be allowed.
+            self.authorize(room, &pdu, &auth)?;
+            let prepared = self.prepared(room, pdu, &signed, None).await?;
+            return self
+                .commit(room, vec![prepared])
+                .await
+                .map(|mut ids| Some(ids.remove(0)));
         }
         self.append_locked(room, sender, new, None).await.map(Some)
     }
 
-    /// An invite of a user on another server: their server countersigns it first (and may
-    /// refuse), then it is stored like any event and reaches the room's other servers.
+    /// An invite of a user on another server while the room is held (its creation): their
+    /// server countersigns it first (and may refuse), then it is stored like any event.
     pub(super) async fn invite_remote(
         &self,
         room: &mut RoomState,

@@ -67,7 +67,7 @@ pub(super) struct Resolution {
 }
 
 impl Prepared {
-    /// A remote event on a fork: the resolved state replaces the delta group.
+    /// A remote event the room's other servers get from us (`relay`).
     pub(super) fn relayed(mut self, relay: bool) -> Self {
         self.relay = relay;
         self
@@ -78,6 +78,7 @@ impl Prepared {
         self.relay || self.pdu.sender.server_name() == ours
     }
 
+    /// A remote event on a fork: the resolved state replaces the delta group.
     pub(super) fn resolved(mut self, resolution: Option<Resolution>) -> Self {
         if resolution.is_some() {
             self.new_group = None;

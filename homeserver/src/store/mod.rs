@@ -1082,8 +1082,8 @@ pub trait FederationStore: Send + Sync {
     ) -> StoreResult<()>;
     /// The oldest events waiting for `destination`: `(position, event id)`.
     async fn outbox(&self, destination: &str, limit: i64) -> StoreResult<Vec<(i64, String)>>;
-    /// `destination` has the events up to `upto`.
-    async fn outbox_sent(&self, destination: &str, upto: i64) -> StoreResult<()>;
+    /// `destination` has the events at these positions.
+    async fn outbox_sent(&self, destination: &str, positions: &[i64]) -> StoreResult<()>;
     /// Destinations with events or EDUs waiting.
     async fn outbox_destinations(&self) -> StoreResult<Vec<String>>;
     /// Queues EDUs: `(destination, EDU type, content)`.
@@ -1094,8 +1094,8 @@ pub trait FederationStore: Send + Sync {
         destination: &str,
         limit: i64,
     ) -> StoreResult<Vec<(i64, String, String)>>;
-    /// `destination` has the EDUs up to `upto`.
-    async fn edu_outbox_sent(&self, destination: &str, upto: i64) -> StoreResult<()>;
+    /// `destination` has the EDUs with these ids.
+    async fn edu_outbox_sent(&self, destination: &str, ids: &[i64]) -> StoreResult<()>;
 }
 
 /// Why an event is known but not part of the room's timeline.

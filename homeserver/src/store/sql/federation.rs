@@ -37,6 +37,19 @@ impl RemoteKeyStore for SqlStore {
 }
 
 /// Outbox rows of new events, in the events' transaction: a crash loses none.
+/// Deletes the outbox rows of `destination` with these keys (`delete` ends in `IN`).
+async fn delete_sent(pool: &DbPool, delete: &'static str, destination: &str, keys: &[i64]) -> StoreResult<()> {
+    for chunk in keys.chunks(500) {
+        let sql = format!("{delete} ({})", in_list(2, chunk.len()));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(destination);
+        for k in chunk {
+            q = q.bind(*k);
+        }
+        q.execute(pool).await?;
+    }
+    Ok(())
+}
+
 async fn insert_outbox(tx: &mut sqlx::Transaction<'_, Db>, events: &[NewEvent<'_>]) -> StoreResult<()> {
     let rows: Vec<(&str, i64, &str)> = events.iter().flat_map(|e| e.destinations.iter().map(move |d| (d.as_str(), e.stream_pos, e.event_id))).collect();
     for chunk in rows.chunks(300) {
@@ -82,9 +95,10 @@ impl FederationStore for SqlStore {
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
-    async fn outbox_sent(&self, destination: &str, upto: i64) -> StoreResult<()> {
-        sqlx::query("DELETE FROM federation_outbox WHERE destination = $1 AND stream_pos <= $2").bind(destination).bind(upto).execute(&self.write).await?;
-        Ok(())
+    async fn outbox_sent(&self, destination: &str, positions: &[i64]) -> StoreResult<()> {
+        // Exactly what was sent: positions commit out of order, so a lower one may have
+        // arrived in the outbox after the batch was read.
+        delete_sent(&self.write, "DELETE FROM federation_outbox WHERE destination = $1 AND stream_pos IN", destination, positions).await
     }
 
     async fn outbox_destinations(&self) -> StoreResult<Vec<String>> {
@@ -119,8 +133,7 @@ impl FederationStore for SqlStore {
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
     }
 
-    async fn edu_outbox_sent(&self, destination: &str, upto: i64) -> StoreResult<()> {
-        sqlx::query("DELETE FROM federation_edu_outbox WHERE destination = $1 AND id <= $2").bind(destination).bind(upto).execute(&self.write).await?;
-        Ok(())
+    async fn edu_outbox_sent(&self, destination: &str, ids: &[i64]) -> StoreResult<()> {
+        delete_sent(&self.write, "DELETE FROM federation_edu_outbox WHERE destination = $1 AND id IN", destination, ids).await
     }
 }
