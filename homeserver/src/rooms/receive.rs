@@ -157,7 +157,10 @@ impl Rooms {
                 }
                 None
             }
-            Some(before_ids) => {
+            Some(Before {
+                ids: before_ids,
+                group: before_group,
+            }) => {
                 let pdu_arc = Arc::new(pdu.clone());
                 let before_state = self.state_pdus(room, &before_ids, &pdu_arc).await?;
                 if let Err(reason) = ruma::state_res::check_state_dependent_auth_rules(
@@ -179,7 +182,10 @@ impl Rooms {
                         .keep_outside(&pdu, &json, EventStatus::SoftFailed, &reason)
                         .await;
                 }
-                Some(self.resolution(room, before_ids, &pdu_arc).await?)
+                Some(
+                    self.resolution(room, (before_ids, before_group), &pdu_arc)
+                        .await?,
+                )
             }
         };
         if let Some(target) = &pdu.redacts
@@ -209,7 +215,7 @@ impl Rooms {
     async fn resolution(
         &self,
         room: &RoomState,
-        before_ids: StateIds,
+        (before_ids, before_group): (StateIds, Option<i64>),
         pdu: &Arc<Pdu>,
     ) -> Result<Resolution> {
         let mut after_ids = before_ids.clone();
@@ -225,9 +231,8 @@ impl Rooms {
             .map(|((kind, key), p)| ((kind.to_string(), key.clone()), p.event_id.to_string()))
             .collect();
         let resolved_ids = self
-            .resolve_states(&room.rules, &[current_ids, after_ids], Some(pdu))
+            .resolve_states(&room.rules, &[current_ids.clone(), after_ids], Some(pdu))
             .await?;
-        let state = self.state_pdus(room, &resolved_ids, pdu).await?;
         let full = |ids: &StateIds| NewStateGroup {
             id: self.state_groups.fetch_add(1, Ordering::SeqCst) + 1,
             prev_group: None,
@@ -237,10 +242,23 @@ impl Rooms {
                 .map(|((kind, key), id)| (kind.clone(), key.clone(), id.clone()))
                 .collect(),
         };
+        let (before_group, before) = match before_group {
+            Some(g) => (g, None),
+            None => {
+                let g = full(&before_ids);
+                (g.id, Some(g))
+            }
+        };
+        let after = if resolved_ids == current_ids {
+            None
+        } else {
+            let state = self.state_pdus(room, &resolved_ids, pdu).await?;
+            Some((full(&resolved_ids), state))
+        };
         Ok(Resolution {
-            before: Some(full(&before_ids)),
-            after: full(&resolved_ids),
-            state,
+            before_group,
+            before,
+            after,
         })
     }
 
@@ -291,7 +309,7 @@ impl Rooms {
     /// event is a forward extremity whose state is the current state), `Some(Some(state))`
     /// otherwise (the states after its prev events, resolved when they differ); `None` when a
     /// prev event is not in this server's timeline.
-    async fn state_before(&self, room: &RoomState, pdu: &Pdu) -> Result<Option<Option<StateIds>>> {
+    async fn state_before(&self, room: &RoomState, pdu: &Pdu) -> Result<Option<Option<Before>>> {
         if pdu.prev_events.is_empty() {
             return Ok(None);
         }
@@ -321,11 +339,17 @@ impl Rooms {
             return Ok(Some(None));
         }
         if states.len() == 1 {
-            return Ok(Some(states.pop()));
+            // After a single message the state is that message's group: no new group needed.
+            let group = match rows.as_slice() {
+                [row] if Pdu::from_row(row).is_ok_and(|p| p.state_key.is_none()) => {
+                    Some(row.state_group)
+                }
+                _ => None,
+            };
+            return Ok(Some(states.pop().map(|ids| Before { ids, group })));
         }
-        Ok(Some(Some(
-            self.resolve_states(&room.rules, &states, None).await?,
-        )))
+        let ids = self.resolve_states(&room.rules, &states, None).await?;
+        Ok(Some(Some(Before { ids, group: None })))
     }
 
     async fn state_after_row(&self, row: &crate::store::EventRow) -> Result<StateIds> {
@@ -677,6 +701,13 @@ impl Rooms {
         })
         .await
     }
+}
+
+/// The state before a remote event that does not build on the current state, and its group
+/// when one exists already.
+struct Before {
+    ids: StateIds,
+    group: Option<i64>,
 }
 
 /// An event's edges as the store takes them.

@@ -58,12 +58,13 @@ pub(super) struct Prepared {
 
 /// How a remote event on a fork changes the room's state.
 pub(super) struct Resolution {
-    /// The state before the event when it is not the room's current group: a new group.
+    /// The group of the state before the event: an existing one (its prev event's), or
+    /// `before`, written with the event.
+    pub before_group: i64,
     pub before: Option<NewStateGroup>,
-    /// The room's resolved state after the event, as a full group.
-    pub after: NewStateGroup,
-    /// The same as events.
-    pub state: std::collections::HashMap<StateKey, Arc<Pdu>>,
+    /// The room's resolved state after the event, as a full group and as events; `None` when
+    /// it is the current state (the event changed nothing, as a message on a lagging branch).
+    pub after: Option<(NewStateGroup, std::collections::HashMap<StateKey, Arc<Pdu>>)>,
 }
 
 impl Prepared {
@@ -116,7 +117,7 @@ impl Prepared {
             resolution: self
                 .resolution
                 .as_ref()
-                .map(|r| (r.before.as_ref(), &r.after)),
+                .map(|r| (r.before.as_ref(), r.after.as_ref().map(|(g, _)| g))),
         }
     }
 }
@@ -443,16 +444,16 @@ impl Rooms {
             })
             .collect();
         let mut group = room.state_group;
-        for row in &mut rows {
+        for (row, event) in rows.iter_mut().zip(&events) {
             row.state_group = group;
             if let Some(g) = &row.new_state_group {
                 group = g.id;
             }
-            if let Some((before, after)) = row.resolution {
-                if let Some(before) = before {
-                    row.state_group = before.id;
+            if let Some(r) = &event.resolution {
+                row.state_group = r.before_group;
+                if let Some((after, _)) = &r.after {
+                    group = after.id;
                 }
-                group = after.id;
             }
         }
         self.store.persist_events(&rows).await?;
@@ -470,9 +471,13 @@ impl Rooms {
             let event_id = event.pdu.event_id.clone();
             room.advance(&event.pdu);
             let mut wake = room.interested_users();
-            if let Some(resolution) = event.resolution {
-                room.replace_state(resolution.state);
-                room.state_group = resolution.after.id;
+            if let Some(Resolution {
+                after: Some((after, state)),
+                ..
+            }) = event.resolution
+            {
+                room.replace_state(state);
+                room.state_group = after.id;
                 room.chain_len = 0;
                 // Whoever the resolved state names hears of it too.
                 wake = room.interested_users();
@@ -482,7 +487,9 @@ impl Rooms {
                 {
                     wake.push(user);
                 }
-            } else if let (Some(key), Some(group)) = (event.state_key, event.new_group) {
+            } else if let (Some(key), Some(group), None) =
+                (event.state_key, event.new_group, &event.resolution)
+            {
                 if key.0 == StateEventType::RoomMember
                     && let Ok(user) = UserId::parse(key.1.as_str())
                 {

@@ -859,8 +859,9 @@ pub struct NewEvent<'a> {
     /// Servers the event is sent to (written to the federation outbox with it).
     pub destinations: &'a [String],
     /// A remote event on a fork: the group of the state before it, when it is new, and the
-    /// room's resolved state after it (a full group that replaces the current state).
-    pub resolution: Option<(Option<&'a NewStateGroup>, &'a NewStateGroup)>,
+    /// room's resolved state after it, when it changed (a full group that replaces the
+    /// current state).
+    pub resolution: Option<(Option<&'a NewStateGroup>, Option<&'a NewStateGroup>)>,
 }
 
 /// A member's push actions for a new event.

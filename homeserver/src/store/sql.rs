@@ -711,10 +711,10 @@ impl EventStore for SqlStore {
         insert_edges(&mut tx, &edges).await?;
         insert_outbox(&mut tx, events).await?;
         for ev in events {
-            if let Some((before, after)) = ev.resolution {
-                if let Some(before) = before {
-                    insert_state_group(&mut tx, ev.room_id, before).await?;
-                }
+            if let Some((Some(before), _)) = ev.resolution {
+                insert_state_group(&mut tx, ev.room_id, before).await?;
+            }
+            if let Some((_, Some(after))) = ev.resolution {
                 insert_state_group(&mut tx, ev.room_id, after).await?;
                 sqlx::query("UPDATE rooms SET current_state_group = $2 WHERE room_id = $1").bind(ev.room_id).bind(after.id).execute(&mut *tx).await?;
                 // The current state becomes the resolved state, each entry with its event's
