@@ -1565,6 +1565,23 @@ async fn forks_are_resolved_and_soft_failed_events_kept_out_of_the_timeline() {
     );
     let sync = alice.sync(Some(&since), 0).await;
     assert!(common::bodies(&sync, &room).is_empty(), "{sync}");
+    // B builds on its soft-failed event: the state after it is known (the state before it),
+    // so the next event is judged like any, not left aside for lack of history.
+    let (next_id, next) = sign_pdu(&b_hs, message("noch einmal", &late_id, &bob_id, now + 5));
+    assert_eq!(send(&next_id, next).await, json!({}));
+    let stored = a
+        .hs()
+        .stores
+        .graph
+        .pdus(std::slice::from_ref(&next_id))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored[0].status,
+        Some(tim_homeserver::store::EventStatus::SoftFailed),
+        "{:?}",
+        stored[0].reason
+    );
     a.stop().await;
     b.stop().await;
 }

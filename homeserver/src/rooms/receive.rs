@@ -21,6 +21,9 @@ use crate::{
     store::{EventStatus, NewStateGroup, OutsideEvent, StateIds},
 };
 
+/// Events outside the timeline followed in a row to find the state before an event.
+const OUTSIDE_DEPTH: u8 = 3;
+
 /// Most auth events a PDU may name (as the spec suggests).
 const MAX_AUTH_EVENTS: usize = 10;
 
@@ -321,7 +324,9 @@ impl Rooms {
         let ids: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
         let rows = self.store.get_events(&ids).await?;
         if rows.len() < ids.len() {
-            return Ok(None);
+            // Prev events kept outside the timeline (soft-failed, rejected) still have a state
+            // after them; only events this server never got leave the event without one.
+            return self.state_before_outside(room, pdu, OUTSIDE_DEPTH).await;
         }
         let current: StateIds = room
             .state
@@ -350,6 +355,70 @@ impl Rooms {
         }
         let ids = self.resolve_states(&room.rules, &states, None).await?;
         Ok(Some(Some(Before { ids, group: None })))
+    }
+
+    /// The state before an event some of whose prev events are outside the timeline: the
+    /// states after each prev event, resolved. After a soft-failed event: the state before it
+    /// and the event; after a rejected one: the state before it. `depth` bounds how many such
+    /// events in a row are followed.
+    fn state_before_outside<'a>(
+        &'a self,
+        room: &'a RoomState,
+        pdu: &'a Pdu,
+        depth: u8,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Option<Before>>>> {
+        Box::pin(async move {
+            let mut states: Vec<StateIds> = Vec::new();
+            for prev in &pdu.prev_events {
+                let id = prev.to_string();
+                let state = if let Some(row) = self.store.get_event(&id).await? {
+                    self.state_after_row(&row).await?
+                } else {
+                    let stored = self.graph.pdus(std::slice::from_ref(&id)).await?;
+                    let Some(outside) = stored.into_iter().next() else {
+                        return Ok(None);
+                    };
+                    let (Some(status), true) = (outside.status, depth > 0) else {
+                        return Ok(None);
+                    };
+                    if status == EventStatus::Outlier {
+                        return Ok(None);
+                    }
+                    let event = Pdu::from_json(&outside.event_id, &outside.json)
+                        .map_err(Error::internal)?;
+                    let Some(before) = self.state_before_outside(room, &event, depth - 1).await?
+                    else {
+                        return Ok(None);
+                    };
+                    let mut state = match before {
+                        Some(b) => b.ids,
+                        None => room
+                            .state
+                            .iter()
+                            .map(|((k, s), p)| ((k.to_string(), s.clone()), p.event_id.to_string()))
+                            .collect(),
+                    };
+                    if status == EventStatus::SoftFailed
+                        && let Some(key) = &event.state_key
+                    {
+                        state.insert(
+                            (event.kind.to_string(), key.clone()),
+                            event.event_id.to_string(),
+                        );
+                    }
+                    state
+                };
+                if !states.contains(&state) {
+                    states.push(state);
+                }
+            }
+            let ids = match states.len() {
+                0 => return Ok(None),
+                1 => states.pop().expect("one state"),
+                _ => self.resolve_states(&room.rules, &states, None).await?,
+            };
+            Ok(Some(Some(Before { ids, group: None })))
+        })
     }
 
     async fn state_after_row(&self, row: &crate::store::EventRow) -> Result<StateIds> {
@@ -650,12 +719,14 @@ impl Rooms {
             return Ok(None);
         };
         let ids: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+        // Events kept outside the timeline count as known, outliers (no state) do not.
         let known: std::collections::HashSet<String> = self
-            .store
-            .get_events(&ids)
+            .graph
+            .pdus(&ids)
             .await?
             .into_iter()
-            .map(|r| r.event_id)
+            .filter(|p| p.status != Some(EventStatus::Outlier))
+            .map(|p| p.event_id)
             .collect();
         let unknown = pdu
             .prev_events
