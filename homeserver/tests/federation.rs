@@ -1108,6 +1108,31 @@ async fn invites_cross_servers_and_are_accepted_or_rejected() {
         member_of(s, &room, &bob.user_id).as_deref() == Some("leave")
     })
     .await;
+
+    // Invited again: B still knows the room but has nobody in it. Bob sees the invite, and
+    // his join goes through Alice's server (the room's state fetched anew), not onto B's
+    // stale copy.
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", urlencode(&room)),
+            Some(json!({"user_id": bob.user_id})),
+        )
+        .await;
+    sync_until(&bob, "bob's second invite", |s| {
+        !s["rooms"]["invite"][&room].is_null()
+    })
+    .await;
+    bob.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/rooms/{}/join", urlencode(&room)),
+        Some(json!({})),
+    )
+    .await;
+    alice.send(&room, "k2", "Willkommen zurück").await;
+    wait_for(&bob, &room, "Willkommen zurück", None).await;
+    bob.send(&room, "b2", "Danke").await;
+    wait_for(&alice, &room, "Danke", None).await;
     a.stop().await;
     b.stop().await;
 }

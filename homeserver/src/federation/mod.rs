@@ -197,6 +197,8 @@ impl Federation {
         if let Some(inviter) = invite.and_then(|i| UserId::parse(&i.sender).ok()) {
             via.push(inviter.server_name().to_owned());
         }
+        // A room we had left: the servers still in it as we last knew it.
+        via.extend(self.joiner.rooms().other_servers(room_id).await?);
         self.joiner.join(room_id, user, &via, profile).await?;
         Ok(())
     }

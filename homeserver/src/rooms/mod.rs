@@ -297,6 +297,12 @@ impl Rooms {
         &self.server_name
     }
 
+    /// Drops the room's state in memory; the next use loads it from the store.
+    async fn unload(&self, room_id: &RoomId) {
+        let slot = self.slot(room_id);
+        *slot.state.clone().lock_owned().await = None;
+    }
+
     fn slot(&self, room_id: &RoomId) -> Arc<RoomSlot> {
         let mut rooms = self.rooms.lock().expect("rooms lock");
         if let Some(slot) = rooms.get(room_id) {

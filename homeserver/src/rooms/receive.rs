@@ -564,6 +564,8 @@ impl Rooms {
                     outliers: &outside,
                 })
                 .await?;
+            // A room held in memory from before (we had left it) loads again from the store.
+            this.unload(&room_id).await;
             let mut guard = this
                 .lock(&room_id)
                 .await?

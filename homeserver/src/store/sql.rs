@@ -929,9 +929,10 @@ impl EventStore for SqlStore {
             "SELECT c.room_id, c.membership, c.stream_pos, c.event_id FROM current_state c \
              WHERE c.type = 'm.room.member' AND c.state_key = $1 \
              AND NOT (c.membership IN ('leave', 'ban') AND EXISTS (SELECT 1 FROM forgotten_rooms f WHERE f.user_id = $1 AND f.room_id = c.room_id)) \
+             AND NOT EXISTS (SELECT 1 FROM remote_memberships r3 WHERE r3.user_id = $1 AND r3.room_id = c.room_id AND r3.stream_pos > c.stream_pos) \
              UNION ALL SELECT r.room_id, r.membership, r.stream_pos, r.event_id FROM remote_memberships r \
              WHERE r.user_id = $1 AND r.stream_pos = (SELECT MAX(r2.stream_pos) FROM remote_memberships r2 WHERE r2.user_id = $1 AND r2.room_id = r.room_id) \
-             AND NOT EXISTS (SELECT 1 FROM current_state c2 WHERE c2.room_id = r.room_id AND c2.type = 'm.room.member' AND c2.state_key = $1) \
+             AND NOT EXISTS (SELECT 1 FROM current_state c2 WHERE c2.room_id = r.room_id AND c2.type = 'm.room.member' AND c2.state_key = $1 AND c2.stream_pos > r.stream_pos) \
              AND NOT (r.membership = 'leave' AND EXISTS (SELECT 1 FROM forgotten_rooms f WHERE f.user_id = $1 AND f.room_id = r.room_id)) \
              ORDER BY 1",
         )

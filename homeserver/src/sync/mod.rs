@@ -303,7 +303,7 @@ async fn compute(
             "join" => incr_rooms.push(room.clone()),
             "invite" if since.is_none() || changed => {
                 let mut invited = InvitedRoom::new();
-                invited.invite_state.events = invite_state(hs, room, user)
+                invited.invite_state.events = invite_state(hs, room, user, *last_pos)
                     .await?
                     .iter()
                     .map(raw)
@@ -839,11 +839,11 @@ async fn state_section(hs: &Homeserver, rows: &[EventRow], after: bool) -> Resul
 
 /// Stripped state shown with an invite: the room's identity, the invite itself and the
 /// inviter's member event (for their name and avatar) — not other people's invites.
-async fn invite_state(hs: &Homeserver, room: &str, user: &str) -> Result<Vec<Value>> {
-    let ids = hs.stores.events.current_state_ids(room).await?;
-    // A room only another server has: the state its invite came with, and the invite.
-    if ids.is_empty()
-        && let Some(invite) = hs.stores.graph.remote_membership(user, room).await?
+async fn invite_state(hs: &Homeserver, room: &str, user: &str, at: i64) -> Result<Vec<Value>> {
+    // An invite to a room this server does not have (or no longer follows): the state it
+    // came with, and the invite.
+    if let Some(invite) = hs.stores.graph.remote_membership(user, room).await?
+        && invite.stream_pos == at
     {
         let mut state: Vec<Value> = serde_json::from_str(&invite.invite_state).unwrap_or_default();
         state.retain(|e| !(e["type"] == "m.room.member" && e["state_key"] == user));
@@ -857,6 +857,7 @@ async fn invite_state(hs: &Homeserver, room: &str, user: &str) -> Result<Vec<Val
         }
         return Ok(state);
     }
+    let ids = hs.stores.events.current_state_ids(room).await?;
     let wanted = [
         "m.room.create",
         "m.room.join_rules",

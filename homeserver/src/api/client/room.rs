@@ -340,12 +340,23 @@ async fn change(
         Change::Join | Change::Invite { .. } => ctx.hs.member_profile(target).await?,
         _ => Map::new(),
     };
-    // A room this server does not have: joined through the servers that do, or an invite
-    // to it rejected.
-    if matches!(change, Change::Join | Change::Leave)
-        && *target == s.user_id
-        && !ctx.hs.rooms.knows(room).await?
-    {
+    // A room none of this server's users are in (we never had it, or all left it): joined
+    // through the servers that are in it, or an invite to it rejected there.
+    let elsewhere = match change {
+        // (A room only this server ever had is joined here, whoever is left in it.)
+        Change::Join => {
+            !ctx.hs.rooms.knows(room).await?
+                || (!ctx.hs.rooms.is_resident(room).await?
+                    && !ctx.hs.rooms.other_servers(room).await?.is_empty())
+        }
+        Change::Leave => {
+            !ctx.hs.rooms.knows(room).await?
+                || (!ctx.hs.rooms.is_resident(room).await?
+                    && ctx.hs.rooms.remote_invite(target, room).await?.is_some())
+        }
+        _ => false,
+    };
+    if elsewhere && *target == s.user_id {
         let join = change == Change::Join;
         return ctx
             .hs

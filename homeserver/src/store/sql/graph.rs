@@ -179,15 +179,21 @@ impl GraphStore for SqlStore {
 
     async fn import_room(&self, room: &ImportedRoom<'_>) -> StoreResult<()> {
         let mut tx = self.write.begin().await?;
-        sqlx::query("INSERT INTO rooms (room_id, room_version, creator, created_ts, current_state_group) VALUES ($1, $2, $3, $4, $5)")
-            .bind(room.room_id)
-            .bind(room.version)
-            .bind(room.creator)
-            .bind(room.now)
-            .bind(room.group.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(unique)?;
+        // A room this server knew but had left is joined again: its state is replaced by the
+        // one the resident server gave, its old tips are no tips any more.
+        sqlx::query(
+            "INSERT INTO rooms (room_id, room_version, creator, created_ts, current_state_group) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (room_id) DO UPDATE SET current_state_group = EXCLUDED.current_state_group",
+        )
+        .bind(room.room_id)
+        .bind(room.version)
+        .bind(room.creator)
+        .bind(room.now)
+        .bind(room.group.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM current_state WHERE room_id = $1").bind(room.room_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1").bind(room.room_id).execute(&mut *tx).await?;
         for ev in room.state {
             sqlx::query(
                 "INSERT INTO events (stream_pos, event_id, room_id, sender, type, state_key, depth, origin_server_ts, json, state_group, membership) \
@@ -206,15 +212,17 @@ impl GraphStore for SqlStore {
             .bind(ev.membership)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_pos) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(room.room_id)
-                .bind(ev.event_type)
-                .bind(ev.state_key)
-                .bind(ev.event_id)
-                .bind(ev.membership)
-                .bind(ev.stream_pos)
-                .execute(&mut *tx)
-                .await?;
+            // The event's own position: one this server had keeps the one it had.
+            sqlx::query(
+                "INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_pos) \
+                 SELECT $1, $2, $3, event_id, membership, stream_pos FROM events WHERE event_id = $4",
+            )
+            .bind(room.room_id)
+            .bind(ev.event_type)
+            .bind(ev.state_key)
+            .bind(ev.event_id)
+            .execute(&mut *tx)
+            .await?;
         }
         insert_state_group(&mut tx, room.room_id, room.group).await?;
         let mut edges: Vec<GraphEdges<'_>> = room.state.iter().map(|e| GraphEdges { event_id: e.event_id, room_id: room.room_id, prev: e.prev_events, auth: e.auth_events }).collect();
