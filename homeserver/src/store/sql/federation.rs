@@ -37,6 +37,9 @@ impl RemoteKeyStore for SqlStore {
 }
 
 /// Outbox rows of new events, in the events' transaction: a crash loses none.
+/// How long our answers to other servers' transactions are kept (a repeat gets the same).
+const INBOUND_TXN_KEPT_MS: i64 = 24 * 60 * 60 * 1000;
+
 /// Deletes the outbox rows of `destination` with these keys (`delete` ends in `IN`).
 async fn delete_sent(pool: &DbPool, delete: &'static str, destination: &str, keys: &[i64]) -> StoreResult<()> {
     for chunk in keys.chunks(500) {
@@ -76,13 +79,21 @@ impl FederationStore for SqlStore {
     }
 
     async fn save_inbound_txn(&self, origin: &str, txn_id: &str, response: &str, now: i64) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
         sqlx::query("INSERT INTO federation_inbound_txns (origin, txn_id, response, received_ts) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
             .bind(origin)
             .bind(txn_id)
             .bind(response)
             .bind(now)
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
+        // A sender retries for hours at most: older answers of the same origin are not needed.
+        sqlx::query("DELETE FROM federation_inbound_txns WHERE origin = $1 AND received_ts < $2")
+            .bind(origin)
+            .bind(now - INBOUND_TXN_KEPT_MS)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
