@@ -114,6 +114,10 @@ pub struct FederationConfig {
     pub request_timeout_secs: u64,
     /// How long other servers may cache our signing key (`valid_until_ts`), in seconds.
     pub key_validity_secs: u64,
+    /// Signed requests per second one other server may send us, sustained, and in a burst;
+    /// beyond, 429 `M_LIMIT_EXCEEDED` (its sender retries).
+    pub requests_per_second_per_server: f64,
+    pub request_burst_per_server: f64,
 }
 
 impl FederationConfig {
@@ -128,6 +132,15 @@ impl FederationConfig {
         }
         if self.request_timeout_secs == 0 || self.key_validity_secs == 0 {
             return Err("federation.request_timeout_secs and key_validity_secs must be > 0".into());
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(self.requests_per_second_per_server)
+            || !positive(self.request_burst_per_server)
+        {
+            return Err(
+                "federation.requests_per_second_per_server and request_burst_per_server must be > 0"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -145,6 +158,8 @@ impl Default for FederationConfig {
             allowed_servers: vec![],
             request_timeout_secs: 30,
             key_validity_secs: 24 * 3600,
+            requests_per_second_per_server: 100.0,
+            request_burst_per_server: 1000.0,
         }
     }
 }

@@ -27,6 +27,11 @@ async fn pair() -> Pair {
 
 /// The same, B reaching A (not A's second tenant) through a link the test can cut.
 async fn pair_linked() -> (Pair, Link) {
+    pair_configured(|_| {}).await
+}
+
+/// The same, A's config changed by `tweak_a`.
+async fn pair_configured(tweak_a: fn(&mut tim_homeserver::config::Config)) -> (Pair, Link) {
     let (a_name, a2, b_name) = (unique_name("fa"), unique_name("fa2"), unique_name("fb"));
     let ca = TestCa::new(&[&a_name, &a2, &b_name]);
     let la = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -50,8 +55,12 @@ async fn pair_linked() -> (Pair, Link) {
             c.federation.ca_certificates = Some(ca_file);
         }
     };
-    let a =
-        TestServer::start_full(Store::Sqlite, Some((la, &ca)), setup(a_name.clone(), false)).await;
+    let setup_a = setup(a_name.clone(), false);
+    let a = TestServer::start_full(Store::Sqlite, Some((la, &ca)), |c| {
+        setup_a(c);
+        tweak_a(c);
+    })
+    .await;
     let b = TestServer::start_full(Store::Postgres, Some((lb, &ca)), setup(b_name, true)).await;
     a.add_tenant(&a2).await;
     (Pair { a, b, ca, a2 }, link)
@@ -2004,6 +2013,30 @@ async fn rooms_are_joined_by_another_servers_alias() {
         )
         .await;
     assert_eq!(status, 404);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_sending_too_much_is_slowed_down() {
+    let (Pair { a, b, ca, a2: _ }, _link) = pair_configured(|c| {
+        c.federation.requests_per_second_per_server = 0.5;
+        c.federation.request_burst_per_server = 3.0;
+    })
+    .await;
+    let alice = a.register("alice").await;
+    let path = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        urlencode(&alice.user_id)
+    );
+    let mut statuses = vec![];
+    for _ in 0..5 {
+        statuses.push(federation_request(&b, &a, &ca, "GET", &path, None).await);
+    }
+    let codes: Vec<u16> = statuses.iter().map(|(s, _)| *s).collect();
+    assert_eq!(codes, vec![200, 200, 200, 429, 429]);
+    assert_eq!(statuses[3].1["errcode"], "M_LIMIT_EXCEEDED");
+    assert!(statuses[3].1["retry_after_ms"].as_u64().unwrap() > 0);
     a.stop().await;
     b.stop().await;
 }

@@ -52,6 +52,8 @@ const MAX_KEYS_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct Federation {
     server_name: OwnedServerName,
+    /// Requests per origin server.
+    rate_limiter: crate::ratelimit::RateLimiter,
     enabled: bool,
     scope: FederationScope,
     clock: Arc<dyn Clock>,
@@ -164,6 +166,11 @@ impl Federation {
         );
         let history = History::new(rooms, stores.graph.clone());
         Self {
+            rate_limiter: crate::ratelimit::RateLimiter::new(crate::config::RateLimitConfig {
+                per_second: config.requests_per_second_per_server,
+                burst: config.request_burst_per_server,
+                ..Default::default()
+            }),
             receiver,
             history,
             joiner,
@@ -261,6 +268,10 @@ impl Federation {
             .map_err(|e| {
                 Error::Unauthorized(format!("the request signature does not verify: {e}"))
             })?;
+        // Counted once the signature proves who sent it (nobody spends another's budget).
+        self.rate_limiter
+            .check(xmatrix.origin.as_str())
+            .map_err(|retry_after_ms| Error::LimitExceeded { retry_after_ms })?;
         // It is reachable again, likely: what waits for it goes now.
         self.sender.contacted(&xmatrix.origin);
         Ok(xmatrix.origin)
