@@ -78,13 +78,26 @@ try {
   }
   const registration = registrations.find((r) => r.scopeURL === origin + '/');
   if (!registration) throw new Error('service worker registration not reported');
-  await cdp.send('ServiceWorker.deliverPushMessage', {
-    origin,
-    registrationId: registration.registrationId,
-    data: JSON.stringify(input.payload),
+  // A push reaches only an activated worker: wait for it, and deliver again while nothing
+  // shows (a push delivered during activation can be lost on a busy machine).
+  await page.evaluate(async () => {
+    await navigator.serviceWorker.ready;
   });
+  const push = () =>
+    cdp.send('ServiceWorker.deliverPushMessage', {
+      origin,
+      registrationId: registration.registrationId,
+      data: JSON.stringify(input.payload),
+    });
+  await push();
+  let lastPush = Date.now();
+  const shownBy = Date.now() + 20000;
   let notifications = [];
-  while (notifications.length === 0 && Date.now() < deadline) {
+  while (notifications.length === 0 && Date.now() < shownBy) {
+    if (Date.now() - lastPush > 2000) {
+      await push();
+      lastPush = Date.now();
+    }
     notifications = await page.evaluate(async () => {
       const reg = await navigator.serviceWorker.ready;
       return (await reg.getNotifications()).map((n) => ({
