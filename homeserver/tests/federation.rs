@@ -2040,3 +2040,156 @@ async fn a_server_sending_too_much_is_slowed_down() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn signed_but_malformed_requests_get_a_clear_refusal() {
+    let Pair { a, b, ca, a2 } = pair().await;
+    let alice = a.register("alice").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    // A room of the other tenant of A's process, asked of A.
+    let mut carol = a.client_for(&a2);
+    carol.register("carol").await;
+    let foreign = carol.create_room(json!({"preset": "public_chat"})).await;
+    let bob = format!("@bob:{}", b.server_name);
+    let r = urlencode(&room);
+    let f = urlencode(&foreign);
+    let cases: Vec<(&str, String, Option<Value>)> = vec![
+        (
+            "PUT",
+            format!("/_matrix/federation/v2/invite/{r}/$x"),
+            Some(json!({})),
+        ),
+        (
+            "PUT",
+            format!("/_matrix/federation/v2/invite/{r}/$x"),
+            Some(json!({"event": 5, "room_version": [], "invite_room_state": "x"})),
+        ),
+        (
+            "PUT",
+            format!("/_matrix/federation/v2/invite/{r}/$x"),
+            Some(
+                json!({"event": {"type": "m.room.member"}, "room_version": "10", "invite_room_state": []}),
+            ),
+        ),
+        (
+            "PUT",
+            format!("/_matrix/federation/v2/send_leave/{r}/$x"),
+            Some(json!({})),
+        ),
+        (
+            "PUT",
+            format!("/_matrix/federation/v2/send_leave/{r}/$x"),
+            Some(json!({"type": 1})),
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/make_leave/{f}/{}", urlencode(&bob)),
+            None,
+        ),
+        (
+            "GET",
+            format!(
+                "/_matrix/federation/v1/make_leave/{r}/{}",
+                urlencode(&alice.user_id)
+            ),
+            None,
+        ),
+        (
+            "POST",
+            "/_matrix/federation/v1/user/keys/query".into(),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            "/_matrix/federation/v1/user/keys/query".into(),
+            Some(json!({"device_keys": []})),
+        ),
+        (
+            "POST",
+            "/_matrix/federation/v1/user/keys/claim".into(),
+            Some(json!({"one_time_keys": {"x": 1}})),
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/user/devices/{}", urlencode(&bob)),
+            None,
+        ),
+        (
+            "GET",
+            "/_matrix/federation/v1/user/devices/notauser".into(),
+            None,
+        ),
+        ("GET", "/_matrix/federation/v1/event/$nothere".into(), None),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/state_ids/{f}?event_id=$x"),
+            None,
+        ),
+        ("GET", format!("/_matrix/federation/v1/state/{r}"), None),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/backfill/{r}?v=$x&limit=abc"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/event_auth/{f}/$x"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/_matrix/federation/v1/get_missing_events/{r}"),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            format!("/_matrix/federation/v1/get_missing_events/{f}"),
+            Some(json!({"earliest_events": [], "latest_events": [], "limit": -1})),
+        ),
+        (
+            "GET",
+            "/_matrix/federation/v1/media/download/..%2Fetc".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/_matrix/federation/v1/media/thumbnail/nothere?width=0&height=x".into(),
+            None,
+        ),
+        (
+            "GET",
+            "/_matrix/federation/v1/query/directory?room_alias=notanalias".into(),
+            None,
+        ),
+        (
+            "GET",
+            format!(
+                "/_matrix/federation/v1/query/directory?room_alias={}",
+                urlencode(&format!("#x:{a2}"))
+            ),
+            None,
+        ),
+        (
+            "PUT",
+            "/_matrix/federation/v1/send/t9".into(),
+            Some(
+                json!({"origin": b.server_name, "origin_server_ts": 1, "pdus": [], "edus": [{"edu_type": "m.typing", "content": {"room_id": room, "user_id": alice.user_id, "typing": true}}, {"edu_type": "m.receipt", "content": 5}, {"edu_type": "m.direct_to_device", "content": {"sender": alice.user_id}}]}),
+            ),
+        ),
+    ];
+    for (method, path, body) in cases {
+        let (status, answer) = federation_request(&b, &a, &ca, method, &path, body).await;
+        assert!(status < 500, "{method} {path} -> {status}: {answer}");
+        if status >= 400 {
+            assert!(
+                answer["errcode"].is_string(),
+                "{method} {path} -> {status}: {answer}"
+            );
+        }
+    }
+    // The EDUs about A's own user, sent by B, changed nothing.
+    let sync = alice.sync(None, 0).await;
+    assert!(!sync.to_string().contains("m.typing"), "{sync}");
+    a.stop().await;
+    b.stop().await;
+}
