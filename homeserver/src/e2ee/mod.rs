@@ -246,24 +246,13 @@ impl Homeserver {
             .partition(|(u, _)| u.server_name() == self.server_name);
         let mut resp = self.local_keys(Some(requester), &local).await?;
         let timeout = remote_timeout(req.timeout);
-        // A bounded number of servers at a time, all within the one deadline.
-        let deadline = tokio::time::Instant::now() + timeout;
-        let answers: Vec<_> = futures::stream::iter(by_server(remote).into_iter().map(
-            |(server, users)| async move {
-                let answer = tokio::time::timeout_at(
-                    deadline,
-                    self.federation.query_keys(&server, users.clone()),
-                )
-                .await;
-                (server, users, answer)
-            },
-        ))
-        .buffer_unordered(SERVERS_AT_ONCE)
-        .collect()
+        let answers = ask_servers(remote, timeout, |server, users| async move {
+            self.federation.query_keys(&server, users).await
+        })
         .await;
         for (server, users, answer) in answers {
             match answer {
-                Ok(Ok(keys)) => {
+                Ok(keys) => {
                     // Only what the server may speak for: its own users, as asked.
                     let asked = |u: &OwnedUserId| users.contains_key(u);
                     resp.device_keys
@@ -273,11 +262,8 @@ impl Homeserver {
                     resp.self_signing_keys
                         .extend(keys.self_signing_keys.into_iter().filter(|(u, _)| asked(u)));
                 }
-                Ok(Err(e)) => {
-                    resp.failures.insert(server.to_string(), failure(&e));
-                }
-                Err(_) => {
-                    resp.failures.insert(server.to_string(), timed_out(timeout));
+                Err(failure) => {
+                    resp.failures.insert(server.to_string(), failure);
                 }
             }
         }
@@ -318,31 +304,17 @@ impl Homeserver {
             .partition(|(u, _)| u.server_name() == self.server_name);
         let mut resp = claim_keys::v3::Response::new(self.claim_local_keys(&local).await?);
         let timeout = remote_timeout(req.timeout);
-        // A bounded number of servers at a time, all within the one deadline.
-        let deadline = tokio::time::Instant::now() + timeout;
-        let answers: Vec<_> = futures::stream::iter(by_server(remote).into_iter().map(
-            |(server, users)| async move {
-                let answer = tokio::time::timeout_at(
-                    deadline,
-                    self.federation.claim_keys(&server, users.clone()),
-                )
-                .await;
-                (server, users, answer)
-            },
-        ))
-        .buffer_unordered(SERVERS_AT_ONCE)
-        .collect()
+        let answers = ask_servers(remote, timeout, |server, users| async move {
+            self.federation.claim_keys(&server, users).await
+        })
         .await;
         for (server, users, answer) in answers {
             match answer {
-                Ok(Ok(keys)) => resp
+                Ok(keys) => resp
                     .one_time_keys
                     .extend(keys.into_iter().filter(|(u, _)| users.contains_key(u))),
-                Ok(Err(e)) => {
-                    resp.failures.insert(server.to_string(), failure(&e));
-                }
-                Err(_) => {
-                    resp.failures.insert(server.to_string(), timed_out(timeout));
+                Err(failure) => {
+                    resp.failures.insert(server.to_string(), failure);
                 }
             }
         }
@@ -482,6 +454,38 @@ fn remote_timeout(asked: Option<std::time::Duration>) -> std::time::Duration {
     asked
         .unwrap_or(std::time::Duration::from_secs(10))
         .min(std::time::Duration::from_secs(30))
+}
+
+/// What each other server answered about its users (a bounded number asked at a time, all
+/// within one deadline): the users asked, and the answer or the `failures` entry.
+async fn ask_servers<T, A, Fut>(
+    remote: BTreeMap<OwnedUserId, T>,
+    timeout: std::time::Duration,
+    ask: impl Fn(ruma::OwnedServerName, BTreeMap<OwnedUserId, T>) -> Fut,
+) -> Vec<(
+    ruma::OwnedServerName,
+    BTreeMap<OwnedUserId, T>,
+    std::result::Result<A, Value>,
+)>
+where
+    T: Clone,
+    Fut: std::future::Future<Output = Result<A>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    futures::stream::iter(by_server(remote).into_iter().map(|(server, users)| {
+        let asked = ask(server.clone(), users.clone());
+        async move {
+            let answer = match tokio::time::timeout_at(deadline, asked).await {
+                Ok(Ok(a)) => Ok(a),
+                Ok(Err(e)) => Err(failure(&e)),
+                Err(_) => Err(timed_out(timeout)),
+            };
+            (server, users, answer)
+        }
+    }))
+    .buffer_unordered(SERVERS_AT_ONCE)
+    .collect()
+    .await
 }
 
 /// Users of other servers, grouped by server.
