@@ -3,7 +3,10 @@
 //! real `tim-push-gateway` and `tim-vzd-sync`; `push_service` is a local Web Push service
 //! double, `vzd` a double of the gematik VZD-FHIR-Directory.
 
+pub mod federation;
 pub mod push_service;
+pub mod synapse;
+pub mod user;
 pub mod vzd;
 
 use std::{
@@ -40,7 +43,7 @@ pub fn binary_named(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no {name} binary next to {}: build it with `cargo build -p {name}` (cargo test --workspace --all-targets does)", exe.display()))
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -74,9 +77,14 @@ impl Server {
     }
 
     pub fn start_with(store: Store, env: &[(&str, &str)]) -> Self {
+        Self::start_named(store, &unique("e2e"), env)
+    }
+
+    /// A server whose default tenant is `server_name`.
+    pub fn start_named(store: Store, server_name: &str, env: &[(&str, &str)]) -> Self {
         let mut server = Server {
             store,
-            server_name: unique("e2e"),
+            server_name: server_name.to_owned(),
             port: free_port(),
             internal_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
@@ -165,12 +173,45 @@ impl Server {
         self.spawn();
     }
 
+    /// Starts the process again after `kill9` (same folder, database and ports).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
+        self.spawn();
+    }
+
+    /// Adds a tenant through the operator API.
+    pub async fn add_tenant(&self, name: &str) {
+        let resp = reqwest::Client::new()
+            .put(format!(
+                "{}/_tim/operator/v1/tenants/{name}",
+                self.internal_url()
+            ))
+            .bearer_auth(self.operator_token())
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "adding tenant {name}: {resp:?}");
+    }
+
     pub async fn cleanup(mut self) {
         self.kill9();
         if self.store == Store::Postgres {
             tim_homeserver::store::drop_tenant_schema(PG_URL, &self.server_name)
                 .await
                 .unwrap();
+        }
+    }
+
+    /// Drops the PostgreSQL schemas of these further tenants (the default tenant's goes in
+    /// `cleanup`).
+    pub async fn cleanup_tenants(&self, tenants: &[&str]) {
+        if self.store == Store::Postgres {
+            for t in tenants {
+                tim_homeserver::store::drop_tenant_schema(PG_URL, t)
+                    .await
+                    .unwrap();
+            }
         }
     }
 

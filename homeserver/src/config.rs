@@ -404,7 +404,8 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         let config: Config = figment
-            .merge(Env::prefixed("TIM_").split("__"))
+            // TIM_CONFIG names the file (the CLI reads it), it is no setting.
+            .merge(Env::prefixed("TIM_").ignore(&["CONFIG"]).split("__"))
             .extract()
             .map_err(|e| format!("invalid configuration: {e}"))?;
         config.validate()?;

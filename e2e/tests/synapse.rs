@@ -1,0 +1,72 @@
+//! Interop with Synapse, an independent implementation (issue 15): `matrix-synapse` from PyPI
+//! (a venv made on first run, see `tim_e2e::synapse`) federates with our homeserver over
+//! loopback TLS, each checking the other's certificate against the test CA and the other's
+//! signatures against its published keys.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+use tim_e2e::{Store, federation::Net, synapse::Synapse, user::User};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_on_either_server_are_joined_from_the_other_and_messages_cross_both_ways() {
+    let net = Net::new(&[1, 1]);
+    let tim = net.homeserver(0, Store::Postgres, &[]).await;
+    let synapse = Synapse::start(&net, 1);
+    let alice = User::register(&tim.base_url(), "alice").await;
+    let sam = User::register(&synapse.base_url(), "sam").await;
+
+    // Our room, with history from before Sam joins; Synapse joins through make/send_join.
+    let ours = alice.create_room(json!({"preset": "private_chat"})).await;
+    for i in 0..15 {
+        alice.send_text(&ours, &format!("before {i}")).await;
+    }
+    alice.invite(&ours, &sam.user_id).await;
+    let invited = sam.sync_invite(WAIT).await;
+    assert_eq!(invited, ours, "{}", synapse.log());
+    sam.join(&ours, &[net.name(0)]).await;
+    alice.send_text(&ours, "hello from tim").await;
+    sam.sync_texts(&ours, &["hello from tim"], WAIT).await;
+    sam.send_text(&ours, "hello from synapse").await;
+    alice.sync_texts(&ours, &["hello from synapse"], WAIT).await;
+
+    // Synapse backfills the history from before its join from us as Sam scrolls up.
+    let history = sam.history_texts(&ours).await;
+    let expected: Vec<String> = (0..15)
+        .map(|i| format!("before {i}"))
+        .chain(["hello from tim".into(), "hello from synapse".into()])
+        .collect();
+    assert_eq!(history, expected, "{}", synapse.log());
+
+    // A Synapse room, joined by our user through our make/send_join.
+    let theirs = sam.create_room(json!({"preset": "private_chat"})).await;
+    sam.send_text(&theirs, "synapse room").await;
+    sam.invite(&theirs, &alice.user_id).await;
+    let invited = alice.sync_invite(WAIT).await;
+    assert_eq!(invited, theirs);
+    alice.join(&theirs, &[&synapse.server_name]).await;
+    sam.send_text(&theirs, "welcome alice").await;
+    alice.sync_texts(&theirs, &["welcome alice"], WAIT).await;
+    alice.send_text(&theirs, "thanks sam").await;
+    sam.sync_texts(&theirs, &["thanks sam"], WAIT).await;
+
+    // Both servers agree on the room's members.
+    for user in [&alice, &sam] {
+        let members = user
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/rooms/{theirs}/joined_members"),
+                None,
+            )
+            .await;
+        let mut ids: Vec<&String> = members["joined"].as_object().unwrap().keys().collect();
+        ids.sort();
+        let mut want = vec![&alice.user_id, &sam.user_id];
+        want.sort();
+        assert_eq!(ids, want);
+    }
+    tim.cleanup().await;
+}
