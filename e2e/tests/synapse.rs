@@ -43,7 +43,9 @@ async fn rooms_on_either_server_are_joined_from_the_other_and_messages_cross_bot
 
     // A Synapse room, joined by our user through our make/send_join.
     let theirs = sam.create_room(json!({"preset": "private_chat"})).await;
-    sam.send_text(&theirs, "synapse room").await;
+    for i in 0..25 {
+        sam.send_text(&theirs, &format!("earlier {i}")).await;
+    }
     sam.invite(&theirs, &alice.user_id).await;
     let invited = alice.sync_invite(WAIT).await;
     assert_eq!(invited, theirs);
@@ -52,6 +54,14 @@ async fn rooms_on_either_server_are_joined_from_the_other_and_messages_cross_bot
     alice.sync_texts(&theirs, &["welcome alice"], WAIT).await;
     alice.send_text(&theirs, "thanks sam").await;
     sam.sync_texts(&theirs, &["thanks sam"], WAIT).await;
+
+    // We backfill the history from before our join from Synapse as Alice scrolls up.
+    let history = alice.history_texts(&theirs).await;
+    let expected: Vec<String> = (0..25)
+        .map(|i| format!("earlier {i}"))
+        .chain(["welcome alice".into(), "thanks sam".into()])
+        .collect();
+    assert_eq!(history, expected, "{}", tim.log());
 
     // Both servers agree on the room's members.
     for user in [&alice, &sam] {

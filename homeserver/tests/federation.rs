@@ -2193,3 +2193,103 @@ async fn signed_but_malformed_requests_get_a_clear_refusal() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Texts of the room's messages, paging `/messages` back to the start, oldest first.
+async fn history_texts(client: &common::Client, room: &str) -> Vec<String> {
+    let mut texts = Vec::new();
+    let mut from = String::new();
+    loop {
+        let page = client
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=7{from}"),
+                None,
+            )
+            .await;
+        let chunk = page["chunk"].as_array().unwrap();
+        texts.extend(
+            chunk
+                .iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .map(|e| e["content"]["body"].as_str().unwrap().to_owned()),
+        );
+        match page["end"].as_str() {
+            Some(end) if !chunk.is_empty() => from = format!("&from={end}"),
+            _ => break,
+        }
+    }
+    texts.reverse();
+    texts
+}
+
+#[tokio::test]
+async fn history_from_before_a_join_is_backfilled_as_the_client_pages_back() {
+    let Pair {
+        a,
+        b,
+        ca: _ca,
+        a2: _,
+    } = pair().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let shared = alice.create_room(json!({"preset": "public_chat"})).await;
+    let closed = alice
+        .create_room(json!({"preset": "public_chat", "initial_state": [{
+            "type": "m.room.history_visibility", "state_key": "",
+            "content": {"history_visibility": "joined"}}]}))
+        .await;
+    for i in 0..30 {
+        alice
+            .send(&shared, &format!("s{i}"), &format!("shared {i}"))
+            .await;
+        alice
+            .send(&closed, &format!("c{i}"), &format!("closed {i}"))
+            .await;
+    }
+    join_via(&bob, &shared, &a.server_name).await;
+    join_via(&bob, &closed, &a.server_name).await;
+    alice.send(&shared, "after", "after the join").await;
+    alice.send(&closed, "after2", "after the join").await;
+    for room in [&shared, &closed] {
+        sync_until(&bob, "the message after the join", |s| {
+            s["rooms"]["join"][room.as_str()]["timeline"]["events"]
+                .as_array()
+                .is_some_and(|evs| evs.iter().any(|e| e["content"]["body"] == "after the join"))
+        })
+        .await;
+    }
+
+    // B had only the state from the join: the 30 messages come by backfill, page by page,
+    // in order, once each — and never show up in sync as new.
+    let since = bob
+        .ok(Method::GET, "/_matrix/client/v3/sync?timeout=0", None)
+        .await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let expected: Vec<String> = (0..30)
+        .map(|i| format!("shared {i}"))
+        .chain(["after the join".into()])
+        .collect();
+    assert_eq!(history_texts(&bob, &shared).await, expected);
+    assert_eq!(history_texts(&bob, &shared).await, expected);
+    let after = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
+            None,
+        )
+        .await;
+    assert!(
+        after["rooms"]["join"][shared.as_str()]["timeline"]["events"]
+            .as_array()
+            .is_none_or(|evs| evs.is_empty()),
+        "{after}"
+    );
+
+    // A room whose history is for members only shows B nothing from before B's join, though
+    // A serves it to B's server.
+    assert_eq!(history_texts(&bob, &closed).await, vec!["after the join"]);
+    a.stop().await;
+    b.stop().await;
+}

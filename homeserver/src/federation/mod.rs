@@ -3,6 +3,7 @@
 //! (`client`), the key store (`keys`) — and `Federation` bundles them for one tenant.
 //! Tenants of one process reach each other through the same signed, verified path.
 
+pub mod backfill;
 pub mod client;
 pub mod history;
 pub mod invites;
@@ -63,6 +64,7 @@ pub struct Federation {
     pub receiver: Receiver,
     pub history: History,
     pub joiner: Joiner,
+    pub backfiller: backfill::Backfiller,
 }
 
 /// The outbound half, built before the room service (which fills the outbox and wakes the
@@ -164,6 +166,14 @@ impl Federation {
             scope.clone(),
             clock.clone(),
         );
+        let backfiller = backfill::Backfiller::new(
+            rooms.clone(),
+            (client.clone(), keys.clone()),
+            (stores.events.clone(), stores.graph.clone()),
+            scope.clone(),
+            clock.clone(),
+            config.enabled,
+        );
         let history = History::new(rooms, stores.graph.clone());
         Self {
             rate_limiter: crate::ratelimit::RateLimiter::new(crate::config::RateLimitConfig {
@@ -174,6 +184,7 @@ impl Federation {
             receiver,
             history,
             joiner,
+            backfiller,
             server_name,
             enabled: config.enabled,
             scope,

@@ -3,6 +3,7 @@
 //! serialised by that room's lock (a per-room queue); rooms proceed in parallel.
 
 pub mod create;
+pub mod history;
 pub mod membership;
 pub mod pdu;
 mod read;

@@ -96,12 +96,20 @@ impl Visibility {
     }
 
     fn setting_at(&self, pos: i64) -> &str {
-        self.settings
-            .iter()
-            .rev()
-            .find(|(p, _)| *p <= pos)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("shared")
+        let at = self.settings.iter().rev().find(|(p, _)| *p <= pos);
+        match at {
+            Some((_, v)) => v.as_str(),
+            // History from other servers sits at negative positions, below the state they
+            // gave us: it takes the earliest setting known rather than the spec's default
+            // (the stricter reading: a room that was not `shared` when we joined does not
+            // open its earlier history).
+            None if pos < 0 => self
+                .settings
+                .first()
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("shared"),
+            None => "shared",
+        }
     }
 
     fn current_setting(&self) -> &str {
@@ -651,4 +659,30 @@ pub struct Context {
     pub state: Vec<Value>,
     pub start: TopoPoint,
     pub end: TopoPoint,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Visibility;
+
+    fn vis(settings: &[(i64, &str)], memberships: &[(i64, &str)]) -> Visibility {
+        let own = |v: &[(i64, &str)]| v.iter().map(|(p, s)| (*p, s.to_string())).collect();
+        Visibility::new(own(settings), own(memberships))
+    }
+
+    #[test]
+    fn history_from_other_servers_takes_the_earliest_known_setting() {
+        // Joined over federation at 5; the state we were given (at -3) says `joined`.
+        let v = vis(&[(-3, "joined")], &[(5, "join")]);
+        assert!(
+            !v.can_see(-20),
+            "backfilled history before the join stays hidden"
+        );
+        assert!(v.can_see(6));
+        let v = vis(&[(-3, "shared")], &[(5, "join")]);
+        assert!(v.can_see(-20));
+        // Local history before any setting keeps the spec's default, `shared`.
+        let v = vis(&[(3, "joined")], &[(5, "join")]);
+        assert!(v.can_see(1));
+    }
 }

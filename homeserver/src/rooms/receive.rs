@@ -509,13 +509,14 @@ impl Rooms {
                     event_id: e.pdu.event_id.as_str(),
                     sender: e.pdu.sender.as_str(),
                     event_type: &p.kind,
-                    state_key: e.pdu.state_key.as_deref().unwrap_or_default(),
+                    state_key: Some(e.pdu.state_key.as_deref().unwrap_or_default()),
                     membership: p.membership.as_deref(),
                     depth: i64::try_from(u64::from(e.pdu.depth)).unwrap_or(i64::MAX),
                     origin_server_ts: i64::from(e.pdu.origin_server_ts.0),
                     json: &e.json,
                     prev_events: &p.edges.prev,
                     auth_events: &p.edges.auth,
+                    relates_to: None,
                 })
                 .collect();
             let group = crate::store::NewStateGroup {
@@ -530,7 +531,7 @@ impl Rooms {
                     .map(|e| {
                         (
                             e.event_type.to_owned(),
-                            e.state_key.to_owned(),
+                            e.state_key.unwrap_or_default().to_owned(),
                             e.event_id.to_owned(),
                         )
                     })

@@ -339,17 +339,7 @@ impl Rooms {
         let membership = (pdu.kind == TimelineEventType::RoomMember)
             .then(|| pdu.membership())
             .flatten();
-        let relates_to = content.get("m.relates_to");
-        let rel = relates_to.and_then(|r| {
-            Some((
-                r.get("event_id")?.as_str()?.to_owned(),
-                r.get("rel_type")?.as_str()?.to_owned(),
-                r.get("key").and_then(Value::as_str).map(str::to_owned),
-            ))
-        });
-        // A reply (`m.in_reply_to`) is a relation too, so `/relations` can list it.
-        let reply = relates_to.and_then(|r| r.get("m.in_reply_to")?.get("event_id")?.as_str());
-        let rel = rel.or(reply.map(|id| (id.to_owned(), "m.in_reply_to".to_owned(), None)));
+        let rel = relation_of(&content);
         let profile_update = membership.as_deref() == Some("join")
             && pdu.state_key.as_deref() == Some(sender.as_str())
             && room.membership(sender).as_deref() == Some("join");
@@ -509,4 +499,24 @@ impl Rooms {
         metrics::counter!("tim_events_persisted_total", "server_name" => self.server_name.to_string()).increment(ids.len() as u64);
         Ok(ids)
     }
+}
+
+/// `(event id, rel_type, key)` of an event's `m.relates_to`; a reply (`m.in_reply_to`) is a
+/// relation too, so `/relations` can list it.
+pub(super) fn relation_of(content: &Value) -> Option<(String, String, Option<String>)> {
+    let relates_to = content.get("m.relates_to")?;
+    let rel = (|| {
+        Some((
+            relates_to.get("event_id")?.as_str()?.to_owned(),
+            relates_to.get("rel_type")?.as_str()?.to_owned(),
+            relates_to
+                .get("key")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        ))
+    })();
+    rel.or_else(|| {
+        let reply = relates_to.get("m.in_reply_to")?.get("event_id")?.as_str()?;
+        Some((reply.to_owned(), "m.in_reply_to".to_owned(), None))
+    })
 }

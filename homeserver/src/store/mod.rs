@@ -1142,20 +1142,24 @@ pub struct OutsideEvent<'a> {
     pub received_ts: i64,
 }
 
-/// A state event of a room joined over federation, placed behind the room's known history.
+/// An event of a room from another server placed behind the room's known history: the state
+/// given at a join, or history fetched by backfill.
 pub struct ImportedEvent<'a> {
     /// Below every position in use: never shown by sync as new.
     pub stream_pos: i64,
     pub event_id: &'a str,
     pub sender: &'a str,
     pub event_type: &'a str,
-    pub state_key: &'a str,
+    /// `Some` for state events (all of a join's state).
+    pub state_key: Option<&'a str>,
     pub membership: Option<&'a str>,
     pub depth: i64,
     pub origin_server_ts: i64,
     pub json: &'a str,
     pub prev_events: &'a [String],
     pub auth_events: &'a [String],
+    /// `(event id, rel_type, key)` of `m.relates_to` (or a reply's `m.in_reply_to`).
+    pub relates_to: Option<(&'a str, &'a str, Option<&'a str>)>,
 }
 
 /// The room state a resident server gave us when we joined its room.
@@ -1206,14 +1210,27 @@ pub trait GraphStore: Send + Sync {
         limit: i64,
         include_from: bool,
     ) -> StoreResult<Vec<StoredPdu>>;
-    /// Prev events named in the room's timeline that this server does not have: where the
-    /// known history ends and backfill continues.
-    async fn backward_extremities(&self, room_id: &str) -> StoreResult<Vec<String>>;
+    /// Prev events named in the room's timeline that this server does not have (nor holds as
+    /// rejected): where the known history ends and backfill continues. Each with the depth of
+    /// the deepest timeline event naming it (where the gap is), deepest first.
+    async fn backward_extremities(&self, room_id: &str) -> StoreResult<Vec<(String, i64)>>;
     /// Edges of an event: `(prev events, auth events)`, as stored.
     async fn edges(&self, event_id: &str) -> StoreResult<(Vec<String>, Vec<String>)>;
     /// Creates a room joined over federation with the state its resident server gave, in one
     /// transaction; the join itself is written afterwards like any event.
     async fn import_room(&self, room: &ImportedRoom<'_>) -> StoreResult<()>;
+    /// Stores history fetched from other servers (backfill) in the room's timeline with
+    /// state group `state_group`, in one transaction; events known outside the timeline (auth
+    /// chain outliers) move into it, events already in it stay as they are.
+    async fn insert_history(
+        &self,
+        room_id: &str,
+        events: &[ImportedEvent<'_>],
+        state_group: i64,
+    ) -> StoreResult<()>;
+    /// The state group of the room's topologically first timeline event: the earliest state
+    /// this server knows of the room.
+    async fn earliest_state_group(&self, room_id: &str) -> StoreResult<Option<i64>>;
     /// The lowest stream position in use (0 if none is below 0): backfilled history takes
     /// positions below it, so it never shows up in sync as new.
     async fn min_stream_pos(&self) -> StoreResult<i64>;

@@ -689,7 +689,8 @@ async fn messages(
     let lazy = !req.filter.lazy_load_options.is_disabled();
     let page: Page = ctx
         .hs
-        .rooms
+        .federation
+        .backfiller
         .messages(
             &req.room_id,
             &s.user_id,

@@ -160,15 +160,17 @@ impl GraphStore for SqlStore {
         q.fetch_all(&self.read).await?.iter().map(stored_pdu).collect()
     }
 
-    async fn backward_extremities(&self, room_id: &str) -> StoreResult<Vec<String>> {
+    async fn backward_extremities(&self, room_id: &str) -> StoreResult<Vec<(String, i64)>> {
         let rows = sqlx::query(
-            "SELECT DISTINCT ed.prev_event_id FROM event_edges ed JOIN events e ON e.event_id = ed.event_id \
-             WHERE ed.room_id = $1 AND NOT EXISTS (SELECT 1 FROM events p WHERE p.event_id = ed.prev_event_id) ORDER BY ed.prev_event_id",
+            "SELECT ed.prev_event_id, MAX(e.depth) AS d FROM event_edges ed JOIN events e ON e.event_id = ed.event_id \
+             WHERE ed.room_id = $1 AND NOT EXISTS (SELECT 1 FROM events p WHERE p.event_id = ed.prev_event_id) \
+             AND NOT EXISTS (SELECT 1 FROM events_outside_timeline o WHERE o.event_id = ed.prev_event_id AND o.status = 'rejected') \
+             GROUP BY ed.prev_event_id ORDER BY d DESC, ed.prev_event_id",
         )
         .bind(room_id)
         .fetch_all(&self.read)
         .await?;
-        hashes(rows)
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
     async fn edges(&self, event_id: &str) -> StoreResult<(Vec<String>, Vec<String>)> {
@@ -204,7 +206,7 @@ impl GraphStore for SqlStore {
             .bind(room.room_id)
             .bind(ev.sender)
             .bind(ev.event_type)
-            .bind(ev.state_key)
+            .bind(ev.state_key.unwrap_or_default())
             .bind(ev.depth)
             .bind(ev.origin_server_ts)
             .bind(ev.json)
@@ -219,7 +221,7 @@ impl GraphStore for SqlStore {
             )
             .bind(room.room_id)
             .bind(ev.event_type)
-            .bind(ev.state_key)
+            .bind(ev.state_key.unwrap_or_default())
             .bind(ev.event_id)
             .execute(&mut *tx)
             .await?;
@@ -233,6 +235,45 @@ impl GraphStore for SqlStore {
         insert_edges(&mut tx, &edges).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn insert_history(&self, room_id: &str, events: &[ImportedEvent<'_>], state_group: i64) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        for ev in events {
+            sqlx::query("DELETE FROM events_outside_timeline WHERE event_id = $1").bind(ev.event_id).execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO events (stream_pos, event_id, room_id, sender, type, state_key, depth, origin_server_ts, json, state_group, membership, relates_to, rel_type, rel_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING",
+            )
+            .bind(ev.stream_pos)
+            .bind(ev.event_id)
+            .bind(room_id)
+            .bind(ev.sender)
+            .bind(ev.event_type)
+            .bind(ev.state_key)
+            .bind(ev.depth)
+            .bind(ev.origin_server_ts)
+            .bind(ev.json)
+            .bind(state_group)
+            .bind(ev.membership)
+            .bind(ev.relates_to.map(|r| r.0))
+            .bind(ev.relates_to.map(|r| r.1))
+            .bind(ev.relates_to.and_then(|r| r.2))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let edges: Vec<GraphEdges<'_>> = events.iter().map(|e| GraphEdges { event_id: e.event_id, room_id, prev: e.prev_events, auth: e.auth_events }).collect();
+        insert_edges(&mut tx, &edges).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn earliest_state_group(&self, room_id: &str) -> StoreResult<Option<i64>> {
+        let row = sqlx::query("SELECT state_group FROM events WHERE room_id = $1 ORDER BY depth ASC, stream_pos ASC LIMIT 1")
+            .bind(room_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok(r.try_get(0)?)).transpose()
     }
 
     async fn min_stream_pos(&self) -> StoreResult<i64> {
