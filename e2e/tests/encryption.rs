@@ -11,21 +11,18 @@ use matrix_sdk::{
     Client,
     encryption::LocalTrust,
     ruma::{
-        OwnedEventId, OwnedRoomId,
+        OwnedRoomId,
         api::client::{
             room::create_room,
             uiaa::{self, AuthData},
         },
-        events::{
-            InitialStateEvent, room::encryption::RoomEncryptionEventContent,
-            room::message::RoomMessageEventContent,
-        },
+        events::{InitialStateEvent, room::encryption::RoomEncryptionEventContent},
     },
 };
 use tim_e2e::{STORES, Server};
 
 mod common;
-use common::{PASSWORD, new_client, register, sync_once};
+use common::{PASSWORD, new_client, register, send, sync_all, sync_once, text_of, wait_decrypted};
 
 async fn login(server: &Server, name: &str) -> Client {
     let c = new_client(server).await;
@@ -35,46 +32,6 @@ async fn login(server: &Server, name: &str) -> Client {
         .await
         .unwrap();
     c
-}
-
-async fn sync_all(clients: &[&Client]) {
-    for c in clients {
-        sync_once(c).await;
-    }
-}
-
-/// The event's text as the client decrypts it, or None when it cannot.
-async fn text_of(c: &Client, room: &OwnedRoomId, event: &OwnedEventId) -> Option<String> {
-    let ev = c.get_room(room)?.event(event, None).await.ok()?;
-    let raw = ev.raw();
-    if raw.get_field::<String>("type").ok()?.as_deref() != Some("m.room.message") {
-        return None;
-    }
-    let content: serde_json::Value = raw.get_field("content").ok()??;
-    content["body"].as_str().map(str::to_owned)
-}
-
-/// Syncs everyone until `reader` can decrypt the event (keys travel as to-device messages).
-async fn wait_decrypted(
-    everyone: &[&Client],
-    reader: &Client,
-    room: &OwnedRoomId,
-    event: &OwnedEventId,
-) -> String {
-    for _ in 0..40 {
-        sync_all(everyone).await;
-        if let Some(text) = text_of(reader, room, event).await {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "{} could not decrypt {event}",
-        reader
-            .device_id()
-            .map(|d| d.to_string())
-            .unwrap_or_default()
-    );
 }
 
 async fn encrypted_room(alice: &Client, bob: &Client) -> OwnedRoomId {
@@ -92,16 +49,6 @@ async fn encrypted_room(alice: &Client, bob: &Client) -> OwnedRoomId {
     bob.join_room_by_id(&id).await.unwrap();
     sync_once(alice).await;
     id
-}
-
-async fn send(c: &Client, room: &OwnedRoomId, text: &str) -> OwnedEventId {
-    c.get_room(room)
-        .unwrap()
-        .send(RoomMessageEventContent::text_plain(text))
-        .await
-        .unwrap()
-        .response
-        .event_id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
