@@ -45,7 +45,17 @@ struct Inner {
     graph: Arc<dyn GraphStore>,
     scope: FederationScope,
     /// Destinations with a running queue, and how to wake it.
-    running: Mutex<HashMap<OwnedServerName, Arc<Notify>>>,
+    running: Mutex<HashMap<OwnedServerName, Arc<Wake>>>,
+}
+
+/// How a destination's queue is woken.
+#[derive(Default)]
+struct Wake {
+    /// New items were queued (checked before the queue ends; it does not cut a backoff short:
+    /// a server that is down is not asked again for every new message).
+    work: Notify,
+    /// The destination contacted us: it is back, retry now.
+    contact: Notify,
 }
 
 impl Sender {
@@ -84,16 +94,16 @@ impl Sender {
     /// Sends what waits for `destination` now: starts its queue, or cuts a backoff short.
     pub fn wake(&self, destination: &ServerName) {
         let mut running = self.inner.running.lock().expect("sender lock");
-        if let Some(notify) = running.get(destination) {
-            notify.notify_one();
+        if let Some(wake) = running.get(destination) {
+            wake.work.notify_one();
             return;
         }
-        let notify = Arc::new(Notify::new());
-        running.insert(destination.to_owned(), notify.clone());
+        let wake = Arc::new(Wake::default());
+        running.insert(destination.to_owned(), wake.clone());
         tokio::spawn(run(
             Arc::downgrade(&self.inner),
             destination.to_owned(),
-            notify,
+            wake,
         ));
     }
 
@@ -122,8 +132,8 @@ impl Sender {
 
     /// `server` contacted us: if its queue is waiting out a failure, try again now.
     pub fn contacted(&self, server: &ServerName) {
-        if let Some(notify) = self.inner.running.lock().expect("sender lock").get(server) {
-            notify.notify_one();
+        if let Some(wake) = self.inner.running.lock().expect("sender lock").get(server) {
+            wake.contact.notify_one();
         }
     }
 }
@@ -153,7 +163,7 @@ impl Outbound for Sender {
 }
 
 /// One destination's queue: until its outbox is empty, a transaction at a time.
-async fn run(inner: Weak<Inner>, destination: OwnedServerName, notify: Arc<Notify>) {
+async fn run(inner: Weak<Inner>, destination: OwnedServerName, wake: Arc<Wake>) {
     let mut retry = FIRST_RETRY;
     loop {
         let Some(this) = inner.upgrade() else {
@@ -172,7 +182,7 @@ async fn run(inner: Weak<Inner>, destination: OwnedServerName, notify: Arc<Notif
             let mut running = this.running.lock().expect("sender lock");
             // Nothing can be added between this read and the removal unnoticed: a writer
             // wakes the queue after committing, and finds it gone or notifies it.
-            if notify_pending(&notify) {
+            if notify_pending(&wake.work) {
                 continue;
             }
             running.remove(&destination);
@@ -218,7 +228,7 @@ async fn run(inner: Weak<Inner>, destination: OwnedServerName, notify: Arc<Notif
                 drop(this);
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
-                    _ = notify.notified() => {}
+                    _ = wake.contact.notified() => {}
                 }
                 retry = (retry * 2).min(LAST_RETRY);
             }
