@@ -73,6 +73,39 @@ async fn rooms_on_either_server_are_joined_from_the_other_and_messages_cross_bot
         .collect();
     assert_eq!(history, expected, "{}", tim.log());
 
+    // Presence both ways (m.presence EDUs): each sees the other's status.
+    for (setter, viewer) in [(&alice, &sam), (&sam, &alice)] {
+        let status = format!("Sprechstunde {}", setter.user_id);
+        setter
+            .ok(
+                Method::PUT,
+                &format!("/_matrix/client/v3/presence/{}/status", setter.user_id),
+                Some(json!({"presence": "online", "status_msg": status})),
+            )
+            .await;
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let (_, seen) = viewer
+                .call(
+                    Method::GET,
+                    &format!("/_matrix/client/v3/presence/{}/status", setter.user_id),
+                    None,
+                )
+                .await;
+            if seen["status_msg"] == status.as_str() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} does not see {}'s presence: {seen}\n{}",
+                viewer.user_id,
+                setter.user_id,
+                synapse.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     // Both servers agree on the room's members.
     for user in [&alice, &sam] {
         let members = user

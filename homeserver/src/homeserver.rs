@@ -49,7 +49,7 @@ pub struct Homeserver {
     /// Serial of ephemeral changes (typing, presence), carried in sync tokens.
     pub ephemeral: Arc<Serial>,
     pub typing: Arc<Typing>,
-    pub presence: Presence,
+    pub presence: Arc<Presence>,
     pub media: Media,
     pub push: Arc<Push>,
     /// Records device-list changes and wakes whoever has to hear of them.
@@ -192,7 +192,18 @@ impl Homeserver {
         ))
         .map_err(|e| Error::internal(format!("server_notices.localpart: {e}")))?;
         let ephemeral = Arc::new(Serial::default());
-        let (presence, presence_timers) = Presence::new(ephemeral.clone());
+        let (presence, presence_timers) = Presence::new(
+            server_name.clone(),
+            ephemeral.clone(),
+            (
+                stores.profiles.clone(),
+                stores.account_data.clone(),
+                stores.events.clone(),
+            ),
+            notifier.clone(),
+            remote_updates.clone(),
+        );
+        let presence = Arc::new(presence);
         let media = Media::new(
             server_name.clone(),
             config.media.clone(),
@@ -229,6 +240,7 @@ impl Homeserver {
                 device_lists: device_lists.clone(),
                 receipts: receipts.clone(),
                 typing: typing.clone(),
+                presence: presence.clone(),
             },
             &stores,
             shared.clock.clone(),
@@ -254,7 +266,10 @@ impl Homeserver {
             device_lists,
             account_data_edits: tokio::sync::Mutex::new(()),
         });
-        tokio::spawn(presence::run_timers(Arc::downgrade(&hs), presence_timers));
+        tokio::spawn(presence::run_timers(
+            Arc::downgrade(&hs.presence),
+            presence_timers,
+        ));
         tokio::spawn(crate::push::sender::run(
             Arc::downgrade(&hs),
             push.queued.clone(),
@@ -294,7 +309,7 @@ impl Homeserver {
             let (woken, _) = pos.finish(vec![user.clone()]);
             hs.notifier.wake(woken.iter().map(|u| u.as_ref()));
             if room_id.is_empty() && kind == presence::VISIBILITY_SETTING {
-                hs.presence_visibility_changed(&user, &content).await;
+                hs.presence.visibility_changed(&user, &content).await;
             }
             Ok(())
         })

@@ -182,7 +182,7 @@ impl Homeserver {
         event_id: &EventId,
         thread: &str,
     ) -> Result<()> {
-        self.presence.active(self, user);
+        self.presence.active(user);
         if kind == FULLY_READ {
             self.rooms.members_if_joined(user, room_id).await?;
             let event = self

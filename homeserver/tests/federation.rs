@@ -916,6 +916,76 @@ async fn users_of_two_servers_chat_in_a_room_joined_over_federation() {
         }
     }
 
+    // Bob's presence crosses too (m.presence EDUs): his status, then hidden (TI-M: others
+    // see him offline, without status).
+    let presence_of = |sync: &Value| {
+        sync["presence"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .rfind(|e| e["type"] == "m.presence" && e["sender"] == bob.user_id.as_str())
+            .map(|e| e["content"].clone())
+    };
+    bob.ok(
+        Method::PUT,
+        &format!(
+            "/_matrix/client/v3/presence/{}/status",
+            urlencode(&bob.user_id)
+        ),
+        Some(json!({"presence": "unavailable", "status_msg": "Im OP bis 14 Uhr"})),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob's presence not seen"
+        );
+        let sync = alice.sync(Some(&since), 1_000).await;
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        if let Some(p) = presence_of(&sync)
+            && p["presence"] == "unavailable"
+        {
+            assert_eq!(p["status_msg"], "Im OP bis 14 Uhr");
+            break;
+        }
+    }
+    let seen = alice
+        .ok(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/presence/{}/status",
+                urlencode(&bob.user_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(seen["presence"], "unavailable", "{seen}");
+    bob.ok(
+        Method::PUT,
+        &format!(
+            "/_matrix/client/v3/user/{}/account_data/de.tim.presence",
+            urlencode(&bob.user_id)
+        ),
+        Some(json!({"visible": false})),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob's hidden presence not seen"
+        );
+        let sync = alice.sync(Some(&since), 1_000).await;
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        if let Some(p) = presence_of(&sync)
+            && p["presence"] == "offline"
+        {
+            assert!(p["status_msg"].is_null(), "{p}");
+            break;
+        }
+    }
+
     // The outboxes are empty once delivered.
     for server in [&a, &b] {
         let hs = server.hs();
@@ -2173,7 +2243,7 @@ async fn signed_but_malformed_requests_get_a_clear_refusal() {
             "PUT",
             "/_matrix/federation/v1/send/t9".into(),
             Some(
-                json!({"origin": b.server_name, "origin_server_ts": 1, "pdus": [], "edus": [{"edu_type": "m.typing", "content": {"room_id": room, "user_id": alice.user_id, "typing": true}}, {"edu_type": "m.receipt", "content": 5}, {"edu_type": "m.direct_to_device", "content": {"sender": alice.user_id}}]}),
+                json!({"origin": b.server_name, "origin_server_ts": 1, "pdus": [], "edus": [{"edu_type": "m.typing", "content": {"room_id": room, "user_id": alice.user_id, "typing": true}}, {"edu_type": "m.receipt", "content": 5}, {"edu_type": "m.direct_to_device", "content": {"sender": alice.user_id}}, {"edu_type": "m.presence", "content": {"push": [{"user_id": alice.user_id, "presence": "online", "status_msg": "forged", "last_active_ago": 0}]}}]}),
             ),
         ),
     ];
@@ -2190,6 +2260,7 @@ async fn signed_but_malformed_requests_get_a_clear_refusal() {
     // The EDUs about A's own user, sent by B, changed nothing.
     let sync = alice.sync(None, 0).await;
     assert!(!sync.to_string().contains("m.typing"), "{sync}");
+    assert!(!sync.to_string().contains("forged"), "{sync}");
     a.stop().await;
     b.stop().await;
 }

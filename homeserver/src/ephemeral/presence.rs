@@ -1,8 +1,11 @@
 //! Presence: online while the user's client syncs (and for 30 s after), unavailable after five
 //! minutes without activity or when set so, offline otherwise. A user may hide their presence
 //! (global account data `de.tim.presence` `{"visible": false}`): others then always see them
-//! offline. Changes wake the users who share a room; a timer task per tenant applies the time
-//! outs — it sleeps until the next deadline, nothing polls.
+//! offline. Changes wake the users who share a room and go to the servers of the others as
+//! `m.presence` EDUs (renewed every `PING_MS` while not offline); other servers' users are
+//! shown as their server last said, offline once it has not renewed it for `REMOTE_TIMEOUT_MS`.
+//! A timer task per tenant applies the time outs — it sleeps until the next deadline, nothing
+//! polls.
 
 use std::{
     cmp::Reverse,
@@ -11,12 +14,20 @@ use std::{
     time::Duration,
 };
 
-use ruma::{OwnedUserId, UserId, presence::PresenceState};
+use ruma::{
+    OwnedServerName, OwnedUserId, ServerName, UserId,
+    api::federation::transactions::edu::PresenceContent, presence::PresenceState,
+};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::{Serial, now_ms};
-use crate::{error::Result, homeserver::Homeserver};
+use crate::{
+    e2ee::device_lists::RemoteUpdates,
+    error::{Error, Result},
+    store::{AccountDataStore, EventStore, ProfileStore},
+    sync::notifier::Notifier,
+};
 
 /// Account data type of the user's presence visibility setting.
 pub const VISIBILITY_SETTING: &str = "de.tim.presence";
@@ -24,6 +35,11 @@ pub const VISIBILITY_SETTING: &str = "de.tim.presence";
 const SYNC_TIMEOUT_MS: i64 = 30_000;
 /// Without activity this long, an online user becomes unavailable.
 const IDLE_MS: i64 = 5 * 60_000;
+/// A local user who is not offline is told to other servers again this often (as Synapse
+/// does), so their view does not time out.
+const PING_MS: i64 = 25 * 60_000;
+/// Another server's user it has not said anything about for this long is shown offline.
+const REMOTE_TIMEOUT_MS: i64 = 30 * 60_000;
 
 /// What others see of a user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,10 +67,21 @@ struct UserPresence {
     /// The deadline the timer task holds for the user: one at a time, however often the
     /// user is active.
     armed: Option<i64>,
+    /// A user of another server: what its server last said, and when.
+    remote: Option<(Shown, i64)>,
+    /// When other servers were last told about this (local) user.
+    told_ms: i64,
 }
 
 impl UserPresence {
     fn compute(&self, now: i64) -> Shown {
+        if let Some((shown, at)) = &self.remote {
+            return if now - at < REMOTE_TIMEOUT_MS {
+                shown.clone()
+            } else {
+                OFFLINE
+            };
+        }
         let connected = self.syncing > 0 || now - self.last_sync_ms < SYNC_TIMEOUT_MS;
         let state = if self.hidden || !connected || self.explicit == Some(PresenceState::Offline) {
             PresenceState::Offline
@@ -79,7 +106,17 @@ impl UserPresence {
 
     /// When the shown state may change next without anything happening.
     fn next_deadline(&self, now: i64) -> Option<i64> {
+        if let Some((_, at)) = self.remote {
+            return (now - at < REMOTE_TIMEOUT_MS).then_some(at + REMOTE_TIMEOUT_MS);
+        }
         let mut next = None;
+        if self
+            .shown
+            .as_ref()
+            .is_some_and(|s| s.state != PresenceState::Offline)
+        {
+            next = Some(self.told_ms + PING_MS);
+        }
         if self.syncing == 0 && now - self.last_sync_ms < SYNC_TIMEOUT_MS {
             next = Some(self.last_sync_ms + SYNC_TIMEOUT_MS);
         }
@@ -89,6 +126,21 @@ impl UserPresence {
         }
         next
     }
+}
+
+const OFFLINE: Shown = Shown {
+    state: PresenceState::Offline,
+    currently_active: false,
+    status_msg: None,
+};
+
+/// What an update changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Outcome {
+    /// What others see changed: wake them.
+    changed: bool,
+    /// A local user to tell other servers about (changed, or due again).
+    tell: bool,
 }
 
 /// How a sync asks to show the user (`set_presence`).
@@ -101,43 +153,67 @@ pub enum SyncPresence {
 }
 
 pub struct Presence {
+    server_name: OwnedServerName,
     serial: Arc<Serial>,
     users: Mutex<HashMap<OwnedUserId, UserPresence>>,
     timers: mpsc::UnboundedSender<(i64, OwnedUserId)>,
+    profiles: Arc<dyn ProfileStore>,
+    account_data: Arc<dyn AccountDataStore>,
+    events: Arc<dyn EventStore>,
+    notifier: Arc<Notifier>,
+    remote: Arc<dyn RemoteUpdates>,
 }
 
 impl Presence {
     /// The presence service and its timer task's input (start it with `run_timers`).
-    pub fn new(serial: Arc<Serial>) -> (Self, mpsc::UnboundedReceiver<(i64, OwnedUserId)>) {
+    pub fn new(
+        server_name: OwnedServerName,
+        serial: Arc<Serial>,
+        (profiles, account_data, events): (
+            Arc<dyn ProfileStore>,
+            Arc<dyn AccountDataStore>,
+            Arc<dyn EventStore>,
+        ),
+        notifier: Arc<Notifier>,
+        remote: Arc<dyn RemoteUpdates>,
+    ) -> (Self, mpsc::UnboundedReceiver<(i64, OwnedUserId)>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Self {
+                server_name,
                 serial,
                 users: Mutex::default(),
                 timers: tx,
+                profiles,
+                account_data,
+                events,
+                notifier,
+                remote,
             },
             rx,
         )
     }
 
-    /// Applies `f` to the user's presence; returns whether what others see changed (and then
-    /// gives the change a new serial) and arms the timer for the next timed change.
-    fn update(&self, user: &UserId, f: impl FnOnce(&mut UserPresence)) -> bool {
+    /// Applies `f` to the user's presence and arms the timer for the next timed change; what
+    /// others see gets a new serial when it changed.
+    fn update(&self, user: &UserId, f: impl FnOnce(&mut UserPresence)) -> Outcome {
         let now = now_ms();
+        let local = user.server_name() == self.server_name;
         let mut users = self.users.lock().expect("presence lock");
         let entry = users.entry(user.to_owned()).or_default();
         f(entry);
         let shown = entry.compute(now);
         // Someone never seen was offline: appearing offline is no change to announce.
-        let before = entry.shown.clone().unwrap_or(Shown {
-            state: PresenceState::Offline,
-            currently_active: false,
-            status_msg: None,
-        });
+        let before = entry.shown.clone().unwrap_or(OFFLINE);
         let changed = before != shown;
+        let due = shown.state != PresenceState::Offline && now - entry.told_ms >= PING_MS;
+        let tell = local && (changed || due);
         if changed {
             entry.shown = Some(shown);
             entry.serial = self.serial.next();
+        }
+        if tell {
+            entry.told_ms = now;
         }
         if entry.armed.is_some_and(|a| a <= now) {
             entry.armed = None;
@@ -148,24 +224,31 @@ impl Presence {
             entry.armed = Some(at);
             let _ = self.timers.send((at, user.to_owned()));
         }
-        changed
+        Outcome { changed, tell }
+    }
+
+    /// `update`, then the change announced: to the users who share a room with `user` (and
+    /// the user), and for a local user to the servers of the remote ones.
+    fn change(self: &Arc<Self>, user: &UserId, f: impl FnOnce(&mut UserPresence)) {
+        let outcome = self.update(user, f);
+        if outcome.changed || outcome.tell {
+            self.publish(user, outcome);
+        }
     }
 
     /// The user did something (sent, read, typed): they are active now.
-    pub fn active(&self, hs: &Arc<Homeserver>, user: &UserId) {
+    pub fn active(self: &Arc<Self>, user: &UserId) {
         if !self.is_loaded(user) {
             // What the user set (e.g. hidden) must be known before anything is shown.
-            let (hs, user) = (hs.clone(), user.to_owned());
+            let (this, user) = (self.clone(), user.to_owned());
             tokio::spawn(async move {
-                if hs.presence.ensure_loaded(&hs, &user).await.is_ok() {
-                    hs.presence.active(&hs, &user);
+                if this.ensure_loaded(&user).await.is_ok() {
+                    this.active(&user);
                 }
             });
             return;
         }
-        if self.update(user, |p| p.last_active_ms = now_ms()) {
-            publish(hs, user);
-        }
+        self.change(user, |p| p.last_active_ms = now_ms());
     }
 
     fn is_loaded(&self, user: &UserId) -> bool {
@@ -177,14 +260,13 @@ impl Presence {
     }
 
     /// Loads what the user set (state, status message, visibility) on first use.
-    async fn ensure_loaded(&self, hs: &Homeserver, user: &UserId) -> Result<()> {
+    async fn ensure_loaded(&self, user: &UserId) -> Result<()> {
         if self.is_loaded(user) {
             return Ok(());
         }
-        let explicit = hs.stores.profiles.presence(user.as_str()).await?;
+        let explicit = self.profiles.presence(user.as_str()).await?;
         let hidden = hidden(
-            hs.stores
-                .account_data
+            self.account_data
                 .get(user.as_str(), "", VISIBILITY_SETTING)
                 .await?
                 .as_deref(),
@@ -223,78 +305,130 @@ impl Presence {
     }
 
     /// What others see of the user now: `(shown, ms since last active)`.
-    pub async fn get(&self, hs: &Homeserver, user: &UserId) -> Result<(Shown, Option<i64>)> {
-        self.ensure_loaded(hs, user).await?;
+    pub async fn get(&self, user: &UserId) -> Result<(Shown, Option<i64>)> {
+        self.ensure_loaded(user).await?;
         let users = self.users.lock().expect("presence lock");
         let p = users.get(user).expect("loaded");
         let shown = p.compute(now_ms());
         let ago = (!p.hidden && p.last_active_ms > 0).then(|| now_ms() - p.last_active_ms);
         Ok((shown, ago))
     }
-}
 
-fn hidden(setting: Option<&str>) -> bool {
-    setting
-        .and_then(|s| serde_json::from_str::<Value>(s).ok())
-        .and_then(|v| v.get("visible").and_then(Value::as_bool))
-        == Some(false)
-}
-
-/// Wakes the users who share a room with `user` (and the user) to see their new presence.
-fn publish(hs: &Arc<Homeserver>, user: &UserId) {
-    let (hs, user) = (Arc::downgrade(hs), user.to_owned());
-    tokio::spawn(async move {
-        let Some(hs) = hs.upgrade() else { return };
-        match hs.stores.events.users_sharing_rooms(user.as_str()).await {
-            Ok(users) => {
-                let users: Vec<OwnedUserId> = users
-                    .into_iter()
-                    .filter_map(|u| OwnedUserId::try_from(u).ok())
-                    .chain([user.clone()])
-                    .collect();
-                hs.notifier.wake(users.iter().map(|u| u.as_ref()));
+    /// Wakes the users who share a room with `user` (and the user) to see their new presence;
+    /// a local user's presence goes to the servers of the others too.
+    fn publish(self: &Arc<Self>, user: &UserId, outcome: Outcome) {
+        let (this, user) = (Arc::downgrade(self), user.to_owned());
+        tokio::spawn(async move {
+            let Some(this) = this.upgrade() else { return };
+            let users = match this.events.users_sharing_rooms(user.as_str()).await {
+                Ok(users) => users,
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence change not announced");
+                    return;
+                }
+            };
+            let users: Vec<OwnedUserId> = users
+                .into_iter()
+                .filter_map(|u| OwnedUserId::try_from(u).ok())
+                .chain([user.clone()])
+                .collect();
+            if outcome.changed {
+                this.notifier.wake(
+                    users
+                        .iter()
+                        .filter(|u| u.server_name() == this.server_name)
+                        .map(|u| u.as_ref()),
+                );
             }
-            Err(e) => tracing::warn!(error = %e, "presence change not announced"),
-        }
-    });
-}
+            if outcome.tell {
+                this.tell_servers(&user, &users).await;
+            }
+        });
+    }
 
-/// A sync in flight; dropping it ends it.
-pub struct SyncGuard {
-    hs: Weak<Homeserver>,
-    user: OwnedUserId,
-    how: SyncPresence,
-}
-
-impl Drop for SyncGuard {
-    fn drop(&mut self) {
-        let Some(hs) = self.hs.upgrade() else { return };
-        if self.how == SyncPresence::Offline {
+    /// An `m.presence` EDU about `user` for the servers of `sharing` other than ours.
+    async fn tell_servers(&self, user: &UserId, sharing: &[OwnedUserId]) {
+        let mut servers: Vec<OwnedServerName> = sharing
+            .iter()
+            .map(|u| u.server_name().to_owned())
+            .filter(|s| *s != self.server_name)
+            .collect();
+        servers.sort();
+        servers.dedup();
+        if servers.is_empty() {
             return;
         }
-        let unavailable = self.how == SyncPresence::Unavailable;
-        if hs.presence.update(&self.user, |p| {
-            p.syncing = p.syncing.saturating_sub(1);
-            if unavailable {
-                p.syncing_unavailable = p.syncing_unavailable.saturating_sub(1);
-            }
-            p.last_sync_ms = now_ms();
-        }) {
-            publish(&hs, &self.user);
+        let (shown, ago) = {
+            let users = self.users.lock().expect("presence lock");
+            let Some(p) = users.get(user) else { return };
+            let shown = p.shown.clone().unwrap_or(OFFLINE);
+            // Hidden: other servers learn nothing of when the user was last active.
+            let ago = if p.hidden {
+                0
+            } else {
+                (now_ms() - p.last_active_ms).max(0)
+            };
+            (shown, ago)
+        };
+        let mut update = json!({
+            "user_id": user,
+            "presence": shown.state.as_str(),
+            "currently_active": shown.currently_active,
+            "last_active_ago": ago,
+        });
+        if let Some(msg) = &shown.status_msg {
+            update["status_msg"] = json!(msg);
+        }
+        let content = json!({ "push": [update] });
+        let edus = servers
+            .into_iter()
+            .map(|s| (s, "m.presence".to_owned(), content.clone()))
+            .collect();
+        if let Err(e) = self.remote.queue(edus).await {
+            tracing::warn!(error = %e, "presence for other servers not queued");
         }
     }
-}
 
-impl Homeserver {
+    /// An `m.presence` EDU from `origin`: its users' presence as it says; users of other
+    /// servers in it are refused (a server speaks only for its own users).
+    pub fn receive(self: &Arc<Self>, origin: &ServerName, edu: PresenceContent) -> Result<()> {
+        let mut foreign = false;
+        for update in edu.push {
+            if update.user_id.server_name() != origin {
+                foreign = true;
+                continue;
+            }
+            let now = now_ms();
+            let ago = i64::try_from(u64::from(update.last_active_ago)).unwrap_or(i64::MAX);
+            let shown = Shown {
+                currently_active: update.currently_active
+                    && update.presence == PresenceState::Online,
+                state: update.presence,
+                status_msg: update.status_msg,
+            };
+            self.change(&update.user_id, |p| {
+                p.loaded = true;
+                p.last_active_ms = now.saturating_sub(ago);
+                p.remote = Some((shown, now));
+            });
+        }
+        if foreign {
+            return Err(Error::forbidden(
+                "a presence update names users of another server",
+            ));
+        }
+        Ok(())
+    }
+
     /// A sync starts: the user is connected until it ends (and `SYNC_TIMEOUT_MS` after).
     pub async fn sync_started(
         self: &Arc<Self>,
         user: &UserId,
         how: SyncPresence,
     ) -> Result<SyncGuard> {
-        self.presence.ensure_loaded(self, user).await?;
+        self.ensure_loaded(user).await?;
         if how != SyncPresence::Offline {
-            let changed = self.presence.update(user, |p| {
+            self.change(user, |p| {
                 p.syncing += 1;
                 if how == SyncPresence::Unavailable {
                     p.syncing_unavailable += 1;
@@ -308,27 +442,23 @@ impl Homeserver {
                     p.last_active_ms = now_ms();
                 }
             });
-            if changed {
-                publish(self, user);
-            }
         }
         Ok(SyncGuard {
-            hs: Arc::downgrade(self),
+            presence: Arc::downgrade(self),
             user: user.to_owned(),
             how,
         })
     }
 
     /// `PUT /presence/{userId}/status`: kept across restarts.
-    pub async fn set_presence(
+    pub async fn set(
         self: &Arc<Self>,
         user: &UserId,
         state: PresenceState,
         status_msg: Option<String>,
     ) -> Result<()> {
-        self.presence.ensure_loaded(self, user).await?;
-        self.stores
-            .profiles
+        self.ensure_loaded(user).await?;
+        self.profiles
             .set_presence(
                 user.as_str(),
                 state.as_str(),
@@ -336,46 +466,36 @@ impl Homeserver {
                 now_ms(),
             )
             .await?;
-        let changed = self.presence.update(user, |p| {
+        self.change(user, |p| {
             if state == PresenceState::Online {
                 p.last_active_ms = now_ms();
             }
             p.explicit = Some(state);
             p.status_msg = status_msg;
         });
-        if changed {
-            publish(self, user);
-        }
         Ok(())
     }
 
     /// The visibility setting changed (account data `de.tim.presence`).
-    pub(crate) async fn presence_visibility_changed(
-        self: &Arc<Self>,
-        user: &UserId,
-        content: &str,
-    ) {
-        if let Err(e) = self.presence.ensure_loaded(self, user).await {
+    pub async fn visibility_changed(self: &Arc<Self>, user: &UserId, content: &str) {
+        if let Err(e) = self.ensure_loaded(user).await {
             tracing::warn!(error = %e, "presence setting not applied");
             return;
         }
         let hide = hidden(Some(content));
-        if self.presence.update(user, |p| p.hidden = hide) {
-            publish(self, user);
-        }
+        self.change(user, |p| p.hidden = hide);
     }
 
     /// `m.presence` events for a sync: users sharing a room with `user` (and the user) whose
     /// presence changed after serial `since`.
-    pub async fn presence_events(&self, user: &UserId, since: Option<i64>) -> Result<Vec<Value>> {
-        let changed = self.presence.changed_since(since);
+    pub async fn events_for(&self, user: &UserId, since: Option<i64>) -> Result<Vec<Value>> {
+        let changed = self.changed_since(since);
         if changed.is_empty() {
             return Ok(vec![]);
         }
         let sharing: std::collections::HashSet<String> = if changed.iter().any(|(u, ..)| u != user)
         {
-            self.stores
-                .events
+            self.events
                 .users_sharing_rooms(user.as_str())
                 .await?
                 .into_iter()
@@ -388,6 +508,39 @@ impl Homeserver {
             .filter(|(u, ..)| u == user || sharing.contains(u.as_str()))
             .map(|(u, shown, ago)| presence_event(&u, &shown, (ago >= 0).then_some(ago)))
             .collect())
+    }
+}
+
+fn hidden(setting: Option<&str>) -> bool {
+    setting
+        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+        .and_then(|v| v.get("visible").and_then(Value::as_bool))
+        == Some(false)
+}
+
+/// A sync in flight; dropping it ends it.
+pub struct SyncGuard {
+    presence: Weak<Presence>,
+    user: OwnedUserId,
+    how: SyncPresence,
+}
+
+impl Drop for SyncGuard {
+    fn drop(&mut self) {
+        let Some(presence) = self.presence.upgrade() else {
+            return;
+        };
+        if self.how == SyncPresence::Offline {
+            return;
+        }
+        let unavailable = self.how == SyncPresence::Unavailable;
+        presence.change(&self.user, |p| {
+            p.syncing = p.syncing.saturating_sub(1);
+            if unavailable {
+                p.syncing_unavailable = p.syncing_unavailable.saturating_sub(1);
+            }
+            p.last_sync_ms = now_ms();
+        });
     }
 }
 
@@ -407,7 +560,10 @@ pub fn presence_event(user: &UserId, shown: &Shown, last_active_ago: Option<i64>
 
 /// The tenant's presence timer task: applies timed changes (sync timeout, idle) at their
 /// deadlines. Ends when the tenant goes away.
-pub async fn run_timers(hs: Weak<Homeserver>, mut rx: mpsc::UnboundedReceiver<(i64, OwnedUserId)>) {
+pub async fn run_timers(
+    presence: Weak<Presence>,
+    mut rx: mpsc::UnboundedReceiver<(i64, OwnedUserId)>,
+) {
     let mut heap: BinaryHeap<Reverse<(i64, OwnedUserId)>> = BinaryHeap::new();
     loop {
         let next = heap.peek().map(|Reverse((at, _))| *at);
@@ -427,12 +583,10 @@ pub async fn run_timers(hs: Weak<Homeserver>, mut rx: mpsc::UnboundedReceiver<(i
             },
             _ = sleep => {
                 let now = now_ms();
-                let Some(hs) = hs.upgrade() else { return };
+                let Some(presence) = presence.upgrade() else { return };
                 while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
                     let Reverse((_, user)) = heap.pop().expect("peeked");
-                    if hs.presence.update(&user, |_| {}) {
-                        publish(&hs, &user);
-                    }
+                    presence.change(&user, |_| {});
                 }
             }
         }

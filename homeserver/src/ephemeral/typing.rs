@@ -199,7 +199,7 @@ impl Homeserver {
         timeout: Option<Duration>,
     ) -> Result<()> {
         if timeout.is_some() {
-            self.presence.active(self, user);
+            self.presence.active(user);
         }
         self.typing.set(user, room_id, timeout).await
     }

@@ -39,6 +39,7 @@ pub struct Inbound {
     pub device_lists: Arc<DeviceLists>,
     pub receipts: Arc<Receipts>,
     pub typing: Arc<Typing>,
+    pub presence: Arc<crate::ephemeral::presence::Presence>,
 }
 
 /// Events fetched at most to fill a gap before a received PDU (as Synapse asks for).
@@ -56,6 +57,7 @@ pub struct Receiver {
     device_lists: Arc<DeviceLists>,
     receipts: Arc<Receipts>,
     typing: Arc<Typing>,
+    presence: Arc<crate::ephemeral::presence::Presence>,
     accounts: Arc<dyn AccountStore>,
     keys: Arc<ServerKeys>,
     client: Arc<FederationClient>,
@@ -91,6 +93,7 @@ impl Receiver {
             device_lists,
             receipts,
             typing,
+            presence,
         } = inbound;
         Self {
             server_name,
@@ -101,6 +104,7 @@ impl Receiver {
             device_lists,
             receipts,
             typing,
+            presence,
             client,
             keys,
             events,
@@ -175,6 +179,7 @@ impl Receiver {
                 self.device_list_changed(origin, &update.user_id).await
             }
             Ok(Edu::Typing(typing)) => self.typing.receive(origin, typing).await,
+            Ok(Edu::Presence(presence)) => self.presence.receive(origin, presence),
             Ok(Edu::Receipt(receipts)) => {
                 self.receipts.receive(origin, receipts).await;
                 Ok(())

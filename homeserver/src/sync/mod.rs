@@ -194,7 +194,10 @@ pub async fn sync(hs: &Arc<Homeserver>, session: &Session, req: SyncRequest) -> 
     let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(300));
     let mut sub = hs.notifier.subscribe(&session.user_id);
     // The user counts as online while this request lasts.
-    let _online = hs.sync_started(&session.user_id, req.set_presence).await?;
+    let _online = hs
+        .presence
+        .sync_started(&session.user_id, req.set_presence)
+        .await?;
     loop {
         let upto = hs.stream.visible();
         // Read before computing: a change during the computation comes again next time.
@@ -680,7 +683,7 @@ async fn ephemeral(
     }
     if type_allowed(&filter.presence, "m.presence") {
         let user = ruma::UserId::parse(user).map_err(Error::internal)?;
-        for event in hs.presence_events(&user, since_serial).await? {
+        for event in hs.presence.events_for(&user, since_serial).await? {
             resp.presence.events.push(raw(&event)?);
         }
     }

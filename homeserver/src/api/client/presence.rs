@@ -34,10 +34,12 @@ async fn get(ctx: Ctx, req: get_presence::v3::Request) -> Result<get_presence::v
     {
         return Err(Error::forbidden("you share no room with this user"));
     }
-    if !ctx.hs.accounts.user_exists(&req.user_id).await? {
+    if req.user_id.server_name() == ctx.hs.server_name
+        && !ctx.hs.accounts.user_exists(&req.user_id).await?
+    {
         return Err(Error::not_found("no such user"));
     }
-    let (shown, ago) = ctx.hs.presence.get(&ctx.hs, &req.user_id).await?;
+    let (shown, ago) = ctx.hs.presence.get(&req.user_id).await?;
     let mut resp = get_presence::v3::Response::new(shown.state);
     resp.status_msg = shown.status_msg;
     resp.currently_active = Some(shown.currently_active);
@@ -64,7 +66,8 @@ async fn set(ctx: Ctx, req: set_presence::v3::Request) -> Result<set_presence::v
         ));
     }
     ctx.hs
-        .set_presence(&req.user_id, req.presence, req.status_msg)
+        .presence
+        .set(&req.user_id, req.presence, req.status_msg)
         .await?;
     Ok(set_presence::v3::Response::new())
 }

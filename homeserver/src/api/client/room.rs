@@ -627,7 +627,7 @@ async fn send_message(
     if matches!(kind, TimelineEventType::RoomRedaction) {
         return Err(Error::bad_json("use the redact endpoint to redact events"));
     }
-    ctx.hs.presence.active(&ctx.hs, &s.user_id);
+    ctx.hs.presence.active(&s.user_id);
     let event_id = ctx
         .hs
         .rooms
