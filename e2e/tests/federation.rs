@@ -1,11 +1,38 @@
-//! Federation between separate `tim-homeserver` processes over loopback TLS (issue 15), under
-//! faults: the receiving server down while messages are sent, and the sending server killed
-//! with `kill -9` while its queue for the other is full. A on PostgreSQL, B on SQLite.
+//! Federation between `tim-homeserver` processes over loopback TLS (issue 15): three servers
+//! (two tenants of one process, one separate process) with `matrix-sdk` clients — an
+//! end-to-end encrypted chat across them, an attachment, typing, receipts, presence, a late
+//! joiner reading history, a new device getting keys — and faults: the receiving server down
+//! while messages are sent, and the sending server killed with `kill -9` while its queue for
+//! the other is full.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
+use matrix_sdk::{
+    Client,
+    attachment::AttachmentConfig,
+    media::{MediaFormat, MediaRequestParameters},
+    ruma::{
+        OwnedUserId,
+        api::client::{
+            receipt::create_receipt::v3::ReceiptType as SendReceiptType, room::create_room,
+        },
+        events::{
+            AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent,
+            receipt::{ReceiptThread, ReceiptType},
+            room::{encryption::RoomEncryptionEventContent, message::MessageType},
+            typing::SyncTypingEvent,
+        },
+    },
+};
+use reqwest::Method;
 use serde_json::json;
 use tim_e2e::{Store, federation::Net, user::User};
+
+mod common;
+use common::{PASSWORD, send, sync_all, sync_once, wait_decrypted};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -57,4 +84,260 @@ async fn messages_sent_while_the_other_server_is_down_or_we_crash_arrive_once_an
     alice.sync_texts(&room, &["alles angekommen"], WAIT).await;
     a.cleanup().await;
     b.cleanup().await;
+}
+
+/// A `matrix-sdk` client of tenant `host` of a process listening on `port`, signed in as
+/// `name` (registered before).
+async fn login(host: &str, port: u16, name: &str) -> Client {
+    let http = reqwest::Client::builder()
+        .resolve(host, ([127, 0, 0, 1], port).into())
+        .build()
+        .unwrap();
+    let c = Client::builder()
+        .homeserver_url(format!("http://{host}:{port}"))
+        .http_client(http)
+        .build()
+        .await
+        .unwrap();
+    c.matrix_auth()
+        .login_username(name, PASSWORD)
+        .send()
+        .await
+        .unwrap();
+    c
+}
+
+/// Syncs `c` until `done` holds (within `WAIT`).
+async fn sync_until_sdk(c: &Client, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not seen");
+        sync_once(c).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctors_on_three_servers_chat_encrypted_with_matrix_sdk() {
+    // Process 0 hosts A and C (two tenants), process 1 is B.
+    let net = Net::new(&[2, 1]);
+    let a_proc = net.homeserver(0, Store::Sqlite, &[]).await;
+    let b_proc = net.homeserver(1, Store::Postgres, &[]).await;
+    let (a, c, b) = (
+        net.processes[0].0[0].clone(),
+        net.processes[0].0[1].clone(),
+        net.name(1).to_owned(),
+    );
+    let (pa, pb) = (a_proc.port, b_proc.port);
+    let alice_raw = User::register_at(&a, pa, "alice").await;
+    let bob_raw = User::register_at(&b, pb, "bob").await;
+    let carol_raw = User::register_at(&c, pa, "carol").await;
+    let alice = login(&a, pa, "alice").await;
+    let bob = login(&b, pb, "bob").await;
+    sync_all(&[&alice, &bob]).await;
+
+    // Alice on A opens an encrypted chat with Bob on B; Bob joins.
+    let mut req = create_room::v3::Request::new();
+    req.invite = vec![bob.user_id().unwrap().to_owned()];
+    req.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let room = alice.create_room(req).await.unwrap().room_id().to_owned();
+    sync_until_sdk(&bob, "the invite at B", || bob.get_room(&room).is_some()).await;
+    bob.join_room_by_id(&room).await.unwrap();
+    let everyone = [&alice, &bob];
+    sync_all(&everyone).await;
+
+    // Every message decrypts on the other server.
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sync_all(&everyone).await;
+        let text = format!("Überweisung {i}: bitte MRT");
+        sent.push((send(&alice, &room, &text).await, text, &bob));
+        sync_all(&everyone).await;
+        let text = format!("Termin {i}: Dienstag 9 Uhr");
+        sent.push((send(&bob, &room, &text).await, text, &alice));
+    }
+    for (event, text, reader) in &sent {
+        assert_eq!(&wait_decrypted(&everyone, reader, &room, event).await, text);
+    }
+
+    // An image uploaded on A (encrypted attachment) is shown on B: B fetches it from A.
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::new_rgb8(64, 48)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let png = png.into_inner();
+    let image_event = alice
+        .get_room(&room)
+        .unwrap()
+        .send_attachment(
+            "befund.png",
+            &mime::IMAGE_PNG,
+            png.clone(),
+            AttachmentConfig::new(),
+        )
+        .await
+        .unwrap()
+        .event_id;
+    let mut source = None;
+    let deadline = Instant::now() + WAIT;
+    while source.is_none() {
+        assert!(Instant::now() < deadline, "the image did not reach B");
+        sync_once(&bob).await;
+        if let Ok(ev) = bob.get_room(&room).unwrap().event(&image_event, None).await
+            && let Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(m))) =
+                ev.raw().deserialize()
+            && let Some(MessageType::Image(img)) =
+                m.as_original().map(|o| o.content.msgtype.clone())
+        {
+            source = Some(img.source);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shown = bob
+        .media()
+        .get_media_content(
+            &MediaRequestParameters {
+                source: source.unwrap(),
+                format: MediaFormat::File,
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(shown == png, "the image on B differs");
+
+    // Typing and read receipts cross the servers.
+    let typing: Arc<Mutex<Vec<OwnedUserId>>> = Arc::default();
+    let seen = typing.clone();
+    alice.add_event_handler(move |ev: SyncTypingEvent| {
+        let seen = seen.clone();
+        async move {
+            *seen.lock().unwrap() = ev.content.user_ids;
+        }
+    });
+    bob.get_room(&room)
+        .unwrap()
+        .typing_notice(true)
+        .await
+        .unwrap();
+    let bob_id = bob.user_id().unwrap().to_owned();
+    sync_until_sdk(&alice, "Bob typing at A", || {
+        typing.lock().unwrap().contains(&bob_id)
+    })
+    .await;
+    let last = sent[4].0.clone();
+    bob.get_room(&room)
+        .unwrap()
+        .send_single_receipt(
+            SendReceiptType::Read,
+            ReceiptThread::Unthreaded,
+            last.clone(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        sync_once(&alice).await;
+        let receipt = alice
+            .get_room(&room)
+            .unwrap()
+            .load_user_receipt(ReceiptType::Read, ReceiptThread::Unthreaded, &bob_id)
+            .await
+            .unwrap();
+        if receipt.map(|(id, _)| id) == Some(last.clone()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Bob's receipt not seen at A");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Presence: Bob's status reaches Alice.
+    bob_raw
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/presence/{}/status", bob_raw.user_id),
+            Some(json!({"presence": "online", "status_msg": "Visite"})),
+        )
+        .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, p) = alice_raw
+            .call(
+                Method::GET,
+                &format!("/_matrix/client/v3/presence/{}/status", bob_raw.user_id),
+                None,
+            )
+            .await;
+        if p["status_msg"] == "Visite" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Bob's presence not seen at A: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A new device of Bob's appears at A and gets the keys of Alice's next message.
+    let bob2 = login(&b, pb, "bob").await;
+    sync_once(&bob2).await;
+    let bob2_device = bob2.device_id().unwrap().to_owned();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        sync_once(&alice).await;
+        let devices = alice.encryption().get_user_devices(&bob_id).await.unwrap();
+        if devices.get(&bob2_device).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Bob's new device not seen at A");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let everyone = [&alice, &bob, &bob2];
+    sync_all(&everyone).await;
+    let event = send(&alice, &room, "Befund für alle Geräte").await;
+    assert_eq!(
+        wait_decrypted(&everyone, &bob2, &room, &event).await,
+        "Befund für alle Geräte"
+    );
+
+    // Carol on C (A's process, another tenant: the same federation path) joins later and
+    // reads the history from before her join, backfilled from A.
+    alice_raw.invite(room.as_str(), &carol_raw.user_id).await;
+    assert_eq!(carol_raw.sync_invite(WAIT).await, room.as_str());
+    carol_raw.join(room.as_str(), &[&a]).await;
+    let mut ids = Vec::new();
+    let mut from = String::new();
+    loop {
+        let page = carol_raw
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=5{from}"),
+                None,
+            )
+            .await;
+        let chunk = page["chunk"].as_array().unwrap().clone();
+        ids.extend(
+            chunk
+                .iter()
+                .filter_map(|e| e["event_id"].as_str().map(str::to_owned)),
+        );
+        match page["end"].as_str() {
+            Some(end) if !chunk.is_empty() => from = format!("&from={end}"),
+            _ => break,
+        }
+    }
+    for (event, ..) in &sent {
+        assert!(
+            ids.contains(&event.to_string()),
+            "{event} not in C's history"
+        );
+    }
+    a_proc.cleanup_tenants(&[&c]).await;
+    a_proc.cleanup().await;
+    b_proc.cleanup().await;
 }
