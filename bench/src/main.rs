@@ -5,10 +5,11 @@
 //! after load, the RSS of 100 extra idle tenants, the same send load while all 50 users
 //! long-poll sync with presence on and send typing notifications and read receipts, and media
 //! upload/download MB/s of a 100 MiB file, Web Push through `tim-push-gateway` (`push`), and
-//! the directory sync `tim-vzd-sync` (`vzd`).
+//! the directory sync `tim-vzd-sync` (`vzd`), and federation between two servers over TLS with
+//! two Synapses as the reference (`federation`).
 //!
 //! `cargo run --release -p tim-bench [-- sqlite|postgres|both] [--seconds N]
-//!  [--only tenants|keys|send|initial-sync|media|push|vzd]`
+//!  [--only tenants|keys|send|initial-sync|media|push|vzd|federation]`
 
 use std::{
     sync::{
@@ -21,6 +22,7 @@ use std::{
 use serde_json::{Value, json};
 use tim_e2e::{Server, Store};
 
+mod federation;
 mod push;
 mod vzd;
 
@@ -330,6 +332,9 @@ async fn run(store: Store, seconds: u64, only: Option<&str>) {
     }
     if only.is_none_or(|o| o == "vzd") {
         vzd::bench(store, seconds).await;
+    }
+    if only.is_none_or(|o| o == "federation") {
+        federation::bench(store, seconds).await;
     }
     if store == Store::Postgres {
         for t in 0..100 {
@@ -701,7 +706,7 @@ async fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    // `--only tenants|keys|send|initial-sync|media|push|vzd` runs one scenario ("send" includes registrations and
+    // `--only tenants|keys|send|initial-sync|media|push|vzd|federation` runs one scenario ("send" includes registrations and
     // delivery latency, which use its users and rooms).
     let only = args
         .iter()

@@ -76,9 +76,6 @@ impl Rooms {
     ) -> Result<Received> {
         let Incoming { pdu, object, json } = incoming;
         let id = pdu.event_id.to_string();
-        if !self.graph.pdus(std::slice::from_ref(&id)).await?.is_empty() {
-            return Ok(Received::Known);
-        }
         if pdu.prev_events.len() > MAX_PREV_EVENTS || pdu.auth_events.len() > MAX_AUTH_EVENTS {
             return self
                 .keep_outside(
@@ -89,9 +86,16 @@ impl Rooms {
                 )
                 .await;
         }
-        // The auth events must be known; their own checks happened when they arrived.
+        // Whether the event is known, and its auth events, in one look-up.
         let auth_ids: Vec<String> = pdu.auth_events.iter().map(|e| e.to_string()).collect();
-        let auth_rows = self.graph.pdus(&auth_ids).await?;
+        let mut wanted = auth_ids.clone();
+        wanted.push(id.clone());
+        let mut auth_rows = self.graph.pdus(&wanted).await?;
+        if auth_rows.iter().any(|r| r.event_id == id) {
+            return Ok(Received::Known);
+        }
+        auth_rows.retain(|r| auth_ids.contains(&r.event_id));
+        // The auth events must be known; their own checks happened when they arrived.
         if auth_rows.len() < auth_ids.len() {
             return self
                 .keep_outside(
@@ -715,12 +719,19 @@ impl Rooms {
         &self,
         pdu: &Pdu,
     ) -> Result<Option<(Vec<OwnedEventId>, Vec<OwnedEventId>)>> {
-        let Some(tips) = self
-            .with_state(&pdu.room_id, |room| room.extremities.clone())
+        let Some((tips, on_tips)) = self
+            .with_state(&pdu.room_id, |room| {
+                let on_tips = pdu.prev_events.iter().all(|p| room.extremities.contains(p));
+                (room.extremities.clone(), on_tips)
+            })
             .await?
         else {
             return Ok(None);
         };
+        // The usual case, an event on our tips: no gap, nothing to look up.
+        if on_tips {
+            return Ok(Some((tips, vec![])));
+        }
         let ids: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
         // Events kept outside the timeline count as known, outliers (no state) do not.
         let known: std::collections::HashSet<String> = self
