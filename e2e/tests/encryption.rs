@@ -10,19 +10,15 @@ use std::time::Duration;
 use matrix_sdk::{
     Client,
     encryption::LocalTrust,
-    ruma::{
-        OwnedRoomId,
-        api::client::{
-            room::create_room,
-            uiaa::{self, AuthData},
-        },
-        events::{InitialStateEvent, room::encryption::RoomEncryptionEventContent},
-    },
+    ruma::api::client::uiaa::{self, AuthData},
 };
 use tim_e2e::{STORES, Server};
 
 mod common;
-use common::{PASSWORD, new_client, register, send, sync_all, sync_once, text_of, wait_decrypted};
+use common::{
+    PASSWORD, encrypted_room, new_client, register, send, sync_all, sync_once, text_of,
+    wait_decrypted,
+};
 
 async fn login(server: &Server, name: &str) -> Client {
     let c = new_client(server).await;
@@ -32,23 +28,6 @@ async fn login(server: &Server, name: &str) -> Client {
         .await
         .unwrap();
     c
-}
-
-async fn encrypted_room(alice: &Client, bob: &Client) -> OwnedRoomId {
-    let mut req = create_room::v3::Request::new();
-    req.invite = vec![bob.user_id().unwrap().to_owned()];
-    req.initial_state = vec![
-        InitialStateEvent::with_empty_state_key(
-            RoomEncryptionEventContent::with_recommended_defaults(),
-        )
-        .to_raw_any(),
-    ];
-    let room = alice.create_room(req).await.unwrap();
-    let id = room.room_id().to_owned();
-    sync_once(bob).await;
-    bob.join_room_by_id(&id).await.unwrap();
-    sync_once(alice).await;
-    id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

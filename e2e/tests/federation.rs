@@ -16,13 +16,11 @@ use matrix_sdk::{
     media::{MediaFormat, MediaRequestParameters},
     ruma::{
         OwnedUserId,
-        api::client::{
-            receipt::create_receipt::v3::ReceiptType as SendReceiptType, room::create_room,
-        },
+        api::client::receipt::create_receipt::v3::ReceiptType as SendReceiptType,
         events::{
-            AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent,
+            AnySyncMessageLikeEvent, AnySyncTimelineEvent,
             receipt::{ReceiptThread, ReceiptType},
-            room::{encryption::RoomEncryptionEventContent, message::MessageType},
+            room::message::MessageType,
             typing::SyncTypingEvent,
         },
     },
@@ -32,7 +30,9 @@ use serde_json::json;
 use tim_e2e::{Store, federation::Net, user::User};
 
 mod common;
-use common::{PASSWORD, send, sync_all, sync_once, wait_decrypted};
+use common::{
+    chat_both_ways, encrypted_room, login_url, send, sync_all, sync_once, wait_decrypted,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -86,27 +86,6 @@ async fn messages_sent_while_the_other_server_is_down_or_we_crash_arrive_once_an
     b.cleanup().await;
 }
 
-/// A `matrix-sdk` client of tenant `host` of a process listening on `port`, signed in as
-/// `name` (registered before).
-async fn login(host: &str, port: u16, name: &str) -> Client {
-    let http = reqwest::Client::builder()
-        .resolve(host, ([127, 0, 0, 1], port).into())
-        .build()
-        .unwrap();
-    let c = Client::builder()
-        .homeserver_url(format!("http://{host}:{port}"))
-        .http_client(http)
-        .build()
-        .await
-        .unwrap();
-    c.matrix_auth()
-        .login_username(name, PASSWORD)
-        .send()
-        .await
-        .unwrap();
-    c
-}
-
 /// Syncs `c` until `done` holds (within `WAIT`).
 async fn sync_until_sdk(c: &Client, what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + WAIT;
@@ -132,38 +111,23 @@ async fn doctors_on_three_servers_chat_encrypted_with_matrix_sdk() {
     let alice_raw = User::register_at(&a, pa, "alice").await;
     let bob_raw = User::register_at(&b, pb, "bob").await;
     let carol_raw = User::register_at(&c, pa, "carol").await;
-    let alice = login(&a, pa, "alice").await;
-    let bob = login(&b, pb, "bob").await;
+    let alice = login_url(&format!("http://{a}:{pa}"), "alice").await;
+    let bob = login_url(&format!("http://{b}:{pb}"), "bob").await;
     sync_all(&[&alice, &bob]).await;
 
-    // Alice on A opens an encrypted chat with Bob on B; Bob joins.
-    let mut req = create_room::v3::Request::new();
-    req.invite = vec![bob.user_id().unwrap().to_owned()];
-    req.initial_state = vec![
-        InitialStateEvent::with_empty_state_key(
-            RoomEncryptionEventContent::with_recommended_defaults(),
-        )
-        .to_raw_any(),
-    ];
-    let room = alice.create_room(req).await.unwrap().room_id().to_owned();
-    sync_until_sdk(&bob, "the invite at B", || bob.get_room(&room).is_some()).await;
-    bob.join_room_by_id(&room).await.unwrap();
-    let everyone = [&alice, &bob];
-    sync_all(&everyone).await;
-
-    // Every message decrypts on the other server.
-    let mut sent = Vec::new();
-    for i in 0..3 {
-        sync_all(&everyone).await;
-        let text = format!("Überweisung {i}: bitte MRT");
-        sent.push((send(&alice, &room, &text).await, text, &bob));
-        sync_all(&everyone).await;
-        let text = format!("Termin {i}: Dienstag 9 Uhr");
-        sent.push((send(&bob, &room, &text).await, text, &alice));
-    }
-    for (event, text, reader) in &sent {
-        assert_eq!(&wait_decrypted(&everyone, reader, &room, event).await, text);
-    }
+    // Alice on A opens an encrypted chat with Bob on B; every message decrypts on the other
+    // server.
+    let room = encrypted_room(&alice, &bob).await;
+    let sent = chat_both_ways(
+        (&alice, &bob),
+        &room,
+        3,
+        (
+            |i| format!("Überweisung {i}: bitte MRT"),
+            |i| format!("Termin {i}: Dienstag 9 Uhr"),
+        ),
+    )
+    .await;
 
     // An image uploaded on A (encrypted attachment) is shown on B: B fetches it from A.
     let mut png = std::io::Cursor::new(Vec::new());
@@ -230,7 +194,7 @@ async fn doctors_on_three_servers_chat_encrypted_with_matrix_sdk() {
         typing.lock().unwrap().contains(&bob_id)
     })
     .await;
-    let last = sent[4].0.clone();
+    let last = sent[4].clone();
     bob.get_room(&room)
         .unwrap()
         .send_single_receipt(
@@ -284,7 +248,7 @@ async fn doctors_on_three_servers_chat_encrypted_with_matrix_sdk() {
     }
 
     // A new device of Bob's appears at A and gets the keys of Alice's next message.
-    let bob2 = login(&b, pb, "bob").await;
+    let bob2 = login_url(&format!("http://{b}:{pb}"), "bob").await;
     sync_once(&bob2).await;
     let bob2_device = bob2.device_id().unwrap().to_owned();
     let deadline = Instant::now() + WAIT;
@@ -331,7 +295,7 @@ async fn doctors_on_three_servers_chat_encrypted_with_matrix_sdk() {
             _ => break,
         }
     }
-    for (event, ..) in &sent {
+    for event in &sent {
         assert!(
             ids.contains(&event.to_string()),
             "{event} not in C's history"

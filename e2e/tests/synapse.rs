@@ -5,19 +5,12 @@
 
 use std::time::Duration;
 
-use matrix_sdk::{
-    Client,
-    ruma::{
-        api::client::room::create_room,
-        events::{InitialStateEvent, room::encryption::RoomEncryptionEventContent},
-    },
-};
 use reqwest::Method;
 use serde_json::json;
 use tim_e2e::{Store, federation::Net, synapse::Synapse, user::User};
 
 mod common;
-use common::{PASSWORD, send, sync_all, sync_once, wait_decrypted};
+use common::{chat_both_ways, encrypted_room, login_url, sync_all};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -124,21 +117,6 @@ async fn rooms_on_either_server_are_joined_from_the_other_and_messages_cross_bot
     tim.cleanup().await;
 }
 
-/// A `matrix-sdk` client signed in as `name` (registered before) at `base`.
-async fn login(base: &str, name: &str) -> Client {
-    let c = Client::builder()
-        .homeserver_url(base)
-        .build()
-        .await
-        .unwrap();
-    c.matrix_auth()
-        .login_username(name, PASSWORD)
-        .send()
-        .await
-        .unwrap();
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_chat_between_matrix_sdk_clients_on_ours_and_on_synapse_decrypts_both_ways() {
     let net = Net::new(&[1, 1]);
@@ -146,54 +124,31 @@ async fn an_encrypted_chat_between_matrix_sdk_clients_on_ours_and_on_synapse_dec
     let synapse = Synapse::start(&net, 1);
     User::register(&tim.base_url(), "hausarzt").await;
     User::register(&synapse.base_url(), "klinik").await;
-    let gp = login(&tim.base_url(), "hausarzt").await;
-    let doc = login(&synapse.base_url(), "klinik").await;
+    let gp = login_url(&tim.base_url(), "hausarzt").await;
+    let doc = login_url(&synapse.base_url(), "klinik").await;
     let everyone = [&gp, &doc];
     sync_all(&everyone).await;
 
-    // The GP opens an encrypted chat with the hospital doctor on Synapse.
-    let mut req = create_room::v3::Request::new();
-    req.invite = vec![doc.user_id().unwrap().to_owned()];
-    req.initial_state = vec![
-        InitialStateEvent::with_empty_state_key(
-            RoomEncryptionEventContent::with_recommended_defaults(),
-        )
-        .to_raw_any(),
-    ];
-    let room = gp.create_room(req).await.unwrap().room_id().to_owned();
-    let deadline = std::time::Instant::now() + WAIT;
-    while doc.get_room(&room).is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no invite at Synapse:\n{}",
-            synapse.log()
-        );
-        sync_once(&doc).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    doc.join_room_by_id(&room).await.unwrap();
-    sync_all(&everyone).await;
-
-    // Both ways, several messages each: keys are queried and claimed across the servers and
-    // room keys travel as to-device messages over federation.
-    let mut sent = Vec::new();
-    for i in 0..3 {
-        sync_all(&everyone).await;
-        let text = format!("Befund {i}: Labor unauffällig");
-        sent.push((send(&gp, &room, &text).await, text, &doc));
-        sync_all(&everyone).await;
-        let text = format!("Antwort {i}: danke, Entlassbrief folgt");
-        sent.push((send(&doc, &room, &text).await, text, &gp));
-    }
-    for (event, text, reader) in &sent {
-        assert_eq!(&wait_decrypted(&everyone, reader, &room, event).await, text);
-    }
+    // The GP opens an encrypted chat with the hospital doctor on Synapse. Both ways, several
+    // messages each: keys are queried and claimed across the servers and room keys travel as
+    // to-device messages over federation.
+    let room = encrypted_room(&gp, &doc).await;
+    let sent = chat_both_ways(
+        (&gp, &doc),
+        &room,
+        3,
+        (
+            |i| format!("Befund {i}: Labor unauffällig"),
+            |i| format!("Antwort {i}: danke, Entlassbrief folgt"),
+        ),
+    )
+    .await;
     // Neither server holds the plain text.
     let raw = reqwest::Client::new()
         .get(format!(
             "{}/_matrix/client/v3/rooms/{room}/event/{}",
             tim.base_url(),
-            sent[1].0
+            sent[1]
         ))
         .bearer_auth(gp.access_token().unwrap())
         .send()

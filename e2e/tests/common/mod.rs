@@ -6,7 +6,14 @@ use std::time::Duration;
 use matrix_sdk::{
     Client,
     config::SyncSettings,
-    ruma::{OwnedEventId, OwnedRoomId, events::room::message::RoomMessageEventContent},
+    ruma::{
+        OwnedEventId, OwnedRoomId,
+        api::client::room::create_room,
+        events::{
+            InitialStateEvent,
+            room::{encryption::RoomEncryptionEventContent, message::RoomMessageEventContent},
+        },
+    },
 };
 use tim_e2e::Server;
 
@@ -97,4 +104,78 @@ pub async fn send(c: &Client, room: &OwnedRoomId, text: &str) -> OwnedEventId {
         .unwrap()
         .response
         .event_id
+}
+
+/// An encrypted room `inviter` creates with `invitee` invited; the invitee syncs until the
+/// invite is there (it may come from another server) and joins.
+pub async fn encrypted_room(inviter: &Client, invitee: &Client) -> OwnedRoomId {
+    let mut req = create_room::v3::Request::new();
+    req.invite = vec![invitee.user_id().unwrap().to_owned()];
+    req.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let room = inviter.create_room(req).await.unwrap().room_id().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while invitee.get_room(&room).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the invite did not arrive"
+        );
+        sync_once(invitee).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    invitee.join_room_by_id(&room).await.unwrap();
+    sync_all(&[inviter, invitee]).await;
+    room
+}
+
+/// The text of the i-th message.
+type Text = fn(usize) -> String;
+
+/// `a` and `b` take turns sending `turns` messages each (`a_text(i)`, `b_text(i)`); every one
+/// decrypts on the other side. The messages, oldest first.
+pub async fn chat_both_ways(
+    (a, b): (&Client, &Client),
+    room: &OwnedRoomId,
+    turns: usize,
+    (a_text, b_text): (Text, Text),
+) -> Vec<OwnedEventId> {
+    let everyone = [a, b];
+    let mut sent = Vec::new();
+    for i in 0..turns {
+        for (sender, reader, text) in [(a, b, a_text(i)), (b, a, b_text(i))] {
+            sync_all(&everyone).await;
+            let event = send(sender, room, &text).await;
+            sent.push((event, text, reader));
+        }
+    }
+    for (event, text, reader) in &sent {
+        assert_eq!(&wait_decrypted(&everyone, reader, room, event).await, text);
+    }
+    sent.into_iter().map(|(e, ..)| e).collect()
+}
+
+/// A client of the server at `url` (`http://host:port`; a tenant's name as host reaches
+/// 127.0.0.1), signed in as `name` (registered before).
+pub async fn login_url(url: &str, name: &str) -> Client {
+    let parsed = reqwest::Url::parse(url).unwrap();
+    let mut http = reqwest::Client::builder();
+    if let (Some(host), Some(port)) = (parsed.host_str(), parsed.port()) {
+        http = http.resolve(host, ([127, 0, 0, 1], port).into());
+    }
+    let c = Client::builder()
+        .homeserver_url(url)
+        .http_client(http.build().unwrap())
+        .build()
+        .await
+        .unwrap();
+    c.matrix_auth()
+        .login_username(name, PASSWORD)
+        .send()
+        .await
+        .unwrap();
+    c
 }

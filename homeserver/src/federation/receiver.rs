@@ -133,9 +133,27 @@ impl Receiver {
                 .map(|m| m.into_iter().map(|(k, v)| (k, v.into())).collect())
                 .map_err(Error::internal);
         }
-        let mut results = BTreeMap::new();
+        // Rooms side by side, each room's PDUs in the order sent (one room's wait for the
+        // store does not hold up the others).
+        let mut by_room: Vec<(Option<String>, Vec<&RawValue>)> = Vec::new();
         for raw in pdus {
-            match self.one_pdu(origin, raw).await {
+            let room = room_id_of(raw);
+            match by_room.iter_mut().find(|(r, _)| *r == room) {
+                Some((_, list)) => list.push(raw),
+                None => by_room.push((room, vec![raw])),
+            }
+        }
+        let outcomes = futures::future::join_all(by_room.iter().map(|(_, raws)| async move {
+            let mut out = Vec::with_capacity(raws.len());
+            for raw in raws {
+                out.push(self.one_pdu(origin, raw).await);
+            }
+            out
+        }))
+        .await;
+        let mut results = BTreeMap::new();
+        for outcome in outcomes.into_iter().flatten() {
+            match outcome {
                 Ok((id, outcome)) => {
                     results.insert(id, outcome);
                 }
@@ -523,6 +541,17 @@ impl Receiver {
         }
         Ok(())
     }
+}
+
+/// The `room_id` a raw PDU names, if it names one.
+fn room_id_of(raw: &RawValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct RoomOnly {
+        room_id: String,
+    }
+    serde_json::from_str::<RoomOnly>(raw.get())
+        .ok()
+        .map(|r| r.room_id)
 }
 
 fn pdu_error(e: PduError) -> Error {
