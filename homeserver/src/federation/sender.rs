@@ -91,7 +91,8 @@ impl Sender {
         }
     }
 
-    /// Sends what waits for `destination` now: starts its queue, or cuts a backoff short.
+    /// Something waits for `destination`: starts its queue (one waiting out a failure keeps
+    /// waiting — see `contacted`).
     pub fn wake(&self, destination: &ServerName) {
         let mut running = self.inner.running.lock().expect("sender lock");
         if let Some(wake) = running.get(destination) {
