@@ -16,8 +16,8 @@ use tim_e2e::{STORES, Server};
 
 mod common;
 use common::{
-    PASSWORD, encrypted_room, new_client, register, send, sync_all, sync_once, text_of,
-    wait_decrypted,
+    PASSWORD, encrypted_room, new_client, register, send, stored_event, sync_all, sync_once,
+    text_of, wait_decrypted,
 };
 
 async fn login(server: &Server, name: &str) -> Client {
@@ -72,19 +72,7 @@ async fn encrypted_chat(server: &Server) {
         }
     }
     // The server stored only ciphertext.
-    let raw = reqwest::Client::new()
-        .get(format!(
-            "{}/_matrix/client/v3/rooms/{room}/event/{}",
-            server.base_url(),
-            sent[0].0
-        ))
-        .bearer_auth(bob.access_token().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let raw = stored_event(&bob, &room, &sent[0].0).await;
     assert!(
         raw.contains("m.room.encrypted") && !raw.contains("Befund"),
         "{raw}"

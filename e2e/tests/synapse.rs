@@ -10,7 +10,7 @@ use serde_json::json;
 use tim_e2e::{Store, federation::Net, synapse::Synapse, user::User};
 
 mod common;
-use common::{chat_both_ways, encrypted_room, login_url, sync_all};
+use common::{chat_both_ways, encrypted_room, login_url, stored_event, sync_all};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -144,19 +144,7 @@ async fn an_encrypted_chat_between_matrix_sdk_clients_on_ours_and_on_synapse_dec
     )
     .await;
     // Neither server holds the plain text.
-    let raw = reqwest::Client::new()
-        .get(format!(
-            "{}/_matrix/client/v3/rooms/{room}/event/{}",
-            tim.base_url(),
-            sent[1]
-        ))
-        .bearer_auth(gp.access_token().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let raw = stored_event(&gp, &room, &sent[1]).await;
     assert!(
         raw.contains("m.room.encrypted") && !raw.contains("Antwort"),
         "{raw}"

@@ -918,14 +918,6 @@ async fn users_of_two_servers_chat_in_a_room_joined_over_federation() {
 
     // Bob's presence crosses too (m.presence EDUs): his status, then hidden (TI-M: others
     // see him offline, without status).
-    let presence_of = |sync: &Value| {
-        sync["presence"]["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .rfind(|e| e["type"] == "m.presence" && e["sender"] == bob.user_id.as_str())
-            .map(|e| e["content"].clone())
-    };
     bob.ok(
         Method::PUT,
         &format!(
@@ -935,21 +927,8 @@ async fn users_of_two_servers_chat_in_a_room_joined_over_federation() {
         Some(json!({"presence": "unavailable", "status_msg": "Im OP bis 14 Uhr"})),
     )
     .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "bob's presence not seen"
-        );
-        let sync = alice.sync(Some(&since), 1_000).await;
-        since = sync["next_batch"].as_str().unwrap().to_owned();
-        if let Some(p) = presence_of(&sync)
-            && p["presence"] == "unavailable"
-        {
-            assert_eq!(p["status_msg"], "Im OP bis 14 Uhr");
-            break;
-        }
-    }
+    let p = presence_until(&alice, &mut since, &bob.user_id, "unavailable").await;
+    assert_eq!(p["status_msg"], "Im OP bis 14 Uhr");
     let seen = alice
         .ok(
             Method::GET,
@@ -970,21 +949,8 @@ async fn users_of_two_servers_chat_in_a_room_joined_over_federation() {
         Some(json!({"visible": false})),
     )
     .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "bob's hidden presence not seen"
-        );
-        let sync = alice.sync(Some(&since), 1_000).await;
-        since = sync["next_batch"].as_str().unwrap().to_owned();
-        if let Some(p) = presence_of(&sync)
-            && p["presence"] == "offline"
-        {
-            assert!(p["status_msg"].is_null(), "{p}");
-            break;
-        }
-    }
+    let p = presence_until(&alice, &mut since, &bob.user_id, "offline").await;
+    assert!(p["status_msg"].is_null(), "{p}");
 
     // The outboxes are empty once delivered.
     for server in [&a, &b] {
@@ -1004,6 +970,34 @@ async fn users_of_two_servers_chat_in_a_room_joined_over_federation() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// Syncs `client` on from `since` until it shows `user`'s presence as `state` (within ten
+/// seconds); that presence's content.
+async fn presence_until(
+    client: &common::Client,
+    since: &mut String,
+    user: &str,
+    state: &str,
+) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{user}'s presence {state} not seen"
+        );
+        let sync = client.sync(Some(since), 1_000).await;
+        *since = sync["next_batch"].as_str().unwrap().to_owned();
+        let last = sync["presence"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .rfind(|e| e["type"] == "m.presence" && e["sender"] == user)
+            .map(|e| e["content"].clone());
+        if let Some(p) = last.filter(|p| p["presence"] == state) {
+            return p;
+        }
+    }
 }
 
 /// Syncs until `found` holds for a sync response (or ten seconds pass); that response.

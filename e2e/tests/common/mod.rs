@@ -179,3 +179,19 @@ pub async fn login_url(url: &str, name: &str) -> Client {
         .unwrap();
     c
 }
+
+/// The event as the server stores it (raw JSON), read with `c`'s token.
+pub async fn stored_event(c: &Client, room: &OwnedRoomId, event: &OwnedEventId) -> String {
+    reqwest::Client::new()
+        .get(format!(
+            "{}_matrix/client/v3/rooms/{room}/event/{event}",
+            c.homeserver()
+        ))
+        .bearer_auth(c.access_token().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}

@@ -98,7 +98,12 @@ impl Backfiller {
             )
         };
         let page = read().await?;
-        if dir != Direction::Backward || !self.enabled {
+        // Only rooms shared with other servers can have history elsewhere (an in-memory look,
+        // so local rooms' paging costs no graph query).
+        if dir != Direction::Backward
+            || !self.enabled
+            || self.rooms.other_servers(room_id).await?.is_empty()
+        {
             return Ok(page);
         }
         // A gap lies in this page when one of its events (or one above it) names prev events

@@ -143,10 +143,12 @@ impl Receiver {
                 None => by_room.push((room, vec![raw])),
             }
         }
-        let outcomes = futures::future::join_all(by_room.iter().map(|(_, raws)| async move {
+        let outcomes = futures::future::join_all(by_room.iter().map(|(room, raws)| async move {
+            // The room's version is looked up once for all its PDUs.
+            let room = self.room_of(room.as_deref()).await;
             let mut out = Vec::with_capacity(raws.len());
             for raw in raws {
-                out.push(self.one_pdu(origin, raw).await);
+                out.push(self.one_pdu(origin, room.clone(), raw).await);
             }
             out
         }))
@@ -217,9 +219,10 @@ impl Receiver {
     async fn one_pdu(
         &self,
         origin: &ServerName,
+        room: std::result::Result<(String, Option<RoomVersionRules>), String>,
         raw: &RawValue,
     ) -> std::result::Result<(OwnedEventId, Result<(), String>), String> {
-        let (room_id, rules) = self.room_of(raw).await?;
+        let (room_id, rules) = room?;
         let id = match rules.as_ref() {
             Some(rules) => {
                 let object: ruma::CanonicalJsonObject =
@@ -290,25 +293,22 @@ impl Receiver {
         Ok(())
     }
 
-    /// The room a raw PDU names and its version's rules (`None`: a room not known here).
+    /// The room a PDU names and its version's rules (`None`: a room not known here).
     async fn room_of(
         &self,
-        raw: &RawValue,
+        room: Option<&str>,
     ) -> std::result::Result<(String, Option<RoomVersionRules>), String> {
-        #[derive(serde::Deserialize)]
-        struct RoomOnly {
-            room_id: ruma::OwnedRoomId,
-        }
-        let room: RoomOnly = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+        let room = room.ok_or("the PDU names no room")?;
+        let room = ruma::RoomId::parse(room).map_err(|e| e.to_string())?;
         let version = self
             .events
-            .room_version(room.room_id.as_str())
+            .room_version(room.as_str())
             .await
             .map_err(|e| e.to_string())?;
         let rules = version
             .and_then(|v| RoomVersionId::try_from(v.as_str()).ok())
             .and_then(|v| v.rules());
-        Ok((room.room_id.to_string(), rules))
+        Ok((room.to_string(), rules))
     }
 
     /// A checked PDU from a server we federate with, into its room.
