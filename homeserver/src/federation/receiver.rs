@@ -42,6 +42,20 @@ pub struct Inbound {
     pub presence: Arc<crate::ephemeral::presence::Presence>,
 }
 
+/// What became of one PDU of a transaction: its id and whether it was taken, or why it has
+/// no id to answer under.
+type PduOutcome = std::result::Result<(OwnedEventId, Result<(), String>), String>;
+
+/// The event id of a PDU that did not pass the checks, to answer it under.
+fn computed_id(
+    raw: &RawValue,
+    rules: &RoomVersionRules,
+) -> std::result::Result<OwnedEventId, String> {
+    let object: ruma::CanonicalJsonObject =
+        serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+    pdu::event_id(&object, rules).map_err(|e| e.to_string())
+}
+
 /// Events fetched at most to fill a gap before a received PDU (as Synapse asks for).
 const MISSING_EVENTS: u32 = 10;
 
@@ -143,15 +157,11 @@ impl Receiver {
                 None => by_room.push((room, vec![raw])),
             }
         }
-        let outcomes = futures::future::join_all(by_room.iter().map(|(room, raws)| async move {
-            // The room's version is looked up once for all its PDUs.
-            let room = self.room_of(room.as_deref()).await;
-            let mut out = Vec::with_capacity(raws.len());
-            for raw in raws {
-                out.push(self.one_pdu(origin, room.clone(), raw).await);
-            }
-            out
-        }))
+        let outcomes = futures::future::join_all(
+            by_room
+                .iter()
+                .map(|(room, raws)| self.room_pdus(origin, room.as_deref(), raws)),
+        )
         .await;
         let mut results = BTreeMap::new();
         for outcome in outcomes.into_iter().flatten() {
@@ -216,40 +226,106 @@ impl Receiver {
         self.device_lists.record(user).await
     }
 
-    async fn one_pdu(
+    /// One room's PDUs of a transaction, in the order sent, each checked; those building on
+    /// each other are added to the room together, and a gap before any other is filled
+    /// first. One outcome per PDU (an error for one without a computable id).
+    async fn room_pdus(
         &self,
         origin: &ServerName,
-        room: std::result::Result<(String, Option<RoomVersionRules>), String>,
-        raw: &RawValue,
-    ) -> std::result::Result<(OwnedEventId, Result<(), String>), String> {
-        let (room_id, rules) = room?;
-        let id = match rules.as_ref() {
-            Some(rules) => {
-                let object: ruma::CanonicalJsonObject =
-                    serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
-                pdu::event_id(&object, rules).map_err(|e| e.to_string())?
+        room: Option<&str>,
+        raws: &[&RawValue],
+    ) -> Vec<PduOutcome> {
+        // The room's version is looked up once for all its PDUs.
+        let room = self.room_of(room).await;
+        let mut out: Vec<Option<PduOutcome>> = Vec::with_capacity(raws.len());
+        // Checked PDUs not added yet, with their place in `out`.
+        let mut run: Vec<(usize, OwnedEventId, CheckedPdu)> = Vec::new();
+        for raw in raws {
+            let (room_id, rules) = match &room {
+                Ok((room_id, Some(rules))) => (room_id, rules),
+                Ok((room_id, None)) => {
+                    out.push(Some(Err(format!("room {room_id} is not known here"))));
+                    continue;
+                }
+                Err(e) => {
+                    out.push(Some(Err(e.clone())));
+                    continue;
+                }
+            };
+            let checked = match pdu::check(&self.keys, rules, raw, None, self.clock.now_ms()).await
+            {
+                Ok(c) => c,
+                // Answered under its id, where one can be computed.
+                Err(e) => {
+                    out.push(Some(
+                        computed_id(raw, rules).map(|id| (id, Err(e.to_string()))),
+                    ));
+                    continue;
+                }
+            };
+            let id = checked.pdu.event_id.clone();
+            if checked.pdu.room_id.as_str() != room_id {
+                out.push(Some(Ok((id, Err("the PDU names another room".into())))));
+                continue;
             }
-            None => return Err(format!("room {room_id} is not known here")),
-        };
-        let rules = rules.expect("checked");
-        let outcome = async {
-            let checked = pdu::check(&self.keys, &rules, raw, None, self.clock.now_ms())
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Err(e) = self.fill_gap(origin, &checked, &rules).await {
-                tracing::info!(%origin, error = %e, "missing events not fetched");
+            let sender_server = checked.pdu.sender.server_name();
+            if !may_federate_with(&self.scope, sender_server) {
+                let refusal = format!("{sender_server} is not a server this one federates with");
+                out.push(Some(Ok((id, Err(refusal)))));
+                continue;
             }
-            self.admit(checked).await.map_err(|e| e.to_string())
+            let on_run = !run.is_empty()
+                && checked
+                    .pdu
+                    .prev_events
+                    .iter()
+                    .all(|p| run.iter().any(|(_, id, _)| id == p));
+            if !on_run {
+                // What came before is added first: the gap check looks at the room as stored.
+                self.admit_run(&mut run, &mut out).await;
+                if let Err(e) = self.fill_gap(origin, &checked, rules).await {
+                    tracing::info!(%origin, error = %e, "missing events not fetched");
+                }
+            }
+            run.push((out.len(), id, checked));
+            out.push(None);
         }
-        .await;
-        Ok((
-            id,
-            outcome.and_then(|r| match r {
+        self.admit_run(&mut run, &mut out).await;
+        out.into_iter()
+            .map(|o| o.unwrap_or_else(|| Err("a PDU got no answer".into())))
+            .collect()
+    }
+
+    /// Adds checked PDUs of one room together and records each one's outcome.
+    async fn admit_run(
+        &self,
+        run: &mut Vec<(usize, OwnedEventId, CheckedPdu)>,
+        out: &mut [Option<PduOutcome>],
+    ) {
+        let Some((_, _, first)) = run.first() else {
+            return;
+        };
+        let room_id = first.pdu.room_id.clone();
+        let (places, incoming): (Vec<(usize, OwnedEventId)>, Vec<Incoming>) = std::mem::take(run)
+            .into_iter()
+            .map(|(i, id, c)| {
+                let incoming = Incoming {
+                    pdu: c.pdu,
+                    object: c.object,
+                    json: c.json,
+                };
+                ((i, id), incoming)
+            })
+            .unzip();
+        let received = self.rooms.receive_all(&room_id, incoming).await;
+        for ((i, id), outcome) in places.into_iter().zip(received) {
+            let answer = outcome.map_err(|e| e.to_string()).and_then(|r| match r {
                 Received::Accepted | Received::Known | Received::SoftFailed(_) => Ok(()),
                 Received::Rejected(reason) => Err(format!("rejected: {reason}")),
                 Received::Outlier(reason) => Err(format!("not added to the timeline: {reason}")),
-            }),
-        ))
+            });
+            out[i] = Some(Ok((id, answer)));
+        }
     }
 
     /// Fills the gap before a PDU whose prev events this server lacks: the events between

@@ -14,7 +14,11 @@ use std::{collections::HashMap, sync::atomic::Ordering};
 
 use ruma::events::StateEventType;
 
-use super::{MAX_PREV_EVENTS, RoomState, Rooms, StateKey, pdu::Pdu, write::Resolution};
+use super::{
+    MAX_PREV_EVENTS, RoomState, Rooms, StateKey,
+    pdu::Pdu,
+    write::{Prepared, Resolution},
+};
 use crate::{
     error::{Error, Result},
     homeserver::detached,
@@ -43,6 +47,14 @@ pub enum Received {
     Outlier(String),
 }
 
+/// What the checks under the room's lock make of a remote event.
+enum Checked {
+    /// Nothing (more) to write: it was known, or is kept outside the timeline.
+    Done(Received),
+    /// To be committed to the timeline.
+    Ready(Prepared),
+}
+
 /// A checked remote event with its canonical JSON.
 pub struct Incoming {
     pub pdu: Pdu,
@@ -68,12 +80,128 @@ impl Rooms {
         .await
     }
 
+    /// Remote events of one room (`room_id`), in the order given, under one hold of its lock;
+    /// one answer each, in the same order. Messages that extend the room's tips one after
+    /// another (the usual transaction) are committed together in one store transaction, as
+    /// local messages are; anything else goes alone, after what came before it is committed.
+    pub async fn receive_all(
+        self: &Arc<Self>,
+        room_id: &RoomId,
+        incoming: Vec<Incoming>,
+    ) -> Vec<Result<Received>> {
+        let (this, room_id, count) = (self.clone(), room_id.to_owned(), incoming.len());
+        let outcome = detached(async move {
+            let mut guard = this
+                .lock(&room_id)
+                .await?
+                .ok_or_else(|| Error::not_found("the room is not known here"))?;
+            let room = guard.as_mut().expect("locked room is loaded");
+            Ok(this.receive_run(room, incoming).await)
+        })
+        .await;
+        outcome.unwrap_or_else(|e| each_failed(e, count))
+    }
+
+    async fn receive_run(
+        &self,
+        room: &mut RoomState,
+        incoming: Vec<Incoming>,
+    ) -> Vec<Result<Received>> {
+        let mut results: Vec<Option<Result<Received>>> = incoming.iter().map(|_| None).collect();
+        // Checked messages waiting to be committed together, and the room's tips before them
+        // (the room in memory moves on as each is checked, so the next builds on it).
+        let mut run: Vec<(usize, Prepared)> = Vec::new();
+        let mut tips_before = None;
+        for (i, event) in incoming.into_iter().enumerate() {
+            if event.pdu.room_id != room.room_id {
+                results[i] = Some(Err(Error::bad_json("the event is of another room")));
+                continue;
+            }
+            let joins_run = event.pdu.state_key.is_none()
+                && event.pdu.redacts.is_none()
+                && event.pdu.prev_events.len() == room.extremities.len()
+                && event
+                    .pdu
+                    .prev_events
+                    .iter()
+                    .all(|p| room.extremities.contains(p));
+            if !joins_run {
+                self.commit_run(room, &mut run, &mut tips_before, &mut results)
+                    .await;
+                results[i] = Some(self.receive_locked(room, event, false).await);
+                continue;
+            }
+            match self.check_received(room, event, false).await {
+                Ok(Checked::Ready(prepared)) => {
+                    let before = (room.extremities.clone(), room.max_depth);
+                    tips_before.get_or_insert(before);
+                    room.advance(&prepared.pdu);
+                    run.push((i, prepared));
+                }
+                Ok(Checked::Done(received)) => results[i] = Some(Ok(received)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        self.commit_run(room, &mut run, &mut tips_before, &mut results)
+            .await;
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::internal("a received event got no answer"))))
+            .collect()
+    }
+
+    /// Commits the checked messages of a run in one transaction.
+    async fn commit_run(
+        &self,
+        room: &mut RoomState,
+        run: &mut Vec<(usize, Prepared)>,
+        tips_before: &mut Option<(Vec<OwnedEventId>, u64)>,
+        results: &mut [Option<Result<Received>>],
+    ) {
+        if let Some(before) = tips_before.take() {
+            (room.extremities, room.max_depth) = before;
+        }
+        if run.is_empty() {
+            return;
+        }
+        let (indices, prepared): (Vec<usize>, Vec<Prepared>) =
+            std::mem::take(run).into_iter().unzip();
+        match self.commit(room, prepared).await {
+            Ok(_) => indices
+                .into_iter()
+                .for_each(|i| results[i] = Some(Ok(Received::Accepted))),
+            Err(e) => {
+                let failed = each_failed(e, indices.len());
+                for (i, outcome) in indices.into_iter().zip(failed) {
+                    results[i] = Some(outcome);
+                }
+            }
+        }
+    }
+
     async fn receive_locked(
         &self,
         room: &mut RoomState,
         incoming: Incoming,
         relay: bool,
     ) -> Result<Received> {
+        match self.check_received(room, incoming, relay).await? {
+            Checked::Done(received) => Ok(received),
+            Checked::Ready(prepared) => {
+                self.commit(room, vec![prepared]).await?;
+                Ok(Received::Accepted)
+            }
+        }
+    }
+
+    /// The checks on a remote event under its room's lock: either what became of it (known,
+    /// or kept outside the timeline with why), or the event ready to be committed.
+    async fn check_received(
+        &self,
+        room: &RoomState,
+        incoming: Incoming,
+        relay: bool,
+    ) -> Result<Checked> {
         let Incoming { pdu, object, json } = incoming;
         let id = pdu.event_id.to_string();
         if pdu.prev_events.len() > MAX_PREV_EVENTS || pdu.auth_events.len() > MAX_AUTH_EVENTS {
@@ -84,7 +212,8 @@ impl Rooms {
                     EventStatus::Rejected,
                     "too many prev or auth events",
                 )
-                .await;
+                .await
+                .map(Checked::Done);
         }
         // Whether the event is known, and its auth events, in one look-up.
         let auth_ids: Vec<String> = pdu.auth_events.iter().map(|e| e.to_string()).collect();
@@ -92,7 +221,7 @@ impl Rooms {
         wanted.push(id.clone());
         let mut auth_rows = self.graph.pdus(&wanted).await?;
         if auth_rows.iter().any(|r| r.event_id == id) {
-            return Ok(Received::Known);
+            return Ok(Checked::Done(Received::Known));
         }
         auth_rows.retain(|r| auth_ids.contains(&r.event_id));
         // The auth events must be known; their own checks happened when they arrived.
@@ -104,7 +233,8 @@ impl Rooms {
                     EventStatus::Outlier,
                     "auth events not known here",
                 )
-                .await;
+                .await
+                .map(Checked::Done);
         }
         if auth_rows
             .iter()
@@ -117,7 +247,8 @@ impl Rooms {
                     EventStatus::Rejected,
                     "an auth event was rejected",
                 )
-                .await;
+                .await
+                .map(Checked::Done);
         }
         let auth: Vec<Arc<Pdu>> = auth_rows
             .iter()
@@ -131,7 +262,8 @@ impl Rooms {
         ) {
             return self
                 .keep_outside(&pdu, &json, EventStatus::Rejected, &reason)
-                .await;
+                .await
+                .map(Checked::Done);
         }
         // The state before the event: the room's current state when the event builds on it,
         // else the states after its prev events, resolved.
@@ -145,7 +277,8 @@ impl Rooms {
                         EventStatus::Outlier,
                         "prev events not known here",
                     )
-                    .await;
+                    .await
+                    .map(Checked::Done);
             }
         };
         let current = |kind: &StateEventType, key: &str| {
@@ -160,7 +293,8 @@ impl Rooms {
                 ) {
                     return self
                         .keep_outside(&pdu, &json, EventStatus::Rejected, &reason)
-                        .await;
+                        .await
+                        .map(Checked::Done);
                 }
                 None
             }
@@ -177,7 +311,8 @@ impl Rooms {
                 ) {
                     return self
                         .keep_outside(&pdu, &json, EventStatus::Rejected, &reason)
-                        .await;
+                        .await
+                        .map(Checked::Done);
                 }
                 // Allowed by its own history, but not by the room as it is now: soft failure.
                 if let Err(reason) = ruma::state_res::check_state_dependent_auth_rules(
@@ -187,7 +322,8 @@ impl Rooms {
                 ) {
                     return self
                         .keep_outside(&pdu, &json, EventStatus::SoftFailed, &reason)
-                        .await;
+                        .await
+                        .map(Checked::Done);
                 }
                 Some(
                     self.resolution(room, (before_ids, before_group), &pdu_arc)
@@ -206,15 +342,15 @@ impl Rooms {
                     EventStatus::SoftFailed,
                     "may not redact that event",
                 )
-                .await;
+                .await
+                .map(Checked::Done);
         }
         let prepared = self
             .prepared(room, pdu, &object, None)
             .await?
             .resolved(resolution)
             .relayed(relay);
-        self.commit(room, vec![prepared]).await?;
-        Ok(Received::Accepted)
+        Ok(Checked::Ready(prepared))
     }
 
     /// The room's state after a remote event on a fork: the current state and the state after
@@ -816,6 +952,16 @@ struct Placed {
     edges: Edges,
     kind: String,
     membership: Option<String>,
+}
+
+/// The same failure for each of `count` events: the first gets the error itself, the others
+/// its message.
+fn each_failed(error: Error, count: usize) -> Vec<Result<Received>> {
+    let message = error.to_string();
+    let mut first = Some(error);
+    std::iter::repeat_with(|| Err(first.take().unwrap_or_else(|| Error::internal(&message))))
+        .take(count)
+        .collect()
 }
 
 /// Whether a remote event's state key and type make it a membership event of `user`.

@@ -34,7 +34,7 @@ pub(super) struct Pending {
 
 /// An event ready for the store.
 pub(super) struct Prepared {
-    pdu: Pdu,
+    pub(super) pdu: Pdu,
     json: String,
     kind: String,
     state_key: Option<StateKey>,
