@@ -52,7 +52,7 @@ enum Checked {
     /// Nothing (more) to write: it was known, or is kept outside the timeline.
     Done(Received),
     /// To be committed to the timeline.
-    Ready(Prepared),
+    Ready(Box<Prepared>),
 }
 
 /// A checked remote event with its canonical JSON.
@@ -136,7 +136,7 @@ impl Rooms {
                     let before = (room.extremities.clone(), room.max_depth);
                     tips_before.get_or_insert(before);
                     room.advance(&prepared.pdu);
-                    run.push((i, prepared));
+                    run.push((i, *prepared));
                 }
                 Ok(Checked::Done(received)) => results[i] = Some(Ok(received)),
                 Err(e) => results[i] = Some(Err(e)),
@@ -188,7 +188,7 @@ impl Rooms {
         match self.check_received(room, incoming, relay).await? {
             Checked::Done(received) => Ok(received),
             Checked::Ready(prepared) => {
-                self.commit(room, vec![prepared]).await?;
+                self.commit(room, vec![*prepared]).await?;
                 Ok(Received::Accepted)
             }
         }
@@ -350,7 +350,7 @@ impl Rooms {
             .await?
             .resolved(resolution)
             .relayed(relay);
-        Ok(Checked::Ready(prepared))
+        Ok(Checked::Ready(Box::new(prepared)))
     }
 
     /// The room's state after a remote event on a fork: the current state and the state after
