@@ -19,6 +19,12 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 mod imp {
     use super::{Db, DbPool, is_unique_violation};
+
+    /// The tables that grow with every event, analysed as a young tenant's grow (see `Growth`).
+    const ANALYZE_EVENT_TABLES: Option<&str> = Some(
+        "ANALYZE events, event_edges, event_auth_edges, events_outside_timeline, federation_outbox, \
+         state_groups, state_group_entries, push_queue",
+    );
     include!("sql.rs");
     include!("sql/profiles.rs");
     include!("sql/receipts.rs");

@@ -15,6 +15,59 @@ use super::*;
 pub struct SqlStore {
     write: DbPool,
     read: DbPool,
+    growth: Arc<Growth>,
+}
+
+/// Events written since the store was opened, and the count at which the event tables'
+/// statistics are refreshed next. PostgreSQL keeps a plan it chose for a prepared statement
+/// while a table was small (a sequential scan is cheapest then) until the table is analysed;
+/// a young tenant's tables can grow a thousandfold before autovacuum's next round, and every
+/// look-up by event id would scan them. So the store analyses them itself, at 1,000 events
+/// and each doubling after, up to a million (autovacuum keeps up from there).
+struct Growth {
+    written: std::sync::atomic::AtomicU64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+const FIRST_ANALYZE: u64 = 1_000;
+const LAST_ANALYZE: u64 = 1_000_000;
+
+impl Growth {
+    fn new() -> Self {
+        Self { written: 0.into(), next: FIRST_ANALYZE.into() }
+    }
+
+    /// Counts `n` written events; true when the statistics are due (once per threshold).
+    fn grew(&self, n: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let written = self.written.fetch_add(n, Ordering::Relaxed) + n;
+        let next = self.next.load(Ordering::Relaxed);
+        written >= next
+            && next <= LAST_ANALYZE
+            && self.next.compare_exchange(next, next * 2, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod growth_tests {
+    use super::{FIRST_ANALYZE, Growth, LAST_ANALYZE};
+
+    #[test]
+    fn statistics_are_refreshed_once_per_doubling_up_to_the_last_threshold() {
+        let growth = Growth::new();
+        assert!(!growth.grew(FIRST_ANALYZE - 1));
+        assert!(growth.grew(1), "at 1,000 events");
+        assert!(!growth.grew(1), "once per threshold");
+        assert!(growth.grew(FIRST_ANALYZE), "at 2,000");
+        // A big batch crossing several thresholds refreshes once, then waits for the next.
+        assert!(growth.grew(10 * FIRST_ANALYZE));
+        let mut refreshes = 0;
+        for _ in 0..(4 * LAST_ANALYZE / FIRST_ANALYZE) {
+            refreshes += usize::from(growth.grew(FIRST_ANALYZE));
+        }
+        assert!(refreshes <= 10, "{refreshes} refreshes");
+        assert!(!growth.grew(LAST_ANALYZE), "autovacuum keeps up from a million on");
+    }
 }
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -25,7 +78,7 @@ fn unique(e: sqlx::Error) -> StoreError {
 
 impl SqlStore {
     pub fn stores(write: DbPool, read: DbPool) -> Stores {
-        let store = Arc::new(SqlStore { write, read });
+        let store = Arc::new(SqlStore { write, read, growth: Arc::new(Growth::new()) });
         Stores {
             server_keys: store.clone(),
             accounts: store.clone(),
@@ -785,6 +838,16 @@ impl EventStore for SqlStore {
             }
         }
         tx.commit().await?;
+        if self.growth.grew(events.len() as u64)
+            && let Some(sql) = ANALYZE_EVENT_TABLES
+        {
+            let pool = self.write.clone();
+            tokio::spawn(async move {
+                if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await {
+                    tracing::warn!(error = %e, "event tables not analysed");
+                }
+            });
+        }
         Ok(())
     }
 
