@@ -110,13 +110,14 @@ impl Outgoing {
             client.clone(),
             keys.clone(),
             scope(config),
-            clock,
+            clock.clone(),
         ));
         let sender = Arc::new(Sender::new(
             server_name.clone(),
             client.clone(),
             (stores.federation.clone(), stores.graph.clone()),
             outbound_scope,
+            clock,
         ));
         Self {
             media: Arc::new(media::MediaFetcher::new(client.clone(), config.enabled)),

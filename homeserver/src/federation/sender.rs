@@ -20,9 +20,10 @@ use tokio::sync::Notify;
 
 use super::client::{FederationClient, FederationError};
 use crate::{
+    clock::Clock,
     policy::federation::{FederationScope, may_federate_with},
     rooms::Outbound,
-    store::{FederationStore, GraphStore},
+    store::{FederationStore, GraphStore, QueuedEdu},
 };
 
 /// PDUs and EDUs per transaction (the spec's limits).
@@ -31,6 +32,9 @@ const EDU_BATCH: i64 = 100;
 /// Bytes of PDUs and EDUs in one transaction at most (below the 1 MiB request limit common
 /// servers, ours included, apply); a single larger item goes alone.
 const MAX_TXN_BYTES: usize = 768 * 1024;
+/// How long a typing notification is worth sending: one that waited longer (the destination
+/// was down) is dropped, not shown late (typing shows for 30 s where it arrives).
+const TYPING_LIFETIME_MS: i64 = 30_000;
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LAST_RETRY: Duration = Duration::from_secs(600);
 
@@ -44,6 +48,7 @@ struct Inner {
     store: Arc<dyn FederationStore>,
     graph: Arc<dyn GraphStore>,
     scope: FederationScope,
+    clock: Arc<dyn Clock>,
     /// Destinations with a running queue, and how to wake it.
     running: Mutex<HashMap<OwnedServerName, Arc<Wake>>>,
 }
@@ -64,6 +69,7 @@ impl Sender {
         client: Arc<FederationClient>,
         (store, graph): (Arc<dyn FederationStore>, Arc<dyn GraphStore>),
         scope: FederationScope,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -72,6 +78,7 @@ impl Sender {
                 store,
                 graph,
                 scope,
+                clock,
                 running: Mutex::new(HashMap::new()),
             }),
         }
@@ -122,7 +129,10 @@ impl Sender {
         if rows.is_empty() {
             return Ok(());
         }
-        self.inner.store.queue_edus(&rows).await?;
+        self.inner
+            .store
+            .queue_edus(&rows, self.inner.clock.now_ms())
+            .await?;
         for (d, _, _) in &rows {
             if let Ok(d) = <&ServerName>::try_from(d.as_str()) {
                 self.wake(d);
@@ -253,6 +263,12 @@ fn txn_id(positions: impl Iterator<Item = i64>, edus: impl Iterator<Item = i64>)
         .collect()
 }
 
+/// Whether a queued EDU is no longer worth sending at `now`: a typing notification that
+/// waited longer than it would be shown.
+fn outlived(edu: &QueuedEdu, now: i64) -> bool {
+    edu.kind == "m.typing" && now - edu.queued_ts > TYPING_LIFETIME_MS
+}
+
 /// Whether a wake-up arrived (consumes it).
 fn notify_pending(notify: &Notify) -> bool {
     use std::future::Future;
@@ -281,7 +297,7 @@ async fn send(
     inner: &Inner,
     destination: &ServerName,
     batch: &[(i64, String)],
-    edus: &[(i64, String, String)],
+    edus: &[QueuedEdu],
 ) -> Result<Carried, Failed> {
     let failed = |reason: String| Failed {
         reason,
@@ -316,19 +332,29 @@ async fn send(
         }
     }
     let mut raw_edus: Vec<Raw<Edu>> = Vec::new();
-    for (id, kind, content) in edus {
+    let now = inner.clock.now_ms();
+    for edu in edus {
+        if outlived(edu, now) {
+            carried.ids.push(edu.id);
+            continue;
+        }
         let json = format!(
-            r#"{{"edu_type":{},"content":{content}}}"#,
-            Value::from(kind.as_str())
+            r#"{{"edu_type":{},"content":{}}}"#,
+            Value::from(edu.kind.as_str()),
+            edu.content
         );
         if json.len() > budget && !(carried.positions.is_empty() && carried.ids.is_empty()) {
             break;
         }
         budget = budget.saturating_sub(json.len());
-        carried.ids.push(*id);
+        carried.ids.push(edu.id);
         if let Ok(raw) = RawValue::from_string(json) {
             raw_edus.push(Raw::from_json(raw));
         }
+    }
+    // Only outlived EDUs: taken off without asking the destination.
+    if pdus.is_empty() && raw_edus.is_empty() {
+        return Ok(carried);
     }
     // The id is a digest of exactly what the transaction carries: a retry after a lost
     // answer is recognised, and different contents never share an id.
@@ -369,7 +395,34 @@ async fn send(
 
 #[cfg(test)]
 mod tests {
-    use super::txn_id;
+    use super::{QueuedEdu, TYPING_LIFETIME_MS, outlived, txn_id};
+
+    #[test]
+    fn typing_notifications_that_waited_too_long_are_not_sent() {
+        let edu = |kind: &str, queued_ts| QueuedEdu {
+            id: 1,
+            kind: kind.into(),
+            content: "{}".into(),
+            queued_ts,
+        };
+        let now = 1_000_000;
+        assert!(!outlived(&edu("m.typing", now - 1_000), now));
+        assert!(outlived(
+            &edu("m.typing", now - TYPING_LIFETIME_MS - 1),
+            now
+        ));
+        // Queued before the time was recorded: long ago.
+        assert!(outlived(&edu("m.typing", 0), now));
+        // What must arrive however late: keys, device lists, receipts, presence.
+        for kind in [
+            "m.direct_to_device",
+            "m.device_list_update",
+            "m.receipt",
+            "m.presence",
+        ] {
+            assert!(!outlived(&edu(kind, 0), now), "{kind}");
+        }
+    }
 
     #[test]
     fn transaction_ids_name_exactly_what_is_carried() {

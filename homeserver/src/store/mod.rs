@@ -1068,6 +1068,17 @@ pub trait RemoteKeyStore: Send + Sync {
     ) -> StoreResult<()>;
 }
 
+/// An EDU waiting in the outbox.
+#[derive(Clone, Debug)]
+pub struct QueuedEdu {
+    pub id: i64,
+    pub kind: String,
+    /// The content as JSON.
+    pub content: String,
+    /// When it was queued (0: before this was recorded).
+    pub queued_ts: i64,
+}
+
 /// Federation bookkeeping: transactions received.
 #[async_trait]
 pub trait FederationStore: Send + Sync {
@@ -1087,14 +1098,10 @@ pub trait FederationStore: Send + Sync {
     async fn outbox_sent(&self, destination: &str, positions: &[i64]) -> StoreResult<()>;
     /// Destinations with events or EDUs waiting.
     async fn outbox_destinations(&self) -> StoreResult<Vec<String>>;
-    /// Queues EDUs: `(destination, EDU type, content)`.
-    async fn queue_edus(&self, edus: &[(String, String, String)]) -> StoreResult<()>;
-    /// The oldest EDUs waiting for `destination`: `(id, EDU type, content)`.
-    async fn edu_outbox(
-        &self,
-        destination: &str,
-        limit: i64,
-    ) -> StoreResult<Vec<(i64, String, String)>>;
+    /// Queues EDUs: `(destination, EDU type, content)`, queued at `now_ms`.
+    async fn queue_edus(&self, edus: &[(String, String, String)], now_ms: i64) -> StoreResult<()>;
+    /// The oldest EDUs waiting for `destination`.
+    async fn edu_outbox(&self, destination: &str, limit: i64) -> StoreResult<Vec<QueuedEdu>>;
     /// `destination` has the EDUs with these ids.
     async fn edu_outbox_sent(&self, destination: &str, ids: &[i64]) -> StoreResult<()>;
 }

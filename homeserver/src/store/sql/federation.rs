@@ -120,14 +120,14 @@ impl FederationStore for SqlStore {
         )
     }
 
-    async fn queue_edus(&self, edus: &[(String, String, String)]) -> StoreResult<()> {
+    async fn queue_edus(&self, edus: &[(String, String, String)], now_ms: i64) -> StoreResult<()> {
         let mut tx = self.write.begin().await?;
         for chunk in edus.chunks(300) {
-            let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3)).collect();
-            let sql = format!("INSERT INTO federation_edu_outbox (destination, edu_type, content) VALUES {}", values.join(", "));
+            let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${}, ${}, ${})", i * 4 + 1, i * 4 + 2, i * 4 + 3, i * 4 + 4)).collect();
+            let sql = format!("INSERT INTO federation_edu_outbox (destination, edu_type, content, queued_ts) VALUES {}", values.join(", "));
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (destination, kind, content) in chunk {
-                q = q.bind(destination).bind(kind).bind(content);
+                q = q.bind(destination).bind(kind).bind(content).bind(now_ms);
             }
             q.execute(&mut *tx).await?;
         }
@@ -135,13 +135,15 @@ impl FederationStore for SqlStore {
         Ok(())
     }
 
-    async fn edu_outbox(&self, destination: &str, limit: i64) -> StoreResult<Vec<(i64, String, String)>> {
-        let rows = sqlx::query("SELECT id, edu_type, content FROM federation_edu_outbox WHERE destination = $1 ORDER BY id LIMIT $2")
+    async fn edu_outbox(&self, destination: &str, limit: i64) -> StoreResult<Vec<QueuedEdu>> {
+        let rows = sqlx::query("SELECT id, edu_type, content, queued_ts FROM federation_edu_outbox WHERE destination = $1 ORDER BY id LIMIT $2")
             .bind(destination)
             .bind(limit)
             .fetch_all(&self.read)
             .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+        rows.iter()
+            .map(|r| Ok(QueuedEdu { id: r.try_get(0)?, kind: r.try_get(1)?, content: r.try_get(2)?, queued_ts: r.try_get(3)? }))
+            .collect()
     }
 
     async fn edu_outbox_sent(&self, destination: &str, ids: &[i64]) -> StoreResult<()> {
