@@ -143,9 +143,15 @@ impl User {
     }
 
     /// One incremental sync from where the last one stopped (long-polling up to `timeout_ms`).
+    /// Timelines carry up to 500 events, so messages arriving together (a server catching up
+    /// after an outage commits a transaction's worth at once) are all in the response.
     pub async fn sync(&self, timeout_ms: u64) -> Value {
         let mut since = self.since.lock().await;
-        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        // {"room":{"timeline":{"limit":500}}}
+        let mut path = format!(
+            "/_matrix/client/v3/sync?timeout={timeout_ms}\
+             &filter=%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A500%7D%7D%7D"
+        );
         if let Some(s) = since.as_deref() {
             path.push_str(&format!("&since={s}"));
         }
