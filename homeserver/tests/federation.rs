@@ -2358,3 +2358,99 @@ async fn history_from_before_a_join_is_backfilled_as_the_client_pages_back() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A transaction mixing messages and a state event in one room: the messages before the state
+/// event are committed together, the state event alone, the message built on it after; each
+/// is accepted, in order, and the room's state follows.
+#[tokio::test]
+async fn a_transaction_of_messages_around_a_state_event_is_taken_in_order() {
+    let Pair { a, b, ca, a2: _ } = pair().await;
+    let alice = a.register("alice").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let bob_id = format!("@bob:{}", b.server_name);
+    let (status, made) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "GET",
+        &format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=10",
+            urlencode(&room),
+            urlencode(&bob_id)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let (join_id, joined) = send_join(&b, &a, &ca, &room, &made).await;
+    let create = state_id(&joined["state"], "m.room.create", "");
+    let power = state_id(&joined["state"], "m.room.power_levels", "");
+    let rules = state_id(&joined["state"], "m.room.join_rules", "");
+    let since = alice.sync(None, 0).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let b_hs = b.hs();
+    let event = |kind: &str, content: Value, depth: u64, prev: &str, member: &str| {
+        let mut e = json!({
+            "type": kind, "room_id": room, "sender": bob_id, "content": content,
+            "prev_events": [prev], "auth_events": [create, power, member],
+            "depth": depth, "origin_server_ts": 1_700_000_000_000u64,
+        });
+        if kind == "m.room.member" {
+            e["state_key"] = json!(bob_id);
+            e["auth_events"].as_array_mut().unwrap().push(json!(rules));
+        }
+        sign_pdu(&b_hs, e)
+    };
+    let text = |body: &str| json!({"msgtype": "m.text", "body": body});
+    let (m1, p1) = event("m.room.message", text("eins"), 100, &join_id, &join_id);
+    let (m2, p2) = event("m.room.message", text("zwei"), 101, &m1, &join_id);
+    let (renamed, p3) = event(
+        "m.room.member",
+        json!({"membership": "join", "displayname": "Dr. Bob"}),
+        102,
+        &m2,
+        &join_id,
+    );
+    let (m3, p4) = event("m.room.message", text("drei"), 103, &renamed, &renamed);
+    let pdus: Vec<Value> = [p1, p2, p3, p4]
+        .iter()
+        .map(|p| serde_json::to_value(p).unwrap())
+        .collect();
+    let body = json!({"origin": b.server_name, "origin_server_ts": 1_700_000_000_000u64, "pdus": pdus, "edus": []});
+    let (status, result) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "PUT",
+        "/_matrix/federation/v1/send/mixed",
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    for id in [&m1, &m2, &renamed, &m3] {
+        assert_eq!(result["pdus"][id], json!({}), "{id}: {result}");
+    }
+    let sync = alice.sync(Some(&since), 0).await;
+    let timeline: Vec<&str> = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert_eq!(
+        timeline,
+        vec![m1.as_str(), m2.as_str(), renamed.as_str(), m3.as_str()]
+    );
+    assert_eq!(common::bodies(&sync, &room), vec!["eins", "zwei", "drei"]);
+    let member = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{bob_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(member["displayname"], "Dr. Bob", "{member}");
+}
