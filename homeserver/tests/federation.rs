@@ -442,6 +442,32 @@ fn sign_pdu(
     (id, object)
 }
 
+/// `user` of `from` joins `room` at `to` through `make_join` and `send_join` (version 10): the
+/// join's id and the `send_join` answer.
+async fn join_by_hand(
+    from: &TestServer,
+    to: &TestServer,
+    ca: &TestCa,
+    room: &str,
+    user: &str,
+) -> (String, Value) {
+    let (status, made) = federation_request(
+        from,
+        to,
+        ca,
+        "GET",
+        &format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=10",
+            urlencode(room),
+            urlencode(user)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    send_join(from, to, ca, room, &made).await
+}
+
 /// `send_join` of `made`'s template, signed by `from`, at `to`: the join's id and the answer.
 async fn send_join(
     from: &TestServer,
@@ -1509,21 +1535,7 @@ async fn forks_are_resolved_and_soft_failed_events_kept_out_of_the_timeline() {
     let bob_id = format!("@bob:{}", b.server_name);
     let b_hs = b.hs();
     // Bob joins by hand (B's server only signs), so the test decides what B builds on.
-    let (status, made) = federation_request(
-        &b,
-        &a,
-        &ca,
-        "GET",
-        &format!(
-            "/_matrix/federation/v1/make_join/{}/{}?ver=10",
-            urlencode(&room),
-            urlencode(&bob_id)
-        ),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{made}");
-    let (join_id, joined) = send_join(&b, &a, &ca, &room, &made).await;
+    let (join_id, joined) = join_by_hand(&b, &a, &ca, &room, &bob_id).await;
     let create = state_id(&joined["state"], "m.room.create", "");
     let power = state_id(&joined["state"], "m.room.power_levels", "");
     let join_rules = state_id(&joined["state"], "m.room.join_rules", "");
@@ -2368,21 +2380,7 @@ async fn a_transaction_of_messages_around_a_state_event_is_taken_in_order() {
     let alice = a.register("alice").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
     let bob_id = format!("@bob:{}", b.server_name);
-    let (status, made) = federation_request(
-        &b,
-        &a,
-        &ca,
-        "GET",
-        &format!(
-            "/_matrix/federation/v1/make_join/{}/{}?ver=10",
-            urlencode(&room),
-            urlencode(&bob_id)
-        ),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{made}");
-    let (join_id, joined) = send_join(&b, &a, &ca, &room, &made).await;
+    let (join_id, joined) = join_by_hand(&b, &a, &ca, &room, &bob_id).await;
     let create = state_id(&joined["state"], "m.room.create", "");
     let power = state_id(&joined["state"], "m.room.power_levels", "");
     let rules = state_id(&joined["state"], "m.room.join_rules", "");
