@@ -19,7 +19,7 @@ use crate::{
     error::{Error, Result},
     federation::{Federation, Outgoing, receiver::Inbound, transport::Transport},
     media::{Media, storage::FsStorage},
-    push::Push,
+    push::{Push, unread::UnreadCounts},
     ratelimit::RateLimiter,
     receipts::Receipts,
     rooms::Rooms,
@@ -52,6 +52,8 @@ pub struct Homeserver {
     pub presence: Arc<Presence>,
     pub media: Media,
     pub push: Arc<Push>,
+    /// Notification counts for sync, carried on from one sync to the next.
+    pub unread: UnreadCounts,
     /// Records device-list changes and wakes whoever has to hear of them.
     pub device_lists: Arc<DeviceLists>,
     /// Read receipts, local and from other servers.
@@ -245,6 +247,7 @@ impl Homeserver {
             &stores,
             shared.clock.clone(),
         ));
+        let unread = UnreadCounts::new(stores.push.clone());
         let hs = Arc::new(Self {
             federation,
             to_device,
@@ -263,6 +266,7 @@ impl Homeserver {
             presence,
             media,
             push: push.clone(),
+            unread,
             device_lists,
             account_data_edits: tokio::sync::Mutex::new(()),
         });

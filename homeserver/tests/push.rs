@@ -582,12 +582,11 @@ async fn the_push_badge_agrees_with_the_exact_count_within_its_window() {
         let rooms = vec![room.clone(), other.clone()];
         let exact = || async {
             let counts = hs
-                .stores
-                .push
-                .unread_counts(&bob.user_id, &rooms)
+                .unread
+                .counts(&bob.user_id, &rooms, hs.stream.visible())
                 .await
                 .unwrap();
-            counts.iter().map(|(_, n, _)| n).sum::<i64>()
+            counts.values().map(|(n, _)| n).sum::<i64>()
         };
         for i in 0..5 {
             alice.send(&room, &format!("b{i}"), "Befund").await;
@@ -610,5 +609,72 @@ async fn the_push_badge_agrees_with_the_exact_count_within_its_window() {
         .await;
         assert_eq!(badge(100).await.unwrap(), 0);
         assert_eq!(badge(100).await.unwrap(), exact().await);
+    }
+}
+
+/// Counts carried on from sync to sync agree with counting afresh after every step: new
+/// messages, a mention, the user's own message, a receipt, and a receipt moved back.
+#[tokio::test]
+async fn counts_carried_on_between_syncs_agree_with_counting_afresh() {
+    for store in STORES {
+        let server = TestServer::start(store).await;
+        let (alice, bob, room) = pair(&server).await;
+        let hs = server.hs();
+        let afresh = || async {
+            let counter = tim_homeserver::push::unread::UnreadCounts::new(hs.stores.push.clone());
+            let counts = counter
+                .counts(
+                    &bob.user_id,
+                    std::slice::from_ref(&room),
+                    hs.stream.visible(),
+                )
+                .await
+                .unwrap();
+            let (n, h) = counts.get(&room).copied().unwrap_or((0, 0));
+            (n as u64, h as u64)
+        };
+        let mut v = bob.sync(None, 0).await;
+        let mut step = async |expected: (u64, u64)| {
+            let since = v["next_batch"].as_str().unwrap().to_owned();
+            v = bob.sync(Some(&since), 5000).await;
+            assert_eq!(counts(&v, &room), expected);
+            assert_eq!(afresh().await, expected);
+        };
+        alice.send(&room, "a1", "eins").await;
+        alice.send(&room, "a2", "zwei").await;
+        step((2, 0)).await;
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/a3");
+        alice
+            .ok(Method::PUT, &path, Some(json!({"msgtype": "m.text", "body": "bob?", "m.mentions": {"user_ids": [bob.user_id]}})))
+            .await;
+        step((3, 1)).await;
+        let a4 = alice.send(&room, "a4", "vier").await;
+        step((4, 1)).await;
+        // Bob answers: what came before is read; what follows counts again.
+        bob.send(&room, "b1", "gelesen").await;
+        alice.send(&room, "a5", "fünf").await;
+        step((1, 0)).await;
+        alice.send(&room, "a6", "sechs").await;
+        step((2, 0)).await;
+        // A receipt on a message before bob's answer leaves the answer's reset in force.
+        bob.ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{a4}"),
+            Some(json!({})),
+        )
+        .await;
+        alice.send(&room, "a7", "sieben").await;
+        step((3, 0)).await;
+        let a8 = alice.send(&room, "a8", "acht").await;
+        bob.ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{a8}"),
+            Some(json!({})),
+        )
+        .await;
+        step((0, 0)).await;
+        alice.send(&room, "a9", "neun").await;
+        step((1, 0)).await;
+        server.stop().await;
     }
 }

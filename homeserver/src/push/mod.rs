@@ -5,6 +5,7 @@
 
 pub mod rules;
 pub mod sender;
+pub mod unread;
 
 use std::{
     collections::HashMap,

@@ -2,7 +2,10 @@
 //! share their SQL text (`sql.rs`, compiled once per backend) and differ in schema, connection
 //! set-up and the few statements where the dialects differ. Nothing outside `store/` writes SQL.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use async_trait::async_trait;
 
@@ -405,6 +408,17 @@ pub struct NotificationRow {
     pub read: bool,
 }
 
+/// What notifies a user in one room's stream range: counted after the user's last own write in
+/// the range if there is one (whoever writes has read what came before), else all of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnreadSpan {
+    pub room_id: String,
+    /// The user wrote in the range (and so has read what came before the write).
+    pub own_write: bool,
+    pub notifications: i64,
+    pub highlights: i64,
+}
+
 /// A push waiting in the outbox.
 #[derive(Clone, Debug)]
 pub struct QueuedPush {
@@ -420,15 +434,24 @@ pub struct QueuedPush {
 
 #[async_trait]
 pub trait PushStore: Send + Sync {
-    /// `(room, notifications, highlights)` after the user's read receipt, for rooms with any.
-    async fn unread_counts(
+    /// Where the user's read receipts (unthreaded or main thread) are, by room; rooms without
+    /// one are absent.
+    async fn read_receipts(
         &self,
         user_id: &str,
         room_ids: &[String],
-    ) -> StoreResult<Vec<(String, i64, i64)>>;
+    ) -> StoreResult<HashMap<String, i64>>;
+    /// What notifies the user in each room's stream range `(after, upto]`, given as
+    /// `(room, after)`: rooms with neither a notification nor an own write there are absent.
+    async fn unread_between(
+        &self,
+        user_id: &str,
+        ranges: &[(String, i64)],
+        upto: i64,
+    ) -> StoreResult<Vec<UnreadSpan>>;
     /// The app badge: unread notifications over these rooms, at most `per_room` per room (a
-    /// backwards scan per room that stops there, however much is unread; `unread_counts` is
-    /// exact but reads everything after the receipt).
+    /// backwards scan per room that stops there, however much is unread; `unread_between` is
+    /// exact but reads the whole range).
     async fn unread_badge(
         &self,
         user_id: &str,

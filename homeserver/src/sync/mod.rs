@@ -578,14 +578,7 @@ async fn compute(
     // Notification and highlight counts of the rooms in this response.
     let rooms: Vec<String> = resp.rooms.join.keys().map(|r| r.to_string()).collect();
     if !rooms.is_empty() {
-        let counts: HashMap<String, (i64, i64)> = hs
-            .stores
-            .push
-            .unread_counts(user, &rooms)
-            .await?
-            .into_iter()
-            .map(|(room, n, h)| (room, (n, h)))
-            .collect();
+        let counts = hs.unread.counts(user, &rooms, upto).await?;
         for (room, joined) in resp.rooms.join.iter_mut() {
             let (n, h) = counts.get(room.as_str()).copied().unwrap_or((0, 0));
             joined.unread_notifications.notification_count =

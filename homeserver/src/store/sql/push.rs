@@ -149,27 +149,32 @@ fn pusher_row(r: &DbRow) -> StoreResult<PusherRow> {
 
 #[async_trait]
 impl PushStore for SqlStore {
-    async fn unread_counts(&self, user_id: &str, room_ids: &[String]) -> StoreResult<Vec<(String, i64, i64)>> {
-        let read = self.receipt_positions(user_id, room_ids).await?;
+    async fn read_receipts(&self, user_id: &str, room_ids: &[String]) -> StoreResult<std::collections::HashMap<String, i64>> {
+        self.receipt_positions(user_id, room_ids).await
+    }
+
+    async fn unread_between(&self, user_id: &str, ranges: &[(String, i64)], upto: i64) -> StoreResult<Vec<UnreadSpan>> {
         let pattern = member_pattern(user_id);
         let mut out = Vec::new();
-        for chunk in room_ids.chunks(100) {
-            // One pass over the events after each room's receipt (ranges of the (room, position)
-            // index): those that notify the user count if they follow the user's own last write.
+        for chunk in ranges.chunks(100) {
+            // One pass over each room's range (ranges of the (room, position) index): the
+            // user's last own write in it, and what notifies the user after that write.
             let sql = format!(
-                "SELECT room_id, COUNT(*), COALESCE(SUM(CASE WHEN h THEN 1 ELSE 0 END), 0) FROM (\
+                "SELECT room_id, MAX(own), COALESCE(SUM(CASE WHEN n AND stream_pos > own THEN 1 ELSE 0 END), 0), \
+                 COALESCE(SUM(CASE WHEN h AND stream_pos > own THEN 1 ELSE 0 END), 0) FROM (\
                    SELECT room_id, stream_pos, push_notify LIKE $1 ESCAPE '\\' AS n, push_highlight LIKE $1 ESCAPE '\\' AS h, \
                    MAX(CASE WHEN sender = $2 AND read_by_sender THEN stream_pos ELSE 0 END) OVER (PARTITION BY room_id) AS own \
-                   FROM events WHERE ({}) AND ((sender = $2 AND read_by_sender) OR push_notify LIKE $1 ESCAPE '\\')\
-                 ) r WHERE n AND stream_pos > own GROUP BY room_id",
-                after_positions(3, chunk.len())
+                   FROM events WHERE ({}) AND stream_pos <= $3 AND ((sender = $2 AND read_by_sender) OR push_notify LIKE $1 ESCAPE '\\')\
+                 ) r GROUP BY room_id",
+                after_positions(4, chunk.len())
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&pattern).bind(user_id);
-            for id in chunk {
-                q = q.bind(id).bind(read.get(id).copied().unwrap_or(0));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&pattern).bind(user_id).bind(upto);
+            for (room, after) in chunk {
+                q = q.bind(room).bind(after);
             }
             for r in q.fetch_all(&self.read).await? {
-                out.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+                let own: i64 = r.try_get(1)?;
+                out.push(UnreadSpan { room_id: r.try_get(0)?, own_write: own > 0, notifications: r.try_get(2)?, highlights: r.try_get(3)? });
             }
         }
         Ok(out)
