@@ -2452,3 +2452,82 @@ async fn a_transaction_of_messages_around_a_state_event_is_taken_in_order() {
         .await;
     assert_eq!(member["displayname"], "Dr. Bob", "{member}");
 }
+
+/// Bodies of `room` that `client` sees from `since` on, until `done` says it has them all.
+async fn bodies_until(
+    client: &common::Client,
+    room: &str,
+    since: String,
+    done: impl Fn(&[String]) -> bool,
+) -> (Vec<String>, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen: Vec<String> = vec![];
+    let mut since = since;
+    while !done(&seen) {
+        assert!(std::time::Instant::now() < deadline, "saw {seen:?}");
+        let sync = client.sync(Some(&since), 1_000).await;
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        seen.extend(common::bodies(&sync, room));
+    }
+    (seen, since)
+}
+
+/// A gap longer than `get_missing_events` reaches (10 events): the events it brings join the
+/// timeline on the state the sending server reports at the gap (`/state_ids`, `/event`), and
+/// what lay in the gap arrives later from its own server, once each — the missing event that
+/// had been fetched as an outlier included.
+#[tokio::test]
+async fn a_gap_beyond_missing_events_is_closed_with_the_state_at_it() {
+    let (Pair { a, b, ca: _ca, a2 }, link) = pair_linked().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let mut carol = a.client_for(&a2);
+    carol.register("carol").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Tumorkonferenz"}))
+        .await;
+    join_via(&bob, &room, &a.server_name).await;
+    join_via(&carol, &room, &a.server_name).await;
+    sync_until(&bob, "carol's join at B", |s| {
+        member_of(s, &room, &carol.user_id).as_deref() == Some("join")
+    })
+    .await;
+    let since = sync_until(&alice, "carol's join at A", |s| {
+        member_of(s, &room, &carol.user_id).as_deref() == Some("join")
+    })
+    .await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // B cannot reach A: Bob's fifteen messages get to Carol's server only.
+    link.set_cut(true);
+    let sent: Vec<String> = (1..=15).map(|i| format!("Befund {i}")).collect();
+    for (i, body) in sent.iter().enumerate() {
+        bob.send(&room, &format!("g{i}"), body).await;
+    }
+    wait_for(&carol, &room, "Befund 15", None).await;
+    // Carol answers; A fetches the ten events before her answer, and the state before them.
+    carol.send(&room, "c1", "alles da").await;
+    let (seen, since) = bodies_until(&alice, &room, since, |seen| {
+        seen.iter().any(|b| b == "alles da")
+    })
+    .await;
+    let mut expected: Vec<String> = sent[5..].to_vec();
+    expected.push("alles da".into());
+    assert_eq!(seen, expected);
+
+    // The link is back and A writes: B sends what A lacks, the first five arrive once each.
+    link.set_cut(false);
+    alice.send(&room, "a1", "wieder da?").await;
+    let (seen, since) = bodies_until(&alice, &room, since, |seen| {
+        seen.iter().filter(|b| b.starts_with("Befund")).count() >= 5
+    })
+    .await;
+    let from_bob: Vec<&String> = seen.iter().filter(|b| b.starts_with("Befund")).collect();
+    assert_eq!(from_bob, sent[..5].iter().collect::<Vec<_>>(), "{seen:?}");
+    let sync = alice.sync(Some(&since), 500).await;
+    assert!(common::bodies(&sync, &room).is_empty(), "{sync}");
+    a.stop().await;
+    b.stop().await;
+}

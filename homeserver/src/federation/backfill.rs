@@ -191,11 +191,7 @@ impl Backfiller {
                     Ok(c) if c.pdu.room_id == room_id => {
                         let sender = c.pdu.sender.server_name();
                         if may_federate_with(&self.scope, sender) {
-                            checked.push(Incoming {
-                                pdu: c.pdu,
-                                object: c.object,
-                                json: c.json,
-                            });
+                            checked.push(Incoming::from(c));
                         }
                     }
                     Ok(_) => {}

@@ -144,22 +144,19 @@ impl Joiner {
         let outliers: Vec<Incoming> = chain
             .into_iter()
             .filter(|p| !state_ids.contains(&p.pdu.event_id))
-            .map(incoming)
+            .map(Incoming::from)
             .collect();
         let join_pdu = Pdu::from_json(
             event_id.as_str(),
             &serde_json::to_string(&join).map_err(Error::internal)?,
         )
         .map_err(Error::internal)?;
-        let join = Incoming {
-            json: serde_json::to_string(&join).map_err(Error::internal)?,
-            pdu: join_pdu,
-            object: join,
-        };
+        let json = serde_json::to_string(&join).map_err(Error::internal)?;
+        let join = Incoming::new(join_pdu, join, json);
         self.rooms
             .import_joined(
                 &version,
-                state.into_iter().map(incoming).collect(),
+                state.into_iter().map(Incoming::from).collect(),
                 outliers,
                 join,
             )
@@ -327,12 +324,4 @@ fn check_auth(state: &[CheckedPdu], chain: &[CheckedPdu], rules: &RoomVersionRul
         })?;
     }
     Ok(())
-}
-
-fn incoming(p: CheckedPdu) -> Incoming {
-    Incoming {
-        pdu: p.pdu,
-        object: p.object,
-        json: p.json,
-    }
 }

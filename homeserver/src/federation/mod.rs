@@ -5,6 +5,7 @@
 
 pub mod backfill;
 pub mod client;
+pub mod gap;
 pub mod history;
 pub mod invites;
 pub mod joiner;
@@ -155,10 +156,17 @@ impl Federation {
             scope.clone(),
             clock.clone(),
         );
+        let gaps = gap::Gaps::new(
+            rooms.clone(),
+            stores.graph.clone(),
+            (client.clone(), keys.clone()),
+            scope.clone(),
+            clock.clone(),
+        );
         let receiver = Receiver::new(
             (server_name.clone(), key),
             inbound,
-            (keys.clone(), client.clone()),
+            keys.clone(),
             (
                 stores.events.clone(),
                 stores.federation.clone(),
@@ -166,6 +174,7 @@ impl Federation {
             ),
             scope.clone(),
             clock.clone(),
+            gaps,
         );
         let backfiller = backfill::Backfiller::new(
             rooms.clone(),

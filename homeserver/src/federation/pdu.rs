@@ -12,7 +12,7 @@ use ruma::{
 use serde_json::value::RawValue;
 
 use super::keys::ServerKeys;
-use crate::rooms::pdu::Pdu;
+use crate::rooms::{pdu::Pdu, receive::Incoming};
 
 /// The largest PDU the spec allows, in bytes of canonical JSON.
 pub const MAX_PDU_BYTES: usize = 65_536;
@@ -156,4 +156,10 @@ fn key_ids(object: &CanonicalJsonObject, server: &OwnedServerName) -> Vec<String
         .filter(|k| k.starts_with("ed25519:"))
         .cloned()
         .collect()
+}
+
+impl From<CheckedPdu> for Incoming {
+    fn from(c: CheckedPdu) -> Self {
+        Incoming::new(c.pdu, c.object, c.json)
+    }
 }

@@ -7,14 +7,13 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
     EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
-    api::federation::event::get_missing_events, api::federation::membership::RawStrippedState,
-    api::federation::transactions::edu::Edu, room_version_rules::RoomVersionRules, serde::Raw,
-    signatures::Ed25519KeyPair,
+    api::federation::membership::RawStrippedState, api::federation::transactions::edu::Edu,
+    room_version_rules::RoomVersionRules, serde::Raw, signatures::Ed25519KeyPair,
 };
 use serde_json::value::RawValue;
 
 use super::{
-    client::FederationClient,
+    gap::Gaps,
     keys::ServerKeys,
     pdu::{self, CheckedPdu, PduError},
 };
@@ -47,7 +46,7 @@ pub struct Inbound {
 type PduOutcome = std::result::Result<(OwnedEventId, Result<(), String>), String>;
 
 /// The event id of a PDU that did not pass the checks, to answer it under.
-fn computed_id(
+pub(super) fn computed_id(
     raw: &RawValue,
     rules: &RoomVersionRules,
 ) -> std::result::Result<OwnedEventId, String> {
@@ -55,9 +54,6 @@ fn computed_id(
         serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
     pdu::event_id(&object, rules).map_err(|e| e.to_string())
 }
-
-/// Events fetched at most to fill a gap before a received PDU (as Synapse asks for).
-const MISSING_EVENTS: u32 = 10;
 
 /// Most PDUs and EDUs a transaction may carry (spec).
 pub const MAX_TXN_PDUS: usize = 50;
@@ -74,11 +70,11 @@ pub struct Receiver {
     presence: Arc<crate::ephemeral::presence::Presence>,
     accounts: Arc<dyn AccountStore>,
     keys: Arc<ServerKeys>,
-    client: Arc<FederationClient>,
     events: Arc<dyn EventStore>,
     store: Arc<dyn FederationStore>,
     scope: FederationScope,
     clock: Arc<dyn Clock>,
+    gaps: Gaps,
 }
 
 /// The state a joining server gets back: the join as accepted, the state before it and the
@@ -92,7 +88,7 @@ impl Receiver {
     pub fn new(
         (server_name, key): (OwnedServerName, Arc<Ed25519KeyPair>),
         inbound: Inbound,
-        (keys, client): (Arc<ServerKeys>, Arc<FederationClient>),
+        keys: Arc<ServerKeys>,
         (events, store, accounts): (
             Arc<dyn EventStore>,
             Arc<dyn FederationStore>,
@@ -100,6 +96,7 @@ impl Receiver {
         ),
         scope: FederationScope,
         clock: Arc<dyn Clock>,
+        gaps: Gaps,
     ) -> Self {
         let Inbound {
             rooms,
@@ -119,12 +116,12 @@ impl Receiver {
             receipts,
             typing,
             presence,
-            client,
             keys,
             events,
             store,
             scope,
             clock,
+            gaps,
         }
     }
 
@@ -239,7 +236,7 @@ impl Receiver {
         let room = self.room_of(room).await;
         let mut out: Vec<Option<PduOutcome>> = Vec::with_capacity(raws.len());
         // Checked PDUs not added yet, with their place in `out`.
-        let mut run: Vec<(usize, OwnedEventId, CheckedPdu)> = Vec::new();
+        let mut run: Vec<(usize, OwnedEventId, Incoming)> = Vec::new();
         for raw in raws {
             let (room_id, rules) = match &room {
                 Ok((room_id, Some(rules))) => (room_id, rules),
@@ -280,14 +277,17 @@ impl Receiver {
                     .prev_events
                     .iter()
                     .all(|p| run.iter().any(|(_, id, _)| id == p));
+            let mut prev_states = Default::default();
             if !on_run {
                 // What came before is added first: the gap check looks at the room as stored.
                 self.admit_run(&mut run, &mut out).await;
-                if let Err(e) = self.fill_gap(origin, &checked, rules).await {
-                    tracing::info!(%origin, error = %e, "missing events not fetched");
-                }
+                prev_states = self.gaps.close(origin, &checked, rules).await;
             }
-            run.push((out.len(), id, checked));
+            run.push((
+                out.len(),
+                id,
+                Incoming::from(checked).with_prev_states(prev_states),
+            ));
             out.push(None);
         }
         self.admit_run(&mut run, &mut out).await;
@@ -299,7 +299,7 @@ impl Receiver {
     /// Adds checked PDUs of one room together and records each one's outcome.
     async fn admit_run(
         &self,
-        run: &mut Vec<(usize, OwnedEventId, CheckedPdu)>,
+        run: &mut Vec<(usize, OwnedEventId, Incoming)>,
         out: &mut [Option<PduOutcome>],
     ) {
         let Some((_, _, first)) = run.first() else {
@@ -308,14 +308,7 @@ impl Receiver {
         let room_id = first.pdu.room_id.clone();
         let (places, incoming): (Vec<(usize, OwnedEventId)>, Vec<Incoming>) = std::mem::take(run)
             .into_iter()
-            .map(|(i, id, c)| {
-                let incoming = Incoming {
-                    pdu: c.pdu,
-                    object: c.object,
-                    json: c.json,
-                };
-                ((i, id), incoming)
-            })
+            .map(|(i, id, incoming)| ((i, id), incoming))
             .unzip();
         let received = self.rooms.receive_all(&room_id, incoming).await;
         for ((i, id), outcome) in places.into_iter().zip(received) {
@@ -326,47 +319,6 @@ impl Receiver {
             });
             out[i] = Some(Ok((id, answer)));
         }
-    }
-
-    /// Fills the gap before a PDU whose prev events this server lacks: the events between
-    /// our tips and it (`get_missing_events` at the origin, at most `MISSING_EVENTS`), each
-    /// checked and added oldest first. What stays missing leaves the PDU an outlier.
-    async fn fill_gap(
-        &self,
-        origin: &ServerName,
-        checked: &CheckedPdu,
-        rules: &RoomVersionRules,
-    ) -> Result<()> {
-        let pdu = &checked.pdu;
-        let Some((tips, unknown)) = self.rooms.gap_before(pdu).await? else {
-            return Ok(());
-        };
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        let mut request = get_missing_events::v1::Request::new(
-            pdu.room_id.clone(),
-            tips,
-            vec![pdu.event_id.clone()],
-        );
-        request.limit = MISSING_EVENTS.into();
-        let answer = self.client.request(origin, request).await?;
-        let mut found = Vec::new();
-        for raw in answer.events.iter().take(MISSING_EVENTS as usize) {
-            match pdu::check(&self.keys, rules, raw, None, self.clock.now_ms()).await {
-                Ok(c) if c.pdu.room_id == pdu.room_id => found.push(c),
-                Ok(_) => {}
-                Err(e) => tracing::info!(%origin, error = %e, "a missing event does not check out"),
-            }
-        }
-        found.sort_by_key(|c| c.pdu.depth);
-        for c in found {
-            let id = c.pdu.event_id.clone();
-            if let Err(e) = self.admit(c).await {
-                tracing::info!(%origin, event_id = %id, error = %e, "a missing event was not added");
-            }
-        }
-        Ok(())
     }
 
     /// The room a PDU names and its version's rules (`None`: a room not known here).
@@ -387,11 +339,6 @@ impl Receiver {
         Ok((room.to_string(), rules))
     }
 
-    /// A checked PDU from a server we federate with, into its room.
-    async fn admit(&self, checked: CheckedPdu) -> Result<Received> {
-        self.admit_as(checked, false).await
-    }
-
     /// `relay`: we pass the event on to the room's other servers.
     async fn admit_as(&self, checked: CheckedPdu, relay: bool) -> Result<Received> {
         let sender_server = checked.pdu.sender.server_name();
@@ -400,16 +347,7 @@ impl Receiver {
                 "{sender_server} is not a server this one federates with"
             )));
         }
-        self.rooms
-            .receive(
-                Incoming {
-                    pdu: checked.pdu,
-                    object: checked.object,
-                    json: checked.json,
-                },
-                relay,
-            )
-            .await
+        self.rooms.receive(Incoming::from(checked), relay).await
     }
 
     /// `make_leave`: the leave event template for `user` of `origin` (rejecting an invite,

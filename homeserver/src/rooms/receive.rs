@@ -60,6 +60,27 @@ pub struct Incoming {
     pub pdu: Pdu,
     pub object: CanonicalJsonObject,
     pub json: String,
+    /// The states after prev events this server lacks, as another server reported them (a
+    /// gap it could not close): the event joins the timeline on those.
+    pub prev_states: HashMap<OwnedEventId, StateIds>,
+}
+
+impl Incoming {
+    pub fn new(pdu: Pdu, object: CanonicalJsonObject, json: String) -> Self {
+        Self {
+            pdu,
+            object,
+            json,
+            prev_states: HashMap::new(),
+        }
+    }
+
+    pub fn with_prev_states(self, prev_states: HashMap<OwnedEventId, StateIds>) -> Self {
+        Self {
+            prev_states,
+            ..self
+        }
+    }
 }
 
 impl Rooms {
@@ -202,7 +223,12 @@ impl Rooms {
         incoming: Incoming,
         relay: bool,
     ) -> Result<Checked> {
-        let Incoming { pdu, object, json } = incoming;
+        let Incoming {
+            pdu,
+            object,
+            json,
+            prev_states,
+        } = incoming;
         let id = pdu.event_id.to_string();
         if pdu.prev_events.len() > MAX_PREV_EVENTS || pdu.auth_events.len() > MAX_AUTH_EVENTS {
             return self
@@ -220,9 +246,12 @@ impl Rooms {
         let mut wanted = auth_ids.clone();
         wanted.push(id.clone());
         let mut auth_rows = self.graph.pdus(&wanted).await?;
-        if auth_rows.iter().any(|r| r.event_id == id) {
-            return Ok(Checked::Done(Received::Known));
-        }
+        // An outlier (known without its state) joins the timeline once it can.
+        let outlier = match auth_rows.iter().find(|r| r.event_id == id) {
+            Some(r) if r.status == Some(EventStatus::Outlier) => true,
+            Some(_) => return Ok(Checked::Done(Received::Known)),
+            None => false,
+        };
         auth_rows.retain(|r| auth_ids.contains(&r.event_id));
         // The auth events must be known; their own checks happened when they arrived.
         if auth_rows.len() < auth_ids.len() {
@@ -267,7 +296,7 @@ impl Rooms {
         }
         // The state before the event: the room's current state when the event builds on it,
         // else the states after its prev events, resolved.
-        let before = match self.state_before(room, &pdu).await? {
+        let before = match self.state_before(room, &pdu, &prev_states).await? {
             Some(before) => before,
             None => {
                 return self
@@ -349,7 +378,8 @@ impl Rooms {
             .prepared(room, pdu, &object, None)
             .await?
             .resolved(resolution)
-            .relayed(relay);
+            .relayed(relay)
+            .was_outlier(outlier);
         Ok(Checked::Ready(Box::new(prepared)))
     }
 
@@ -451,8 +481,13 @@ impl Rooms {
     /// The state before `pdu`: `Some(None)` when it is the room's current state (each prev
     /// event is a forward extremity whose state is the current state), `Some(Some(state))`
     /// otherwise (the states after its prev events, resolved when they differ); `None` when a
-    /// prev event is not in this server's timeline.
-    async fn state_before(&self, room: &RoomState, pdu: &Pdu) -> Result<Option<Option<Before>>> {
+    /// prev event is not in this server's timeline and `fetched` has no state after it.
+    async fn state_before(
+        &self,
+        room: &RoomState,
+        pdu: &Pdu,
+        fetched: &HashMap<OwnedEventId, StateIds>,
+    ) -> Result<Option<Option<Before>>> {
         if pdu.prev_events.is_empty() {
             return Ok(None);
         }
@@ -466,7 +501,9 @@ impl Rooms {
         if rows.len() < ids.len() {
             // Prev events kept outside the timeline (soft-failed, rejected) still have a state
             // after them; only events this server never got leave the event without one.
-            return self.state_before_outside(room, pdu, OUTSIDE_DEPTH).await;
+            return self
+                .state_before_outside(room, pdu, OUTSIDE_DEPTH, fetched)
+                .await;
         }
         let current: StateIds = room
             .state
@@ -499,13 +536,15 @@ impl Rooms {
 
     /// The state before an event some of whose prev events are outside the timeline: the
     /// states after each prev event, resolved. After a soft-failed event: the state before it
-    /// and the event; after a rejected one: the state before it. `depth` bounds how many such
-    /// events in a row are followed.
+    /// and the event; after a rejected one: the state before it; after one this server
+    /// lacks (or has without its state), the state in `fetched`. `depth` bounds how many
+    /// such events in a row are followed.
     fn state_before_outside<'a>(
         &'a self,
         room: &'a RoomState,
         pdu: &'a Pdu,
         depth: u8,
+        fetched: &'a HashMap<OwnedEventId, StateIds>,
     ) -> futures::future::BoxFuture<'a, Result<Option<Option<Before>>>> {
         Box::pin(async move {
             let mut states: Vec<StateIds> = Vec::new();
@@ -513,6 +552,8 @@ impl Rooms {
                 let id = prev.to_string();
                 let state = if let Some(row) = self.store.get_event(&id).await? {
                     self.state_after_row(&row).await?
+                } else if let Some(state) = fetched.get(prev) {
+                    state.clone()
                 } else {
                     let stored = self.graph.pdus(std::slice::from_ref(&id)).await?;
                     let Some(outside) = stored.into_iter().next() else {
@@ -526,7 +567,9 @@ impl Rooms {
                     }
                     let event = Pdu::from_json(&outside.event_id, &outside.json)
                         .map_err(Error::internal)?;
-                    let Some(before) = self.state_before_outside(room, &event, depth - 1).await?
+                    let Some(before) = self
+                        .state_before_outside(room, &event, depth - 1, fetched)
+                        .await?
                     else {
                         return Ok(None);
                     };
@@ -571,6 +614,30 @@ impl Rooms {
             );
         }
         Ok(state)
+    }
+
+    /// Events fetched from another server without their own state (the state and auth
+    /// chain at a gap), kept as outliers; those already known stay as they are.
+    pub async fn keep_fetched(&self, events: Vec<Incoming>, reason: &str) -> Result<()> {
+        let edges: Vec<Edges> = events.iter().map(|e| Edges::of(&e.pdu)).collect();
+        let now = super::create::now_ms();
+        let outside: Vec<OutsideEvent<'_>> = events
+            .iter()
+            .zip(&edges)
+            .map(|(e, edges)| OutsideEvent {
+                event_id: e.pdu.event_id.as_str(),
+                room_id: e.pdu.room_id.as_str(),
+                depth: i64::try_from(u64::from(e.pdu.depth)).unwrap_or(i64::MAX),
+                json: &e.json,
+                prev_events: &edges.prev,
+                auth_events: &edges.auth,
+                status: EventStatus::Outlier,
+                reason: Some(reason),
+                received_ts: now,
+            })
+            .collect();
+        self.graph.store_outside_timeline(&outside).await?;
+        Ok(())
     }
 
     async fn keep_outside(

@@ -54,6 +54,8 @@ pub(super) struct Prepared {
     /// A remote event this server passes on to the room's other servers (a join or leave
     /// made through us).
     relay: bool,
+    /// A remote event this server kept as an outlier until now.
+    was_outlier: bool,
 }
 
 /// How a remote event on a fork changes the room's state.
@@ -71,6 +73,12 @@ impl Prepared {
     /// A remote event the room's other servers get from us (`relay`).
     pub(super) fn relayed(mut self, relay: bool) -> Self {
         self.relay = relay;
+        self
+    }
+
+    /// A remote event known as an outlier until now (it leaves the outliers as it is stored).
+    pub(super) fn was_outlier(mut self, was_outlier: bool) -> Self {
+        self.was_outlier = was_outlier;
         self
     }
 
@@ -113,6 +121,7 @@ impl Prepared {
             redacts: self.pruned.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
             push,
             marks_read: self.marks_read,
+            was_outlier: self.was_outlier,
             destinations: &[],
             resolution: self
                 .resolution
@@ -345,6 +354,7 @@ impl Rooms {
             && room.membership(sender).as_deref() == Some("join");
         Ok(Prepared {
             relay: false,
+            was_outlier: false,
             resolution: None,
             marks_read: !profile_update,
             kind: pdu.kind.to_string(),

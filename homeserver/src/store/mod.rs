@@ -879,6 +879,8 @@ pub struct NewEvent<'a> {
     pub push: &'a [NewPushAction],
     /// The sender has read the room up to this event.
     pub marks_read: bool,
+    /// Known as an outlier until now: no longer one.
+    pub was_outlier: bool,
     /// Servers the event is sent to (written to the federation outbox with it).
     pub destinations: &'a [String],
     /// A remote event on a fork: the group of the state before it, when it is new, and the

@@ -760,6 +760,9 @@ impl EventStore for SqlStore {
             q.execute(&mut *tx).await.map_err(unique)?;
         }
         insert_push_queue_rows(&mut tx, events).await?;
+        for ev in events.iter().filter(|e| e.was_outlier) {
+            sqlx::query("DELETE FROM events_outside_timeline WHERE event_id = $1").bind(ev.event_id).execute(&mut *tx).await?;
+        }
         let edges: Vec<GraphEdges<'_>> = events.iter().map(|e| GraphEdges { event_id: e.event_id, room_id: e.room_id, prev: e.prev_events, auth: e.auth_events }).collect();
         insert_edges(&mut tx, &edges).await?;
         insert_outbox(&mut tx, events).await?;
