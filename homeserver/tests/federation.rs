@@ -2531,3 +2531,86 @@ async fn a_gap_beyond_missing_events_is_closed_with_the_state_at_it() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A as a notary (`/_matrix/key/v2/query`): B's key document as B signed it, with A's
+/// signature added; A's own; nothing for a server that cannot be reached; too many servers
+/// refused.
+#[tokio::test]
+async fn a_notary_serves_other_servers_keys_signed_by_them_and_by_itself() {
+    let Pair { a, b, ca, a2: _ } = pair().await;
+    let a_tls = a.tls_addr.unwrap();
+    let https = ca.client(&a.server_name, a_tls);
+    let base = format!("https://{}:{}", a.server_name, a_tls.port());
+    let (a_hs, b_hs) = (a.hs(), b.hs());
+    // One signer's signature, the others' set aside.
+    let verify = |doc: &Value, signer: &str, hs: &tim_homeserver::homeserver::Homeserver| {
+        let mut doc = doc.clone();
+        let own = doc["signatures"][signer].clone();
+        doc["signatures"] = json!({ signer: own });
+        let object: ruma::CanonicalJsonObject = serde_json::from_value(doc).unwrap();
+        let public = ruma::serde::Base64::new(hs.key.public_key().to_vec());
+        let keys = BTreeMap::from([(
+            signer.to_owned(),
+            BTreeMap::from([(hs.federation.keys.key_id(), public)]),
+        )]);
+        ruma::signatures::verify_json(&keys, &object)
+    };
+    let query = |body: Value| {
+        let (https, url) = (https.clone(), format!("{base}/_matrix/key/v2/query"));
+        async move {
+            let resp = https.post(url).json(&body).send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, answer) = query(json!({"server_keys": {
+        &b.server_name: {},
+        &a.server_name: {},
+        "nowhere.invalid": {},
+    }}))
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let docs = answer["server_keys"].as_array().unwrap();
+    assert_eq!(docs.len(), 2, "{answer}");
+    let of = |name: &str| docs.iter().find(|d| d["server_name"] == name).unwrap();
+    let b_doc = of(&b.server_name);
+    assert!(b_doc["verify_keys"][b_hs.federation.keys.key_id()]["key"].is_string());
+    verify(b_doc, &b.server_name, &b_hs).unwrap();
+    verify(b_doc, &a.server_name, &a_hs).unwrap();
+    verify(of(&a.server_name), &a.server_name, &a_hs).unwrap();
+    // A tampered copy does not verify: the signatures cover the document.
+    let mut tampered = b_doc.clone();
+    tampered["valid_until_ts"] = json!(1);
+    assert!(verify(&tampered, &b.server_name, &b_hs).is_err());
+
+    // The single-server form, from what A now holds.
+    let resp = https
+        .get(format!("{base}/_matrix/key/v2/query/{}", b.server_name))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    let docs = answer["server_keys"].as_array().unwrap();
+    assert_eq!(docs.len(), 1, "{answer}");
+    verify(&docs[0], &a.server_name, &a_hs).unwrap();
+    // Keys that must stay valid longer than B vouches for: asked again (B's answer is the
+    // same, so the document is as before).
+    let far = tim_homeserver::rooms::create::now_ms() + 365 * 24 * 3600 * 1000;
+    let (status, answer) = query(json!({"server_keys": {
+        &b.server_name: {"ed25519:nope": {"minimum_valid_until_ts": far}},
+    }}))
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["server_keys"].as_array().unwrap().len(), 1);
+
+    let many: serde_json::Map<String, Value> = (0..21)
+        .map(|i| (format!("s{i}.example"), json!({})))
+        .collect();
+    let (status, answer) = query(json!({ "server_keys": many })).await;
+    assert_eq!(
+        (status, answer["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM"))
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -111,7 +111,9 @@ impl ServerKeys {
         }
         let mut known = self.known(server).await?;
         if !covers(&known, wanted, at_ms) {
-            known = self.refresh(server, wanted, at_ms).await?;
+            known = self
+                .refresh(server, &|known| covers(known, wanted, at_ms))
+                .await?;
         }
         Ok(known
             .iter()
@@ -132,13 +134,49 @@ impl ServerKeys {
         Ok(keys)
     }
 
-    /// Fetches `server`'s key document (one fetch per server at a time, at most every
-    /// `MIN_REFETCH_MS`), stores what verifies, and answers what is known afterwards.
-    async fn refresh(
+    /// `server`'s key document for a notary query (`/_matrix/key/v2/query`): as the server
+    /// signed it, with our signature added; fetched again when the one we hold lacks a key
+    /// in `wanted` or expires before `minimum_valid_until`. `None` when we have none.
+    pub async fn notarised(
         &self,
         server: &ServerName,
         wanted: &[String],
-        at_ms: i64,
+        minimum_valid_until: i64,
+    ) -> Result<Option<Raw<ServerSigningKeys>>> {
+        if *server == self.server_name {
+            return self.own_document().map(Some);
+        }
+        let good_enough = |known: &[RemoteKeyRow]| {
+            let current = known.iter().filter(|k| k.expired_ts.is_none());
+            current.map(|k| k.valid_until_ts).max() >= Some(minimum_valid_until)
+                && wanted
+                    .iter()
+                    .all(|id| known.iter().any(|k| &k.key_id == id))
+        };
+        let known = self.known(server).await?;
+        let mut document = self.store.key_document(server.as_str()).await?;
+        if document.is_none() || !good_enough(&known) {
+            self.refresh(server, &good_enough).await?;
+            document = self.store.key_document(server.as_str()).await?;
+        }
+        let Some(document) = document else {
+            return Ok(None);
+        };
+        let mut object: CanonicalJsonObject =
+            serde_json::from_str(&document).map_err(Error::internal)?;
+        ruma::signatures::sign_json(self.server_name.as_str(), self.key.as_ref(), &mut object)
+            .map_err(Error::internal)?;
+        let json = serde_json::value::to_raw_value(&object).map_err(Error::internal)?;
+        Ok(Some(Raw::from_json(json)))
+    }
+
+    /// Fetches `server`'s key document unless what we know `suffices` (one fetch per server
+    /// at a time, at most every `MIN_REFETCH_MS`), stores what verifies, and answers what is
+    /// known afterwards.
+    async fn refresh(
+        &self,
+        server: &ServerName,
+        suffices: &(dyn Fn(&[RemoteKeyRow]) -> bool + Sync),
     ) -> Result<Vec<RemoteKeyRow>> {
         let slot = self
             .fetches
@@ -150,14 +188,14 @@ impl ServerKeys {
         let mut last = slot.lock().await;
         let known = self.known(server).await?;
         let now = self.clock.now_ms();
-        if covers(&known, wanted, at_ms) || (*last != 0 && now - *last < MIN_REFETCH_MS) {
+        if suffices(&known) || (*last != 0 && now - *last < MIN_REFETCH_MS) {
             return Ok(known);
         }
         *last = now;
         match self.fetch(server, now).await {
-            Ok(fetched) => {
+            Ok((fetched, document)) => {
                 self.store
-                    .save_remote_keys(server.as_str(), &fetched, now)
+                    .save_remote_keys(server.as_str(), &fetched, &document, now)
                     .await?;
                 let keys = self.store.remote_keys(server.as_str()).await?;
                 self.cache
@@ -173,13 +211,19 @@ impl ServerKeys {
         }
     }
 
-    async fn fetch(&self, server: &ServerName, now: i64) -> Result<Vec<RemoteKeyRow>, String> {
+    /// The server's keys, verified, and the document that lists them.
+    async fn fetch(
+        &self,
+        server: &ServerName,
+        now: i64,
+    ) -> Result<(Vec<RemoteKeyRow>, String), String> {
         let response = self
             .client
             .request_unsigned(server, get_server_keys::v2::Request::new())
             .await
             .map_err(|e| e.to_string())?;
-        verified_keys(server, &response.server_key, now)
+        let keys = verified_keys(server, &response.server_key, now)?;
+        Ok((keys, response.server_key.json().get().to_owned()))
     }
 }
 

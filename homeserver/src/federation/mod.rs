@@ -23,9 +23,11 @@ use ruma::{
     OwnedDeviceId, OwnedServerName, OwnedUserId, RoomId, ServerName, UserId,
     api::federation::{
         authentication::XMatrix,
+        discovery::ServerSigningKeys,
         keys::{claim_keys, get_keys},
         query::{get_profile_information, get_room_information},
     },
+    serde::Raw,
     signatures::{Ed25519KeyPair, PublicKeyMap},
 };
 
@@ -48,6 +50,9 @@ use crate::{
     policy::federation::{FederationScope, may_federate_with},
     store::Stores,
 };
+
+/// Most servers one notary key query may name (each may cost a fetch).
+pub const MAX_NOTARY_SERVERS: usize = 20;
 
 /// Largest answer to a key query or claim from one server (a client may ask many at once).
 const MAX_KEYS_ANSWER_BYTES: usize = 4 * 1024 * 1024;
@@ -229,6 +234,37 @@ impl Federation {
         via.extend(self.joiner.rooms().other_servers(room_id).await?);
         self.joiner.join(room_id, user, &via, profile).await?;
         Ok(())
+    }
+
+    /// A notary query (`/_matrix/key/v2/query`): the key documents of the servers asked
+    /// about, as each signed it and signed by us too, for those we federate with and hold or
+    /// can fetch keys of (others are left out, as the spec allows). Each server comes with the
+    /// key ids wanted (none: all) and how long the keys must stay valid (default: now).
+    pub async fn notary(
+        &self,
+        servers: &[(OwnedServerName, Vec<String>, Option<i64>)],
+    ) -> Result<Vec<Raw<ServerSigningKeys>>> {
+        self.check_enabled()?;
+        if servers.len() > MAX_NOTARY_SERVERS {
+            return Err(Error::invalid_param(format!(
+                "a key query names at most {MAX_NOTARY_SERVERS} servers"
+            )));
+        }
+        let now = self.clock.now_ms();
+        let answers = futures::future::join_all(
+            servers
+                .iter()
+                .filter(|(server, _, _)| may_federate_with(&self.scope, server))
+                .map(|(server, wanted, until)| {
+                    self.keys.notarised(server, wanted, until.unwrap_or(now))
+                }),
+        )
+        .await;
+        let mut documents = Vec::with_capacity(answers.len());
+        for answer in answers {
+            documents.extend(answer?);
+        }
+        Ok(documents)
     }
 
     /// Refuses everything federation when it is switched off.

@@ -1083,14 +1083,17 @@ pub struct RemoteKeyRow {
 #[async_trait]
 pub trait RemoteKeyStore: Send + Sync {
     async fn remote_keys(&self, server_name: &str) -> StoreResult<Vec<RemoteKeyRow>>;
-    /// Saves keys fetched at `now`: a key seen again gets the newer validity; a retired key
-    /// stays retired.
+    /// Saves keys fetched at `now` and the key document that listed them (it replaces the
+    /// one before): a key seen again gets the newer validity; a retired key stays retired.
     async fn save_remote_keys(
         &self,
         server_name: &str,
         keys: &[RemoteKeyRow],
+        document: &str,
         now: i64,
     ) -> StoreResult<()>;
+    /// The server's latest key document, as it signed it.
+    async fn key_document(&self, server_name: &str) -> StoreResult<Option<String>>;
 }
 
 /// An EDU waiting in the outbox.

@@ -12,8 +12,17 @@ impl RemoteKeyStore for SqlStore {
             .collect()
     }
 
-    async fn save_remote_keys(&self, server_name: &str, keys: &[RemoteKeyRow], now: i64) -> StoreResult<()> {
+    async fn save_remote_keys(&self, server_name: &str, keys: &[RemoteKeyRow], document: &str, now: i64) -> StoreResult<()> {
         let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO remote_key_documents (server_name, document, fetched_ts) VALUES ($1, $2, $3) \
+             ON CONFLICT (server_name) DO UPDATE SET document = EXCLUDED.document, fetched_ts = EXCLUDED.fetched_ts",
+        )
+        .bind(server_name)
+        .bind(document)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         for k in keys {
             sqlx::query(
                 "INSERT INTO remote_server_keys (server_name, key_id, public_key, valid_until_ts, expired_ts, fetched_ts) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -33,6 +42,10 @@ impl RemoteKeyStore for SqlStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn key_document(&self, server_name: &str) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT document FROM remote_key_documents WHERE server_name = $1").bind(server_name).fetch_optional(&self.read).await?)
     }
 }
 
