@@ -2032,7 +2032,54 @@ async fn attachments_are_fetched_from_the_server_that_holds_them() {
     ))
     .await;
     assert_eq!(resp.status(), 404);
+
+    // An image: Bob's server fetches a thumbnail in a standard size, for many asking at once.
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::new_rgba8(640, 480)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let (status, uploaded) = alice
+        .upload(png.into_inner(), "image/png", "roentgen.png")
+        .await;
+    assert_eq!(status, 200, "{uploaded}");
+    let image_id = uploaded["content_uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let thumb_path = format!(
+        "/_matrix/client/v1/media/thumbnail/{server}/{image_id}?width=90&height=70&method=crop"
+    );
+    let thumbs = futures::future::join_all((0..4).map(|_| get(thumb_path.clone()))).await;
+    let mut thumb_bytes = Vec::new();
+    for resp in thumbs {
+        assert_eq!(resp.status(), 200);
+        thumb_bytes.push(resp.bytes().await.unwrap());
+    }
+    let thumb = image::load_from_memory(&thumb_bytes[0]).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (96, 96));
+    assert!(thumb_bytes.iter().all(|t| *t == thumb_bytes[0]));
+
+    // Alice's server goes away: what Bob's server fetched is served from its own storage.
     a.stop().await;
+    let resp = get(format!("/_matrix/client/v1/media/download/{server}/{id}")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-disposition"].to_str().unwrap(),
+        disposition
+    );
+    assert!(resp.bytes().await.unwrap().as_ref() == file.as_slice());
+    let resp = get(thumb_path.replace("width=90&height=70", "width=96&height=96")).await;
+    assert_eq!(resp.status(), 200, "the same standard size, kept");
+    assert_eq!(resp.bytes().await.unwrap(), thumb_bytes[0]);
+    // What it never fetched cannot be had now.
+    let resp = get(format!(
+        "/_matrix/client/v1/media/thumbnail/{server}/{image_id}?width=800&height=600&method=scale"
+    ))
+    .await;
+    assert_eq!(resp.status(), 502);
     b.stop().await;
 }
 

@@ -1,7 +1,8 @@
 //! Media of other servers (`GET /_matrix/federation/v1/media/download/{mediaId}` and
-//! `/thumbnail/{mediaId}` at their server): fetched for our users' downloads, answered in
-//! memory up to the transport's size cap. A redirect to another location is not followed
-//! (it would be a request to an address the other server picks).
+//! `/thumbnail/{mediaId}` at their server): fetched for our users' downloads (the media
+//! repository keeps what was fetched), answered in memory up to the transport's size cap. A
+//! redirect to another location is not followed (it would be a request to an address the
+//! other server picks).
 
 use std::{sync::Arc, time::Duration};
 

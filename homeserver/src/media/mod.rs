@@ -1,11 +1,12 @@
 //! The media repository of one tenant: uploads streamed into storage (never held whole in
-//! memory), reserved uploads (`/create` then `PUT`), downloads, cached thumbnails, deletion.
+//! memory), reserved uploads (`/create` then `PUT`), downloads, cached thumbnails, deletion,
+//! and other servers' media, fetched once and kept in the same storage.
 
 pub mod storage;
 pub mod thumbnail;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -21,7 +22,7 @@ use crate::{
     config::MediaConfig,
     ephemeral::now_ms,
     error::{Error, Result},
-    store::{MediaRow, MediaStore, ThumbnailRow},
+    store::{MediaRow, MediaStore, RemoteMediaRow, ThumbnailRow},
 };
 
 const MAX_FILENAME_BYTES: usize = 255;
@@ -71,6 +72,38 @@ pub struct Media {
     uploaded: Notify,
     /// Thumbnails rendered at the same time (decoding holds the image in memory): one per core.
     rendering: tokio::sync::Semaphore,
+    /// Other servers' media being fetched, by cache id: one fetch each, however many wait.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Which form of another server's media.
+#[derive(Clone, Copy)]
+enum Variant {
+    File,
+    Thumbnail(u32, u32, Method),
+}
+
+impl Variant {
+    fn name(self) -> String {
+        match self {
+            Variant::File => String::new(),
+            Variant::Thumbnail(w, h, method) => format!("{w}x{h}-{}", method.as_str()),
+        }
+    }
+}
+
+/// Where another server's media is kept in our storage: a hash of server, id and variant (64
+/// hex digits, so never a local media id, which has 24 characters, nor a path).
+fn remote_cache_id(server: &ServerName, id: &str, variant: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(server.as_str())
+        .chain_update([0])
+        .chain_update(id)
+        .chain_update([0])
+        .chain_update(variant)
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A reserved id being received; released however the upload ends (also when the client goes
@@ -126,7 +159,96 @@ impl Media {
             rendering: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
+            fetching: Mutex::default(),
         }
+    }
+
+    /// Another server's media from our storage, fetched there first if it is not yet: one
+    /// fetch per item at a time, the others waiting for it.
+    async fn remote(
+        &self,
+        server: &ServerName,
+        id: &str,
+        variant: Variant,
+        timeout: Duration,
+    ) -> Result<Download> {
+        if !valid_media_id(id) {
+            return Err(Error::not_found("media not found"));
+        }
+        let cache_id = remote_cache_id(server, id, &variant.name());
+        if let Some(kept) = self.kept(&cache_id).await? {
+            return Ok(kept);
+        }
+        let slot = self
+            .fetching
+            .lock()
+            .expect("media lock")
+            .entry(cache_id.clone())
+            .or_default()
+            .clone();
+        let fetched = {
+            let _one = slot.lock().await;
+            match self.kept(&cache_id).await? {
+                Some(kept) => Ok(kept),
+                None => self.fetch(server, id, variant, timeout, &cache_id).await,
+            }
+        };
+        self.fetching.lock().expect("media lock").remove(&cache_id);
+        fetched
+    }
+
+    /// Media of another server kept under `cache_id`, if it is.
+    async fn kept(&self, cache_id: &str) -> Result<Option<Download>> {
+        let Some(row) = self.store.remote_media(cache_id).await? else {
+            return Ok(None);
+        };
+        let Some((body, len)) = self.storage.get(cache_id).await.map_err(Error::internal)? else {
+            return Ok(None);
+        };
+        Ok(Some(Download {
+            body,
+            len,
+            content_type: row.content_type,
+            filename: row.filename,
+        }))
+    }
+
+    async fn fetch(
+        &self,
+        server: &ServerName,
+        id: &str,
+        variant: Variant,
+        timeout: Duration,
+        cache_id: &str,
+    ) -> Result<Download> {
+        let mut fetched = match variant {
+            Variant::File => self.remote.download(server, id, timeout).await?,
+            Variant::Thumbnail(w, h, method) => {
+                self.remote
+                    .thumbnail(server, id, (w, h), method, timeout)
+                    .await?
+            }
+        };
+        let size = self
+            .storage
+            .put(cache_id, &mut fetched.body, u64::MAX)
+            .await
+            .map_err(Error::internal)?;
+        self.store
+            .add_remote_media(&RemoteMediaRow {
+                cache_id: cache_id.to_owned(),
+                server_name: server.to_string(),
+                media_id: id.to_owned(),
+                variant: variant.name(),
+                content_type: fetched.content_type,
+                filename: fetched.filename,
+                size: size as i64,
+                fetched_ts: now_ms(),
+            })
+            .await?;
+        self.kept(cache_id)
+            .await?
+            .ok_or_else(|| Error::internal("fetched media is not in the storage"))
     }
 
     pub fn max_upload_bytes(&self) -> u64 {
@@ -324,10 +446,7 @@ impl Media {
         timeout: Duration,
     ) -> Result<Download> {
         if server_name != self.server_name {
-            if !valid_media_id(id) {
-                return Err(Error::not_found("media not found"));
-            }
-            return self.remote.download(server_name, id, timeout).await;
+            return self.remote(server_name, id, Variant::File, timeout).await;
         }
         let row = self.uploaded_row(server_name, id, timeout).await?;
         let (body, len) = self
@@ -360,13 +479,10 @@ impl Media {
             return Err(Error::invalid_param("width and height must be positive"));
         }
         if server_name != self.server_name {
-            if !valid_media_id(id) {
-                return Err(Error::not_found("media not found"));
-            }
-            return self
-                .remote
-                .thumbnail(server_name, id, (width, height), method, timeout)
-                .await;
+            // Asked for in one of our standard sizes, so that one kept copy serves many.
+            let (w, h, method) = thumbnail::pick(width, height, method);
+            let variant = Variant::Thumbnail(w, h, method);
+            return self.remote(server_name, id, variant, timeout).await;
         }
         let row = self.uploaded_row(server_name, id, timeout).await?;
         let content_type = row.content_type.clone().unwrap_or_default();
@@ -448,6 +564,24 @@ impl Media {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_servers_media_is_kept_under_a_hash_of_server_id_and_variant() {
+        let server = ruma::server_name!("praxis.example");
+        let file = remote_cache_id(server, "abc", "");
+        assert_eq!(file.len(), 64);
+        assert!(valid_media_id(&file));
+        assert_ne!(file, remote_cache_id(server, "abc", "96x96-crop"));
+        assert_ne!(
+            file,
+            remote_cache_id(ruma::server_name!("klinik.example"), "abc", "")
+        );
+        // Parts cannot run into each other.
+        assert_ne!(
+            remote_cache_id(server, "ab", "c"),
+            remote_cache_id(server, "a", "bc")
+        );
+    }
 
     #[test]
     fn media_ids_cannot_walk_paths() {

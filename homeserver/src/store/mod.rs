@@ -382,6 +382,24 @@ pub trait MediaStore: Send + Sync {
     async fn thumbnails(&self, media_id: &str) -> StoreResult<Vec<ThumbnailRow>>;
     /// Removes the media row and its thumbnails' rows; false if there was none.
     async fn delete_media(&self, media_id: &str) -> StoreResult<bool>;
+    /// Another server's media (or a thumbnail of it) kept in our storage.
+    async fn remote_media(&self, cache_id: &str) -> StoreResult<Option<RemoteMediaRow>>;
+    /// Records media of another server now in our storage (again: replaced).
+    async fn add_remote_media(&self, row: &RemoteMediaRow) -> StoreResult<()>;
+}
+
+/// Another server's media, or a thumbnail of it, kept in our media storage under `cache_id`.
+#[derive(Clone, Debug)]
+pub struct RemoteMediaRow {
+    pub cache_id: String,
+    pub server_name: String,
+    pub media_id: String,
+    /// Empty for the file, `{width}x{height}-{method}` for a thumbnail.
+    pub variant: String,
+    pub content_type: String,
+    pub filename: Option<String>,
+    pub size: i64,
+    pub fetched_ts: i64,
 }
 
 #[derive(Clone, Debug)]

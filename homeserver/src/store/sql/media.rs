@@ -92,4 +92,45 @@ impl MediaStore for SqlStore {
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
+
+    async fn remote_media(&self, cache_id: &str) -> StoreResult<Option<RemoteMediaRow>> {
+        let row = sqlx::query(
+            "SELECT cache_id, server_name, media_id, variant, content_type, filename, size, fetched_ts FROM remote_media_cache WHERE cache_id = $1",
+        )
+        .bind(cache_id)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| {
+            Ok(RemoteMediaRow {
+                cache_id: r.try_get(0)?,
+                server_name: r.try_get(1)?,
+                media_id: r.try_get(2)?,
+                variant: r.try_get(3)?,
+                content_type: r.try_get(4)?,
+                filename: r.try_get(5)?,
+                size: r.try_get(6)?,
+                fetched_ts: r.try_get(7)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn add_remote_media(&self, m: &RemoteMediaRow) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO remote_media_cache (cache_id, server_name, media_id, variant, content_type, filename, size, fetched_ts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (cache_id) DO UPDATE SET content_type = EXCLUDED.content_type, \
+             filename = EXCLUDED.filename, size = EXCLUDED.size, fetched_ts = EXCLUDED.fetched_ts",
+        )
+        .bind(&m.cache_id)
+        .bind(&m.server_name)
+        .bind(&m.media_id)
+        .bind(&m.variant)
+        .bind(&m.content_type)
+        .bind(&m.filename)
+        .bind(m.size)
+        .bind(m.fetched_ts)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
 }
