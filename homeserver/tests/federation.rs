@@ -2348,12 +2348,7 @@ async fn history_texts(client: &common::Client, room: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn history_from_before_a_join_is_backfilled_as_the_client_pages_back() {
-    let Pair {
-        a,
-        b,
-        ca: _ca,
-        a2: _,
-    } = pair().await;
+    let Pair { a, b, ca, a2: _ } = pair().await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let shared = alice.create_room(json!({"preset": "public_chat"})).await;
@@ -2411,9 +2406,82 @@ async fn history_from_before_a_join_is_backfilled_as_the_client_pages_back() {
         "{after}"
     );
 
-    // A room whose history is for members only shows B nothing from before B's join, though
-    // A serves it to B's server.
+    // A room whose history is for members only shows B nothing from before B's join: A
+    // serves those events to B's server redacted, the graph walkable, the texts not there.
     assert_eq!(history_texts(&bob, &closed).await, vec!["after the join"]);
+    let latest = latest_of(&a, &closed).await;
+    let (status, history) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "GET",
+        &format!(
+            "/_matrix/federation/v1/backfill/{}?v={}&limit=50",
+            urlencode(&closed),
+            urlencode(&latest)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{history}");
+    let messages: Vec<&Value> = history["pdus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .collect();
+    assert_eq!(messages.len(), 31, "{history}");
+    let bodies: Vec<&str> = messages
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies, vec!["after the join"]);
+    let hidden = messages
+        .iter()
+        .find(|e| e["content"].as_object().is_some_and(|c| c.is_empty()))
+        .unwrap();
+    let hidden_id = {
+        let object: ruma::CanonicalJsonObject = serde_json::from_value((*hidden).clone()).unwrap();
+        let rules = ruma::RoomVersionId::V10.rules().unwrap();
+        format!(
+            "${}",
+            ruma::signatures::reference_hash(&object, &rules).unwrap()
+        )
+    };
+    let (status, event) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "GET",
+        &format!("/_matrix/federation/v1/event/{}", urlencode(&hidden_id)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(event["pdus"][0]["content"], json!({}));
+    // The shared room's history goes whole.
+    let (status, history) = federation_request(
+        &b,
+        &a,
+        &ca,
+        "GET",
+        &format!(
+            "/_matrix/federation/v1/backfill/{}?v={}&limit=5",
+            urlencode(&shared),
+            urlencode(&latest_of(&a, &shared).await)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{history}");
+    assert!(
+        history["pdus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .all(|e| e["content"]["body"].is_string())
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -2660,4 +2728,24 @@ async fn a_notary_serves_other_servers_keys_signed_by_them_and_by_itself() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+/// The newest event of a room on `server`.
+async fn latest_of(server: &TestServer, room: &str) -> String {
+    server
+        .hs()
+        .stores
+        .events
+        .room_events(
+            room,
+            i64::MAX,
+            0,
+            tim_homeserver::store::Direction::Backward,
+            1,
+            &Default::default(),
+        )
+        .await
+        .unwrap()[0]
+        .event_id
+        .clone()
 }

@@ -189,7 +189,7 @@ impl Federation {
             clock.clone(),
             config.enabled,
         );
-        let history = History::new(rooms, stores.graph.clone());
+        let history = History::new(rooms, (stores.graph.clone(), stores.events.clone()));
         Self {
             rate_limiter: crate::ratelimit::RateLimiter::new(crate::config::RateLimitConfig {
                 per_second: config.requests_per_second_per_server,
