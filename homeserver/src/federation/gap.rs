@@ -37,9 +37,22 @@ use crate::{
 
 /// Events fetched at most to fill a gap before a received PDU (as Synapse asks for).
 const MISSING_EVENTS: u32 = 10;
-/// Missing prev events of one PDU whose state is fetched at most (a PDU naming more is left
-/// outside the timeline).
-const MAX_STATE_FETCHES: usize = 4;
+/// What closing gaps may cost for one room's PDUs of one transaction, so that a sending server
+/// cannot make us fetch without end: `get_missing_events` requests, and states fetched after
+/// missing prev events (a PDU needing more stays outside the timeline).
+pub struct Budget {
+    missing_fetches: u8,
+    state_fetches: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            missing_fetches: 2,
+            state_fetches: 4,
+        }
+    }
+}
 
 pub struct Gaps {
     rooms: Arc<Rooms>,
@@ -77,6 +90,7 @@ impl Gaps {
         origin: &ServerName,
         checked: &CheckedPdu,
         rules: &RoomVersionRules,
+        budget: &mut Budget,
     ) -> HashMap<OwnedEventId, StateIds> {
         let pdu = &checked.pdu;
         let tips = match self.rooms.gap_before(pdu).await {
@@ -88,10 +102,13 @@ impl Gaps {
                 return HashMap::new();
             }
         };
-        if let Err(e) = self.fetch_missing(origin, pdu, tips, rules).await {
-            tracing::info!(%origin, error = %e, "missing events not fetched");
+        if budget.missing_fetches > 0 {
+            budget.missing_fetches -= 1;
+            if let Err(e) = self.fetch_missing(origin, pdu, tips, rules, budget).await {
+                tracing::info!(%origin, error = %e, "missing events not fetched");
+            }
         }
-        self.states_after_missing(origin, pdu, rules).await
+        self.states_after_missing(origin, pdu, rules, budget).await
     }
 
     /// The events between our tips and `pdu` (`get_missing_events` at the origin), each
@@ -102,6 +119,7 @@ impl Gaps {
         pdu: &Pdu,
         tips: Vec<OwnedEventId>,
         rules: &RoomVersionRules,
+        budget: &mut Budget,
     ) -> Result<()> {
         let mut request = get_missing_events::v1::Request::new(
             pdu.room_id.clone(),
@@ -126,7 +144,9 @@ impl Gaps {
         found.sort_by_key(|c| c.pdu.depth);
         for c in found {
             let id = c.pdu.event_id.clone();
-            let prev_states = self.states_after_missing(origin, &c.pdu, rules).await;
+            let prev_states = self
+                .states_after_missing(origin, &c.pdu, rules, budget)
+                .await;
             let incoming = Incoming::from(c).with_prev_states(prev_states);
             match self.rooms.receive(incoming, false).await {
                 Ok(Received::Accepted | Received::Known) => {}
@@ -147,6 +167,7 @@ impl Gaps {
         origin: &ServerName,
         pdu: &Pdu,
         rules: &RoomVersionRules,
+        budget: &mut Budget,
     ) -> HashMap<OwnedEventId, StateIds> {
         let unknown = match self.rooms.gap_before(pdu).await {
             Ok(Some((_, unknown))) => unknown,
@@ -156,10 +177,14 @@ impl Gaps {
                 return HashMap::new();
             }
         };
-        if unknown.len() > MAX_STATE_FETCHES {
+        if unknown.is_empty() {
+            return HashMap::new();
+        }
+        if unknown.len() > budget.state_fetches {
             tracing::info!(%origin, event_id = %pdu.event_id, missing = unknown.len(), "too many missing prev events to fetch the state of");
             return HashMap::new();
         }
+        budget.state_fetches -= unknown.len();
         let mut states = HashMap::with_capacity(unknown.len());
         for prev in unknown {
             match self.state_after(origin, &pdu.room_id, &prev, rules).await {
@@ -199,13 +224,13 @@ impl Gaps {
             .map(|e| e.to_string())
             .collect();
         wanted.push(prev.to_string());
-        let known: HashSet<String> = self
-            .graph
-            .pdus(&wanted)
-            .await?
-            .into_iter()
-            .map(|p| p.event_id)
-            .collect();
+        // What we hold must be of this room and not rejected: another server's list names
+        // only ids, and may name anything.
+        let mut known = HashSet::new();
+        for p in self.graph.pdus(&wanted).await? {
+            usable_in(&p, room_id)?;
+            known.insert(p.event_id);
+        }
         let mut lacking: HashSet<&str> = wanted
             .iter()
             .map(String::as_str)
@@ -249,6 +274,7 @@ impl Gaps {
         let mut state = StateIds::new();
         let mut prev_entry = None;
         for row in self.graph.pdus(&ids_of_state).await? {
+            usable_in(&row, room_id)?;
             let event = Pdu::from_json(&row.event_id, &row.json).map_err(Error::internal)?;
             let Some(key) = event.state_key.clone() else {
                 continue;
@@ -313,11 +339,9 @@ impl Gaps {
             by_id.insert(event.event_id.clone(), Arc::new(event));
         }
         for c in fetched {
-            ruma::state_res::check_state_independent_auth_rules(
-                &rules.authorization,
-                &c.pdu,
-                |id| by_id.get(id).cloned(),
-            )
+            crate::rooms::history::auth_against_auth_events(&rules.authorization, &c.pdu, |id| {
+                by_id.get(id).cloned()
+            })
             .map_err(|e| {
                 Error::Remote(format!(
                     "an event of the state fails the auth rules ({}): {e}",
@@ -326,5 +350,58 @@ impl Gaps {
             })?;
         }
         Ok(())
+    }
+}
+
+/// A stored event another server named as part of a room's state: it must be of that room,
+/// and neither rejected nor soft-failed.
+fn usable_in(p: &crate::store::StoredPdu, room_id: &RoomId) -> Result<()> {
+    use crate::store::EventStatus;
+    if p.room_id != room_id.as_str() {
+        return Err(Error::Remote(format!(
+            "the state names {}, an event of another room",
+            p.event_id
+        )));
+    }
+    match p.status {
+        None | Some(EventStatus::Outlier) => Ok(()),
+        Some(_) => Err(Error::Remote(format!(
+            "the state names {}, an event not accepted here",
+            p.event_id
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EventStatus, StoredPdu};
+
+    fn stored(room: &str, status: Option<EventStatus>) -> StoredPdu {
+        StoredPdu {
+            event_id: "$e".into(),
+            room_id: room.into(),
+            depth: 1,
+            json: "{}".into(),
+            status,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_reported_state_may_name_only_accepted_events_of_its_room() {
+        let room = ruma::room_id!("!r:praxis.example");
+        assert!(usable_in(&stored("!r:praxis.example", None), room).is_ok());
+        assert!(
+            usable_in(
+                &stored("!r:praxis.example", Some(EventStatus::Outlier)),
+                room
+            )
+            .is_ok()
+        );
+        assert!(usable_in(&stored("!other:praxis.example", None), room).is_err());
+        for status in [EventStatus::Rejected, EventStatus::SoftFailed] {
+            assert!(usable_in(&stored("!r:praxis.example", Some(status)), room).is_err());
+        }
     }
 }

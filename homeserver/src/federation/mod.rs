@@ -251,18 +251,21 @@ impl Federation {
             )));
         }
         let now = self.clock.now_ms();
-        let answers = futures::future::join_all(
-            servers
-                .iter()
-                .filter(|(server, _, _)| may_federate_with(&self.scope, server))
-                .map(|(server, wanted, until)| {
-                    self.keys.notarised(server, wanted, until.unwrap_or(now))
-                }),
-        )
+        let asked: Vec<_> = servers
+            .iter()
+            .filter(|(server, _, _)| may_federate_with(&self.scope, server))
+            .collect();
+        let answers = futures::future::join_all(asked.iter().map(|(server, wanted, until)| {
+            self.keys.notarised(server, wanted, until.unwrap_or(now))
+        }))
         .await;
         let mut documents = Vec::with_capacity(answers.len());
-        for answer in answers {
-            documents.extend(answer?);
+        for (answer, (server, _, _)) in answers.into_iter().zip(asked) {
+            match answer {
+                Ok(document) => documents.extend(document),
+                // One server's trouble leaves it out, not the others.
+                Err(e) => tracing::warn!(%server, error = %e, "keys not notarised"),
+            }
         }
         Ok(documents)
     }

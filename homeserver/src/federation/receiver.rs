@@ -235,6 +235,7 @@ impl Receiver {
         // The room's version is looked up once for all its PDUs.
         let room = self.room_of(room).await;
         let mut out: Vec<Option<PduOutcome>> = Vec::with_capacity(raws.len());
+        let mut budget = super::gap::Budget::default();
         // Checked PDUs not added yet, with their place in `out`.
         let mut run: Vec<(usize, OwnedEventId, Incoming)> = Vec::new();
         for raw in raws {
@@ -281,7 +282,7 @@ impl Receiver {
             if !on_run {
                 // What came before is added first: the gap check looks at the room as stored.
                 self.admit_run(&mut run, &mut out).await;
-                prev_states = self.gaps.close(origin, &checked, rules).await;
+                prev_states = self.gaps.close(origin, &checked, rules, &mut budget).await;
             }
             run.push((
                 out.len(),

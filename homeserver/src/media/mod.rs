@@ -76,6 +76,40 @@ pub struct Media {
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// A fetch of another server's media that requests share; its entry leaves the map with the
+/// last of them, however they end.
+struct Fetching<'a> {
+    map: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Fetching<'a> {
+    fn join(map: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>, key: &str) -> Self {
+        let lock = map
+            .lock()
+            .expect("media lock")
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
+        Self {
+            map,
+            key: key.to_owned(),
+            lock,
+        }
+    }
+}
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().expect("media lock");
+        // The map's reference and ours: nobody else is waiting.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.key);
+        }
+    }
+}
+
 /// Which form of another server's media.
 #[derive(Clone, Copy)]
 enum Variant {
@@ -179,22 +213,15 @@ impl Media {
         if let Some(kept) = self.kept(&cache_id).await? {
             return Ok(kept);
         }
-        let slot = self
-            .fetching
-            .lock()
-            .expect("media lock")
-            .entry(cache_id.clone())
-            .or_default()
-            .clone();
-        let fetched = {
-            let _one = slot.lock().await;
-            match self.kept(&cache_id).await? {
-                Some(kept) => Ok(kept),
-                None => self.fetch(server, id, variant, timeout, &cache_id).await,
-            }
-        };
-        self.fetching.lock().expect("media lock").remove(&cache_id);
-        fetched
+        let slot = Fetching::join(&self.fetching, &cache_id);
+        // Waiting for another request's fetch is bounded like the fetch itself.
+        let _one = tokio::time::timeout(timeout.min(MAX_WAIT), slot.lock.lock())
+            .await
+            .map_err(|_| Error::Remote(format!("{server} is slow to send that media")))?;
+        match self.kept(&cache_id).await? {
+            Some(kept) => Ok(kept),
+            None => self.fetch(server, id, variant, timeout, &cache_id).await,
+        }
     }
 
     /// Media of another server kept under `cache_id`, if it is.

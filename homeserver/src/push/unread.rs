@@ -31,7 +31,8 @@ struct Counted {
 }
 
 impl Counted {
-    /// These counts carried on over the next range (`span` is what that range holds).
+    /// These counts carried on over the next range (`span` is what that range holds). A
+    /// receipt ahead of `upto` (set by another device after the sync began) stays the start.
     fn then(self, span: Option<&UnreadSpan>, upto: i64) -> Counted {
         let (notifications, highlights) = match span {
             Some(s) if s.own_write => (s.notifications, s.highlights),
@@ -42,7 +43,7 @@ impl Counted {
             None => (self.notifications, self.highlights),
         };
         Counted {
-            upto,
+            upto: upto.max(self.upto),
             notifications,
             highlights,
             ..self
@@ -124,16 +125,26 @@ impl UnreadCounts {
             .into_iter()
             .map(|s| (s.room_id.clone(), s))
             .collect();
+        let counted_now: Vec<(String, Counted)> = starts
+            .into_iter()
+            .map(|(room, start)| {
+                let now = start.then(spans.get(&room), upto);
+                out.insert(room.clone(), (now.notifications, now.highlights));
+                (room, now)
+            })
+            .collect();
+        // A user in more rooms than a shard holds is counted afresh each time.
+        if counted_now.len() > ROOMS_PER_SHARD / 2 {
+            return Ok(out);
+        }
         let mut guard = self.shard(user);
         let shard = &mut *guard;
-        if shard.rooms + starts.len() > ROOMS_PER_SHARD {
+        if shard.rooms + counted_now.len() > ROOMS_PER_SHARD {
             shard.users.clear();
             shard.rooms = 0;
         }
         let counted = shard.users.entry(user.to_owned()).or_default();
-        for (room, start) in starts {
-            let now = start.then(spans.get(&room), upto);
-            out.insert(room.clone(), (now.notifications, now.highlights));
+        for (room, now) in counted_now {
             match counted.entry(room) {
                 Entry::Vacant(slot) => {
                     slot.insert(now);
@@ -184,6 +195,18 @@ mod tests {
         assert_eq!((c.notifications, c.highlights), (1, 0));
         let c = START.then(Some(&span(true, 0, 0)), 20);
         assert_eq!((c.notifications, c.highlights), (0, 0));
+    }
+
+    #[test]
+    fn a_receipt_ahead_of_the_sync_stays_the_start() {
+        let fresh = Counted {
+            receipt: 50,
+            upto: 50,
+            notifications: 0,
+            highlights: 0,
+        };
+        let c = fresh.then(None, 40);
+        assert_eq!((c.upto, c.notifications), (50, 0));
     }
 
     #[test]

@@ -190,9 +190,9 @@ impl Rooms {
 }
 
 /// The auth rules checked against the event's own auth events only (the state before a
-/// backfilled event is not known here): the state-independent rules, then the others with the
-/// auth events standing in for the state.
-fn auth_against_auth_events(
+/// backfilled or fetched event is not known here): the state-independent rules, then the
+/// others with the auth events standing in for the state.
+pub(crate) fn auth_against_auth_events(
     rules: &ruma::room_version_rules::AuthorizationRules,
     pdu: &Pdu,
     lookup: impl Fn(&ruma::EventId) -> Option<Arc<Pdu>>,

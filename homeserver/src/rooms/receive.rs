@@ -246,12 +246,17 @@ impl Rooms {
         let mut wanted = auth_ids.clone();
         wanted.push(id.clone());
         let mut auth_rows = self.graph.pdus(&wanted).await?;
-        // An outlier (known without its state) joins the timeline once it can.
-        let outlier = match auth_rows.iter().find(|r| r.event_id == id) {
-            Some(r) if r.status == Some(EventStatus::Outlier) => true,
-            Some(_) => return Ok(Checked::Done(Received::Known)),
-            None => false,
-        };
+        // An outlier (known without its state) joins the timeline once it can; known in the
+        // timeline or otherwise outside it, it is done with.
+        let stored: Vec<Option<EventStatus>> = auth_rows
+            .iter()
+            .filter(|r| r.event_id == id)
+            .map(|r| r.status)
+            .collect();
+        if stored.iter().any(|s| *s != Some(EventStatus::Outlier)) {
+            return Ok(Checked::Done(Received::Known));
+        }
+        let outlier = !stored.is_empty();
         auth_rows.retain(|r| auth_ids.contains(&r.event_id));
         // The auth events must be known; their own checks happened when they arrived.
         if auth_rows.len() < auth_ids.len() {
