@@ -1707,23 +1707,34 @@ async fn join_via(client: &common::Client, room: &str, via: &str) {
         .await;
 }
 
-#[tokio::test]
-async fn a_gap_is_filled_from_the_server_that_sent_across_it_and_history_is_served() {
-    let (Pair { a, b, ca, a2 }, link) = pair_linked().await;
+/// Alice on A with a public room that Bob (on B) and Carol (on A's second tenant) joined
+/// through A; B has seen Carol's join, so it sends to Carol's server too.
+async fn room_of_three(
+    a: &TestServer,
+    b: &TestServer,
+    a2: &str,
+    name: &str,
+) -> (common::Client, common::Client, common::Client, String) {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
-    let mut carol = a.client_for(&a2);
+    let mut carol = a.client_for(a2);
     carol.register("carol").await;
     let room = alice
-        .create_room(json!({"preset": "public_chat", "name": "Qualitätszirkel"}))
+        .create_room(json!({"preset": "public_chat", "name": name}))
         .await;
     join_via(&bob, &room, &a.server_name).await;
     join_via(&carol, &room, &a.server_name).await;
-    // A passes Carol's join on to B, so B sends to Carol's server too.
     sync_until(&bob, "carol's join at B", |s| {
         member_of(s, &room, &carol.user_id).as_deref() == Some("join")
     })
     .await;
+    (alice, bob, carol, room)
+}
+
+#[tokio::test]
+async fn a_gap_is_filled_from_the_server_that_sent_across_it_and_history_is_served() {
+    let (Pair { a, b, ca, a2 }, link) = pair_linked().await;
+    let (alice, bob, carol, room) = room_of_three(&a, &b, &a2, "Qualitätszirkel").await;
 
     // B cannot reach A: Bob's message gets to Carol's server only.
     link.set_cut(true);
@@ -2594,19 +2605,7 @@ async fn bodies_until(
 #[tokio::test]
 async fn a_gap_beyond_missing_events_is_closed_with_the_state_at_it() {
     let (Pair { a, b, ca: _ca, a2 }, link) = pair_linked().await;
-    let alice = a.register("alice").await;
-    let bob = b.register("bob").await;
-    let mut carol = a.client_for(&a2);
-    carol.register("carol").await;
-    let room = alice
-        .create_room(json!({"preset": "public_chat", "name": "Tumorkonferenz"}))
-        .await;
-    join_via(&bob, &room, &a.server_name).await;
-    join_via(&carol, &room, &a.server_name).await;
-    sync_until(&bob, "carol's join at B", |s| {
-        member_of(s, &room, &carol.user_id).as_deref() == Some("join")
-    })
-    .await;
+    let (alice, bob, carol, room) = room_of_three(&a, &b, &a2, "Tumorkonferenz").await;
     let since = sync_until(&alice, "carol's join at A", |s| {
         member_of(s, &room, &carol.user_id).as_deref() == Some("join")
     })

@@ -625,22 +625,7 @@ impl Rooms {
     /// chain at a gap), kept as outliers; those already known stay as they are.
     pub async fn keep_fetched(&self, events: Vec<Incoming>, reason: &str) -> Result<()> {
         let edges: Vec<Edges> = events.iter().map(|e| Edges::of(&e.pdu)).collect();
-        let now = super::create::now_ms();
-        let outside: Vec<OutsideEvent<'_>> = events
-            .iter()
-            .zip(&edges)
-            .map(|(e, edges)| OutsideEvent {
-                event_id: e.pdu.event_id.as_str(),
-                room_id: e.pdu.room_id.as_str(),
-                depth: i64::try_from(u64::from(e.pdu.depth)).unwrap_or(i64::MAX),
-                json: &e.json,
-                prev_events: &edges.prev,
-                auth_events: &edges.auth,
-                status: EventStatus::Outlier,
-                reason: Some(reason),
-                received_ts: now,
-            })
-            .collect();
+        let outside = as_outliers(&events, &edges, reason);
         self.graph.store_outside_timeline(&outside).await?;
         Ok(())
     }
@@ -751,21 +736,7 @@ impl Rooms {
             };
             let outlier_edges: Vec<Edges> = outliers.iter().map(|e| Edges::of(&e.pdu)).collect();
             let now = super::create::now_ms();
-            let outside: Vec<OutsideEvent<'_>> = outliers
-                .iter()
-                .zip(&outlier_edges)
-                .map(|(e, edges)| OutsideEvent {
-                    event_id: e.pdu.event_id.as_str(),
-                    room_id: e.pdu.room_id.as_str(),
-                    depth: i64::try_from(u64::from(e.pdu.depth)).unwrap_or(i64::MAX),
-                    json: &e.json,
-                    prev_events: &edges.prev,
-                    auth_events: &edges.auth,
-                    status: EventStatus::Outlier,
-                    reason: Some("auth chain of a joined room"),
-                    received_ts: now,
-                })
-                .collect();
+            let outside = as_outliers(&outliers, &outlier_edges, "auth chain of a joined room");
             this.graph
                 .import_room(&crate::store::ImportedRoom {
                     room_id: room_id.as_str(),
@@ -1028,6 +999,30 @@ struct Placed {
 
 /// The same failure for each of `count` events: the first gets the error itself, the others
 /// its message.
+/// Events known without their state, as rows outside the timeline (`edges`: theirs, in order).
+fn as_outliers<'a>(
+    events: &'a [Incoming],
+    edges: &'a [Edges],
+    reason: &'a str,
+) -> Vec<OutsideEvent<'a>> {
+    let now = super::create::now_ms();
+    events
+        .iter()
+        .zip(edges)
+        .map(|(e, edges)| OutsideEvent {
+            event_id: e.pdu.event_id.as_str(),
+            room_id: e.pdu.room_id.as_str(),
+            depth: i64::try_from(u64::from(e.pdu.depth)).unwrap_or(i64::MAX),
+            json: &e.json,
+            prev_events: &edges.prev,
+            auth_events: &edges.auth,
+            status: EventStatus::Outlier,
+            reason: Some(reason),
+            received_ts: now,
+        })
+        .collect()
+}
+
 fn each_failed(error: Error, count: usize) -> Vec<Result<Received>> {
     let message = error.to_string();
     let mut first = Some(error);
