@@ -47,7 +47,7 @@ impl History {
     }
 
     /// The events as `origin` may have them: whole where the history visibility after the
-    /// event let one of its users see it (spec: "Server behaviour" of history visibility,
+    /// event let one of its users see it (as a member before or after it) (spec: "Server behaviour" of history visibility,
     /// as Synapse applies it), else redacted. Events outside the timeline are judged by the
     /// room's current state.
     async fn as_seen_by(
@@ -126,10 +126,12 @@ impl History {
                         .map(str::to_owned)
                 })
                 .unwrap_or_else(|| "shared".into());
+            // The memberships before the event and, for one of the server's own members, after
+            // it too (the more permissive: a user's leave goes out whole, as Synapse does).
             let mut memberships: Vec<String> = state
                 .iter()
                 .filter(|((kind, key), _)| kind == "m.room.member" && key.ends_with(&suffix))
-                .filter_map(|((_, key), _)| setting(("m.room.member", key)))
+                .filter_map(|(_, id)| contents.get(id))
                 .filter_map(|e| e.membership())
                 .collect();
             if event.kind.to_string() == "m.room.member"
