@@ -133,7 +133,8 @@ impl UnreadCounts {
                 (room, now)
             })
             .collect();
-        // A user in more rooms than a shard holds is counted afresh each time.
+        // Kept, more rooms than half a shard holds would empty it for everyone: a sync that
+        // counts that many is counted afresh each time.
         if counted_now.len() > ROOMS_PER_SHARD / 2 {
             return Ok(out);
         }
