@@ -1,6 +1,6 @@
 //! Server keys and discovery: `GET /_matrix/key/v2/server` (our signing key, signed, with its
 //! validity), the notary `/_matrix/key/v2/query` (other servers' keys, signed by them and by
-//! us) and `GET /_matrix/federation/v1/version`.
+//! us; TI-M serves both key endpoints, A-FED-15) and `GET /_matrix/federation/v1/version`.
 
 use axum::Router;
 use ruma::api::federation::discovery::{
