@@ -220,6 +220,12 @@ rc_invites: {{per_room: {unlimited}, per_user: {unlimited}, per_issuer: {unlimit
 rc_login: {{address: {unlimited}, account: {unlimited}, failed_attempts: {unlimited}}}
 rc_federation: {{window_size: 1000, sleep_limit: 1000, sleep_delay: 1, reject_limit: 1000, concurrent: 100}}
 rc_key_requests: {unlimited}
+# A destination that was down is tried again within seconds, not minutes, so that tests see
+# Synapse's catch-up after an outage.
+federation:
+  destination_min_retry_interval: 1s
+  destination_retry_multiplier: 1
+  destination_max_retry_interval: 2s
 "#,
         cert = net.cert_file.display(),
         key = net.key_file.display(),

@@ -151,3 +151,43 @@ async fn an_encrypted_chat_between_matrix_sdk_clients_on_ours_and_on_synapse_dec
     );
     tim.cleanup().await;
 }
+
+/// We are down (killed) while a Synapse user writes; after our restart Synapse catches us up
+/// and every message is here, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_synapse_catches_us_up_with_every_message_once_in_order() {
+    let net = Net::new(&[1, 1]);
+    let mut tim = net.homeserver(0, Store::Postgres, &[]).await;
+    let synapse = Synapse::start(&net, 1);
+    let alice = User::register(&tim.base_url(), "alice").await;
+    let sam = User::register(&synapse.base_url(), "sam").await;
+    let room = sam.create_room(json!({"preset": "private_chat"})).await;
+    sam.invite(&room, &alice.user_id).await;
+    assert_eq!(alice.sync_invite(WAIT).await, room);
+    alice.join(&room, &[&synapse.server_name]).await;
+    sam.send_text(&room, "vor dem Ausfall").await;
+    alice.sync_texts(&room, &["vor dem Ausfall"], WAIT).await;
+
+    // We are down while Sam writes 25 messages: after the first, Synapse marks us as
+    // unreachable and keeps only a note to catch us up.
+    tim.kill9();
+    let sent: Vec<String> = (0..25).map(|i| format!("während {i}")).collect();
+    sam.send_text(&room, &sent[0]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for text in &sent[1..] {
+        sam.send_text(&room, text).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tim.start_again();
+    let last = sent.last().unwrap().as_str();
+    alice.sync_texts(&room, &[last], WAIT).await;
+
+    // Everything, once, in order (what did not come with the catch-up comes by backfill).
+    let history = alice.history_texts(&room).await;
+    let expected: Vec<String> = ["vor dem Ausfall".to_owned()]
+        .into_iter()
+        .chain(sent.iter().cloned())
+        .collect();
+    assert_eq!(history, expected, "{}", tim.log());
+    tim.cleanup().await;
+}
