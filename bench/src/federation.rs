@@ -5,7 +5,7 @@
 //! - events/s arriving on B from 32 concurrent senders on A, in 8 rooms each shared with a
 //!   user on B (time from the first send until B's users have seen the last message);
 //! - send → remote sync delivery p50/p99 (200 messages, a long-polling receiver on B);
-//! - ours only: A's RSS while B is down and A's users send 100,000 messages to it,
+//! - A's RSS while B is down and A's users send 100,000 messages to it (Synapse: 2,000),
 //!   and how long B takes to catch up after it comes back.
 
 use std::{
@@ -25,6 +25,14 @@ const ROOMS: usize = 8;
 const SENDERS_PER_ROOM: usize = 4;
 /// Messages sent to B while it is down (`BENCH_OUTAGE_EVENTS` overrides).
 const OUTAGE_EVENTS: u64 = 100_000;
+
+/// Messages sent to a Synapse B while it is down (`BENCH_SYNAPSE_OUTAGE_EVENTS` overrides).
+fn synapse_outage_events() -> u64 {
+    std::env::var("BENCH_SYNAPSE_OUTAGE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000)
+}
 
 fn outage_events() -> u64 {
     std::env::var("BENCH_OUTAGE_EVENTS")
@@ -244,7 +252,7 @@ async fn synapse_reference(seconds: u64) {
     }
     let net = Net::new(&[1, 1]);
     let sa = Synapse::start(&net, 0);
-    let sb = Synapse::start(&net, 1);
+    let mut sb = Synapse::start(&net, 1);
     let set = setup(&sa.base_url(), &sb.base_url(), &sa.server_name, "s").await;
     let (n, took) = send_and_await(&set, seconds, "ende").await;
     println!(
@@ -259,5 +267,34 @@ async fn synapse_reference(seconds: u64) {
         ms(p50),
         ms(p99)
     );
+    synapse_outage(&sa, &mut sb, &set).await;
     drop((sa, sb));
+}
+
+/// The outage scenario between Synapses: B killed while A's users send it
+/// `synapse_outage_events()` messages (fewer than ours: Synapse takes them at tens per
+/// second), A's RSS, and how long until B's users see the end markers after B is back.
+async fn synapse_outage(a: &Synapse, b: &mut Synapse, set: &Setup) {
+    let before = rss_kib(a.pid());
+    b.kill9();
+    let events = synapse_outage_events();
+    let started = Instant::now();
+    send_all(set, events).await;
+    let sent_in = started.elapsed();
+    let during = rss_kib(a.pid());
+    b.start_again();
+    let back = Instant::now();
+    let waits = set
+        .receivers
+        .iter()
+        .zip(&set.rooms)
+        .map(|(rcv, room)| async move {
+            rcv.sync_texts(room, &["nach dem Ausfall"], WAIT).await;
+        });
+    futures::future::join_all(waits).await;
+    println!(
+        "federation, Synapse: B down while A sent {events} messages ({:.0}/s): A's RSS {before} KiB before, {during} KiB after; B's users saw the last messages {:.1} s after it came back",
+        events as f64 / sent_in.as_secs_f64(),
+        back.elapsed().as_secs_f64()
+    );
 }

@@ -62,6 +62,9 @@ pub struct Synapse {
     pub client_port: u16,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    fed_port: u16,
+    /// `TIM_E2E_RESOLVE` for the launcher: the test network's names and addresses.
+    resolve: String,
 }
 
 impl Synapse {
@@ -89,27 +92,53 @@ impl Synapse {
             .map(|(name, addr)| format!("{name}={addr}"))
             .collect::<Vec<_>>()
             .join(",");
-        let stderr = std::fs::File::create(d.join("stderr.log")).unwrap();
+        let mut synapse = Synapse {
+            server_name,
+            client_port,
+            dir,
+            child: None,
+            fed_port: *fed_port,
+            resolve,
+        };
+        synapse.start_again();
+        synapse
+    }
+
+    /// Starts the process (again, after `kill9`) on the same data and ports.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "Synapse is running");
+        let d = self.dir.path();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("stderr.log"))
+            .unwrap();
         let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("synapse/run.py");
-        let child = Command::new(&python)
+        let child = Command::new(python())
             .arg(launcher)
             .arg("-c")
-            .arg(&config)
-            .env("TIM_E2E_RESOLVE", resolve)
+            .arg(d.join("homeserver.yaml"))
+            .env("TIM_E2E_RESOLVE", &self.resolve)
             .current_dir(d)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .expect("start Synapse");
-        let mut synapse = Synapse {
-            server_name,
-            client_port,
-            dir,
-            child: Some(child),
-        };
-        synapse.wait_up(*fed_port);
-        synapse
+        self.child = Some(child);
+        self.wait_up(self.fed_port);
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
     }
 
     fn wait_up(&mut self, fed_port: u16) {
