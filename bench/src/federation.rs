@@ -113,6 +113,15 @@ async fn send_and_await(set: &Setup, seconds: u64, marker: &str) -> (u64, Durati
     for (r, room) in set.rooms.iter().enumerate() {
         set.senders[r][0].send_text(room, marker).await;
     }
+    await_markers(set, marker).await;
+    (
+        sent.load(Ordering::Relaxed) + ROOMS as u64,
+        started.elapsed(),
+    )
+}
+
+/// Until every receiver on B has seen `marker` in its room.
+async fn await_markers(set: &Setup, marker: &str) {
     let waits = set
         .receivers
         .iter()
@@ -121,10 +130,6 @@ async fn send_and_await(set: &Setup, seconds: u64, marker: &str) -> (u64, Durati
             rcv.sync_texts(room, &[marker], WAIT).await;
         });
     futures::future::join_all(waits).await;
-    (
-        sent.load(Ordering::Relaxed) + ROOMS as u64,
-        started.elapsed(),
-    )
 }
 
 /// Send → remote sync: one sender on A, B's receiver long-polling.
@@ -197,14 +202,7 @@ async fn outage(a: &Server, b: &mut Server, set: &Setup) {
     let during = rss_kib(a.pid());
     b.start_again();
     let back = Instant::now();
-    let waits = set
-        .receivers
-        .iter()
-        .zip(&set.rooms)
-        .map(|(rcv, room)| async move {
-            rcv.sync_texts(room, &["nach dem Ausfall"], WAIT).await;
-        });
-    futures::future::join_all(waits).await;
+    await_markers(set, "nach dem Ausfall").await;
     stop.store(true, Ordering::Relaxed);
     sampler.await.unwrap();
     println!(
@@ -284,14 +282,7 @@ async fn synapse_outage(a: &Synapse, b: &mut Synapse, set: &Setup) {
     let during = rss_kib(a.pid());
     b.start_again();
     let back = Instant::now();
-    let waits = set
-        .receivers
-        .iter()
-        .zip(&set.rooms)
-        .map(|(rcv, room)| async move {
-            rcv.sync_texts(room, &["nach dem Ausfall"], WAIT).await;
-        });
-    futures::future::join_all(waits).await;
+    await_markers(set, "nach dem Ausfall").await;
     println!(
         "federation, Synapse: B down while A sent {events} messages ({:.0}/s): A's RSS {before} KiB before, {during} KiB after; B's users saw the last messages {:.1} s after it came back",
         events as f64 / sent_in.as_secs_f64(),

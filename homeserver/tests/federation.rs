@@ -194,9 +194,7 @@ async fn profiles_cross_servers_and_tenants_through_signed_requests() {
 #[tokio::test]
 async fn server_keys_are_signed_and_requests_are_verified() {
     let Pair { a, b, ca, a2: _ } = pair().await;
-    let a_tls = a.tls_addr.unwrap();
-    let https = ca.client(&a.server_name, a_tls);
-    let base = format!("https://{}:{}", a.server_name, a_tls.port());
+    let (https, base) = federation_listener(&a, &ca);
 
     // The key document: the server's own, signed by the key it lists, valid for a day.
     let doc: Value = https
@@ -378,6 +376,13 @@ async fn servers_outside_the_allowed_set_are_refused_both_ways() {
 
 fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// An HTTPS client for `server`'s federation (TLS) listener and its base URL.
+fn federation_listener(server: &TestServer, ca: &TestCa) -> (reqwest::Client, String) {
+    let tls = server.tls_addr.unwrap();
+    let base = format!("https://{}:{}", server.server_name, tls.port());
+    (ca.client(&server.server_name, tls), base)
 }
 
 /// A signed federation request from `from` (its real key) to `to`'s TLS listener.
@@ -2652,9 +2657,7 @@ async fn a_gap_beyond_missing_events_is_closed_with_the_state_at_it() {
 #[tokio::test]
 async fn a_notary_serves_other_servers_keys_signed_by_them_and_by_itself() {
     let Pair { a, b, ca, a2: _ } = pair().await;
-    let a_tls = a.tls_addr.unwrap();
-    let https = ca.client(&a.server_name, a_tls);
-    let base = format!("https://{}:{}", a.server_name, a_tls.port());
+    let (https, base) = federation_listener(&a, &ca);
     let (a_hs, b_hs) = (a.hs(), b.hs());
     // One signer's signature, the others' set aside.
     let verify = |doc: &Value, signer: &str, hs: &tim_homeserver::homeserver::Homeserver| {
